@@ -1,0 +1,465 @@
+"""Per-era scoring of every model at once, equal to numerai-tools 0.7.2.
+
+The kernel interface (see DESIGN.md) is :func:`score_era`. Every metric is
+computed on whole matrices: predictions are ``(N, M)`` with one column per
+model, the rows being one era's ids with a resolved target, sorted by id.
+Each era pays for one sort per model column (two with FNC), one orthonormal
+basis of its features shared by every model, and a handful of GEMMs.
+
+Building blocks are small pure functions whose docstrings list their steps in
+the order numerai-tools performs them, so each can be checked line by line
+against ``numerai_tools.scoring``.
+
+Degenerate inputs get a clear result instead of silent NaNs:
+
+* a constant prediction column or a constant target raises
+  :class:`DegenerateEraError` (correlation with a constant is undefined; the
+  pipeline rejects constant submissions and skips such eras with a reason);
+* non-finite inputs raise :class:`DegenerateEraError`;
+* FNC is NaN for a model whose ranked predictions lie entirely in the span of
+  the features (nothing is left after neutralization), documented per metric;
+* stakes that sum to zero mean equal weights (the storage contract's rule for
+  missing stakes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import ndtri
+
+#: Singular values of the centred features below this fraction of the largest
+#: are treated as zero, as ``np.linalg.lstsq(..., rcond=1e-6)`` does in
+#: numerai-tools' ``neutralize``.
+BASIS_RCOND = 1e-6
+
+#: ``meta_portfolio_contribution`` divides the gradient by this constant.
+TC_SCALE = 50.0
+
+#: A neutralized column whose norm is below this fraction of its norm before
+#: neutralization has nothing left to rank: its FNC is undefined (NaN).
+RESIDUAL_RTOL = 1e-9
+
+METRICS = ("corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms")
+
+
+class DegenerateEraError(ValueError):
+    """An era's inputs make every correlation undefined (or some input is not finite)."""
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def average_ranks_doubled(values: np.ndarray) -> np.ndarray:
+    """Twice the 1-based average rank of each column, ties sharing their mean rank.
+
+    1. argsort each column (one sort per column);
+    2. mark where a sorted value differs from its predecessor: the tie groups;
+    3. a group starting at sorted position ``f`` with ``k`` members has average
+       1-based rank ``f + (k + 1)/2``, so twice that, ``2f + k + 1``, is an integer;
+    4. scatter back to the original row order.
+
+    Doubling keeps the result an exact integer, so later transforms are exact
+    table lookups. Returns an (N, M) view of a models-major array: a column-major
+    (Fortran-ordered) input is ranked without a transposing copy.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        return average_ranks_doubled(values[:, None])[:, 0]
+    n, m = values.shape
+    by_model = np.ascontiguousarray(values.T)
+    order = np.argsort(by_model, axis=1)
+    ordered = np.take_along_axis(by_model, order, axis=1)
+    starts = np.empty((m, n), dtype=bool)
+    starts[:, 0] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    group_starts = np.flatnonzero(starts)
+    group_sizes = np.diff(group_starts, append=m * n)
+    doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
+    doubled = np.empty(m * n, dtype=np.int64)
+    doubled[(order + (np.arange(m) * n)[:, None]).ravel()] = doubled_sorted
+    return doubled.reshape(m, n).T
+
+
+@lru_cache(maxsize=16)
+def _gaussian_table(n: int) -> np.ndarray:
+    """``ndtri((d/2 - 0.5) / n)`` for every doubled rank ``d`` in 2..2n, indexed by ``d - 2``."""
+    return ndtri(np.arange(1, 2 * n, dtype=np.float64) / (2 * n))
+
+
+@lru_cache(maxsize=16)
+def _gaussian_pow15_table(n: int) -> np.ndarray:
+    """:func:`power` 1.5 of :func:`_gaussian_table`, same indexing."""
+    return power(_gaussian_table(n), 1.5)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Tie-kept ranks of prediction columns, computed once and shared by every metric."""
+
+    doubled: np.ndarray  # (N, M) int64: twice the 1-based average rank
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Ranks:
+        """Rank each column of ``values`` (ties averaged)."""
+        return cls(average_ranks_doubled(values))
+
+    @property
+    def n(self) -> int:
+        return self.doubled.shape[0]
+
+    def uniform(self) -> np.ndarray:
+        """numerai-tools' ``tie_kept_rank``: ``(rank - 0.5) / N``, in (0, 1)."""
+        return (self.doubled - 1) / (2 * self.n)
+
+    def gaussian(self) -> np.ndarray:
+        """``gaussian(tie_kept_rank(x))``: the normal quantile of the uniform rank."""
+        return _gaussian_table(self.n)[self.doubled - 2]
+
+    def gaussian_pow15(self) -> np.ndarray:
+        """``tie_kept_rank__gaussianize__pow_1_5``: the gaussian rank raised to the signed power 1.5."""
+        return _gaussian_pow15_table(self.n)[self.doubled - 2]
+
+
+def tie_kept_rank(values: np.ndarray) -> np.ndarray:
+    """Percentile rank of each column, ties kept: ``(average rank - 0.5) / N``."""
+    return Ranks.of(values).uniform()
+
+
+def gaussianize(ranked: np.ndarray) -> np.ndarray:
+    """Normal quantile of percentile ranks in (0, 1): mean 0 and std ≈ 1 per column."""
+    return ndtri(ranked)
+
+
+def power(values: np.ndarray, p: float) -> np.ndarray:
+    """Signed power: ``sign(x) · |x|^p``."""
+    return np.sign(values) * np.abs(values) ** p
+
+
+# ----------------------------------------------------------------- linear algebra
+
+
+def pearson(columns: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of ``columns`` (N, M) with ``vector`` (N,).
+
+    1. centre the columns and the vector;
+    2. dot each centred column with the centred vector;
+    3. divide by the product of their norms.
+    """
+    centred = columns - columns.mean(axis=0)
+    v = vector - vector.mean()
+    norms = np.sqrt(np.einsum("ij,ij->j", centred, centred)) * np.sqrt(v @ v)
+    return (v @ centred) / norms
+
+
+def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Remove from each column of ``v`` its projection on the vector ``u``: ``v − u (vᵀu)/(uᵀu)``."""
+    return v - np.outer(u, (v.T @ u) / (u @ u))
+
+
+def _orthonormal_columns(a: np.ndarray, rcond: float) -> np.ndarray:
+    """An orthonormal basis of the column space of ``a``, from its Gram matrix.
+
+    1. eigendecompose ``aᵀa``;
+    2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
+    3. return ``a V Λ^-½`` over the kept directions.
+
+    The basis is a product ``a·W``, so identical rows of ``a`` stay identical
+    rows of the basis (ties in neutralized predictions survive exactly).
+    """
+    if a.shape[1] == 0:
+        return a
+    eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
+    largest = eigenvalues[-1]
+    if largest <= 0:
+        return a[:, :0]
+    keep = eigenvalues > (rcond**2) * largest
+    return a @ (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]))
+
+
+def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
+    """An orthonormal basis ``Q`` (N, k) of the column space of ``[X, 1]``, rank-revealing.
+
+    1. convert the features to float64 and centre each column;
+    2. orthonormalize the centred columns, dropping constant and collinear directions;
+    3. orthonormalize once more (the Gram route squares the condition number; a
+       second pass restores orthogonality to machine precision);
+    4. append the constant column ``1/√N`` (orthogonal to every centred column).
+    """
+    x = np.asarray(features, dtype=np.float64)
+    n = x.shape[0]
+    centred = x - x.mean(axis=0)
+    basis = _orthonormal_columns(_orthonormal_columns(centred, rcond), rcond)
+    return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
+
+
+def neutralize(values: np.ndarray, basis: np.ndarray, proportion: float = 1.0) -> np.ndarray:
+    """Subtract ``proportion`` of each column's projection on the feature space: ``V − p·Q(QᵀV)``.
+
+    Equal to numerai-tools' ``neutralize(values, X, proportion)`` when ``basis``
+    is :func:`feature_basis` of ``X`` (its least squares includes a constant column).
+    """
+    coefficients = basis.T @ values
+    # (Cᵀ Qᵀ)ᵀ keeps the result column-major, so ranking it needs no transposing copy.
+    return values - proportion * (coefficients.T @ basis.T).T
+
+
+def standardized_features(features: np.ndarray) -> np.ndarray:
+    """Non-constant feature columns, centred and scaled to unit norm (for exposures)."""
+    x = np.asarray(features, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->j", centred, centred))
+    varying = norms > 0
+    return centred[:, varying] / norms[varying]
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def _centred_target(target: np.ndarray) -> np.ndarray:
+    return target - target.mean()
+
+
+def _pow15_target(target: np.ndarray) -> np.ndarray:
+    """numerai_corr's target: centred, then raised to the signed power 1.5."""
+    return power(_centred_target(target), 1.5)
+
+
+def _contribution_target(target: np.ndarray) -> np.ndarray:
+    """contribution_scores' target: ×4 when it lies in [0, 1] (buckets −2..2), then centred."""
+    if np.all((target >= 0) & (target <= 1)):
+        target = target * 4
+    return _centred_target(target)
+
+
+def numerai_corr(ranks: Ranks, target: np.ndarray) -> np.ndarray:
+    """CORR per model (numerai-tools ``numerai_corr``).
+
+    1. centre the target;
+    2. tie-kept rank, gaussianize and raise each prediction column to the power 1.5;
+    3. raise the centred target to the signed power 1.5;
+    4. Pearson of each transformed column with the transformed target.
+    """
+    return pearson(ranks.gaussian_pow15(), _pow15_target(target))
+
+
+def feature_neutral_corr(
+    ranks: Ranks, basis: np.ndarray, target: np.ndarray, proportion: float = 1.0
+) -> np.ndarray:
+    """FNC per model (numerai-tools ``feature_neutral_corr``; ``neutralize`` with ``proportion``).
+
+    1. tie-kept rank and gaussianize each prediction column;
+    2. neutralize against the features (``basis`` of ``[X, 1]``) by ``proportion``;
+    3. (variance-normalize: a positive scale per column, which ranking ignores);
+    4. :func:`numerai_corr` of the neutralized columns: rank again, gaussianize,
+       power 1.5, Pearson with the power-1.5 centred target.
+
+    A column with nothing left after step 2 (it lies in the feature space) has no
+    ranking to score: its FNC is NaN.
+    """
+    gaussian = ranks.gaussian()
+    residual = neutralize(gaussian, basis, proportion)
+    scores = numerai_corr(Ranks.of(residual), target)
+    before = np.linalg.norm(gaussian - gaussian.mean(axis=0), axis=0)
+    after = np.linalg.norm(residual - residual.mean(axis=0), axis=0)
+    return np.where(after > RESIDUAL_RTOL * before, scores, np.nan)
+
+
+def stake_weight(ranked: np.ndarray, stakes: np.ndarray) -> np.ndarray:
+    """Stake-weighted meta model: ``Σⱼ sⱼ·rankedⱼ / Σs`` (equal weights when the stakes sum to 0).
+
+    The sum runs over models in column order, then divides, exactly as
+    numerai-tools' pandas ``stake_weight`` does: rows whose weighted sums are
+    mathematically equal must round to the same float, or ranking the meta
+    model would break ties that the reference keeps.
+    """
+    stakes = np.asarray(stakes, dtype=np.float64)
+    if stakes.sum() <= 0:
+        stakes = np.ones_like(stakes)
+    return (ranked.T * stakes[:, None]).sum(axis=0) / stakes.sum()
+
+
+def correlation_contribution(ranks: Ranks, reference: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Contribution of each model to ``reference``'s correlation with the target (MMC, BMC).
+
+    numerai-tools ``correlation_contribution``:
+
+    1. tie-kept rank and gaussianize each prediction column and the reference;
+    2. orthogonalize each column with respect to the gaussianized reference;
+    3. ×4 the target when it lies in [0, 1], then centre it;
+    4. dot the target with each orthogonalized column, divided by N.
+
+    Steps 2 and 4 are folded into matrix–vector products:
+    ``tᵀ(p − m (pᵀm)/(mᵀm)) = tᵀp − (tᵀm)(pᵀm)/(mᵀm)``.
+    """
+    p = ranks.gaussian()
+    m = Ranks.of(reference).gaussian()
+    t = _contribution_target(target)
+    return (t @ p - (t @ m) * (m @ p) / (m @ m)) / len(t)
+
+
+def meta_portfolio_contribution(
+    ranks: Ranks, stakes: np.ndarray, basis: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """TC-style contribution: the gradient of the meta portfolio's return w.r.t. the stakes.
+
+    numerai-tools ``meta_portfolio_contribution(P, s, √N·Q, 1/N, y)``:
+
+    1. centre the target: ``t``;
+    2. normalize the stakes to sum to 1: ``s``;
+    3. weights ``W = (S − QQᵀS)/N`` with ``S`` the rank-gaussian-power-1.5 predictions
+       (they have zero column means, since ``1/√N`` is a column of ``Q``);
+    4. portfolio ``v = W s``;
+    5. residualize ``W`` against ``v``: ``R = W − v (vᵀW)/(vᵀv)``;
+    6. gradient ``Rᵀt / ‖v‖``, divided by 50.
+
+    Step 5–6 reduce to one matrix–vector product: with ``t_r = t − QQᵀt``,
+    ``Rᵀt = Sᵀ(t_r − v (vᵀt_r)/(vᵀv)) / N``.
+    """
+    s = _normalized_stakes(stakes)
+    t = _centred_target(target)
+    pow15 = ranks.gaussian_pow15()
+    n = len(t)
+    portfolio = pow15 @ s
+    v = (portfolio - basis @ (basis.T @ portfolio)) / n
+    t_residual = t - basis @ (basis.T @ t)
+    z = t_residual - v * (v @ t_residual) / (v @ v)
+    return (z @ pow15) / (n * np.sqrt(v @ v) * TC_SCALE)
+
+
+def feature_exposures(ranked: np.ndarray, standardized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max and root-mean-square over features of ``|Pearson(tie_kept_rank(P), feature)|``.
+
+    1. centre each ranked prediction column and scale it to unit norm;
+    2. correlations = standardized featuresᵀ × standardized predictions (F × M);
+    3. per model: the largest absolute correlation and the RMS of the correlations.
+    With no varying feature both are NaN.
+    """
+    if standardized.shape[1] == 0:
+        nan = np.full(ranked.shape[1], np.nan)
+        return nan, nan.copy()
+    centred = ranked - ranked.mean(axis=0)
+    centred /= np.sqrt(np.einsum("ij,ij->j", centred, centred))
+    correlations = standardized.T @ centred
+    return np.abs(correlations).max(axis=0), np.sqrt((correlations**2).mean(axis=0))
+
+
+def _normalized_stakes(stakes: np.ndarray) -> np.ndarray:
+    """Stakes summing to 1; equal weights when they sum to 0 (no stake information)."""
+    stakes = np.asarray(stakes, dtype=np.float64)
+    total = stakes.sum()
+    if total <= 0:
+        return np.full(len(stakes), 1.0 / len(stakes))
+    return stakes / total
+
+
+# -------------------------------------------------------------------- the kernel
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """What one era's features contribute to scoring, computed once and shared by every model."""
+
+    basis: np.ndarray  # (N, k) orthonormal basis of [X, 1]
+    standardized: np.ndarray  # (N, F') non-constant features, centred, unit norm
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> FeatureSpace:
+        x = np.asarray(features, dtype=np.float64)
+        return cls(basis=feature_basis(x), standardized=standardized_features(x))
+
+
+def check_era_inputs(predictions: np.ndarray, target: np.ndarray) -> None:
+    """Raise :class:`DegenerateEraError` unless predictions and target are finite and varying."""
+    if predictions.ndim != 2 or target.shape != (predictions.shape[0],):
+        raise DegenerateEraError(
+            f"predictions must be (N, M) and target (N,), got {predictions.shape} and {target.shape}"
+        )
+    if predictions.shape[0] < 2:
+        raise DegenerateEraError(f"an era needs at least 2 rows to correlate, got {predictions.shape[0]}")
+    if not np.all(np.isfinite(target)):
+        raise DegenerateEraError("target has NaN or infinite values; pass only resolved rows")
+    if np.all(target == target[0]):
+        raise DegenerateEraError("target is constant in this era: every correlation is undefined")
+    if not np.all(np.isfinite(predictions)):
+        raise DegenerateEraError("predictions have NaN or infinite values")
+    constant = np.flatnonzero(np.all(predictions == predictions[0], axis=0))
+    if len(constant):
+        raise DegenerateEraError(
+            f"prediction columns {constant.tolist()[:10]} are constant: their correlations are undefined"
+        )
+
+
+def model_scores(
+    ranks: Ranks, target: np.ndarray, space: FeatureSpace, proportion: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Metrics of each model that depend on that model alone: corr, fnc, fe_max, fe_rms."""
+    fe_max, fe_rms = feature_exposures(ranks.uniform(), space.standardized)
+    return {
+        "corr": numerai_corr(ranks, target),
+        "fnc": feature_neutral_corr(ranks, space.basis, target, proportion),
+        "fe_max": fe_max,
+        "fe_rms": fe_rms,
+    }
+
+
+def ensemble_scores(
+    ranks: Ranks,
+    target: np.ndarray,
+    space: FeatureSpace,
+    stakes: np.ndarray,
+    benchmark: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Metrics that depend on the era's whole set of models and stakes: mmc, tc, cwmm (+ bmc).
+
+    The meta model is the stake-weighted mean of the models' tie-kept ranks.
+    """
+    ranked = ranks.uniform()
+    meta = stake_weight(ranked, stakes)
+    scores = {
+        "mmc": correlation_contribution(ranks, meta, target),
+        "tc": meta_portfolio_contribution(ranks, stakes, space.basis, target),
+        "cwmm": pearson(ranked, tie_kept_rank(meta)),
+    }
+    if benchmark is not None:
+        scores["bmc"] = correlation_contribution(ranks, np.asarray(benchmark, dtype=np.float64), target)
+    return scores
+
+
+def score_era(
+    predictions: np.ndarray,
+    target: np.ndarray,
+    features: np.ndarray,
+    stakes: np.ndarray,
+    benchmark: np.ndarray | None = None,
+    *,
+    proportion: float = 1.0,
+    feature_subset: np.ndarray | list[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Score every model of one era: the kernel interface of DESIGN.md.
+
+    ``predictions`` (N, M), ``target`` (N,), ``features`` (N, F) of any numeric
+    dtype, ``stakes`` (M,) ≥ 0, ``benchmark`` (N,) or None; rows are the era's
+    resolved ids sorted by id. ``proportion`` is the neutralization proportion
+    of FNC; ``feature_subset`` selects feature columns (FNC, TC, exposures).
+    Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
+    (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
+    era cannot be scored (see the module docstring).
+    """
+    predictions = np.asarray(predictions, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    stakes = np.asarray(stakes, dtype=np.float64)
+    check_era_inputs(predictions, target)
+    if stakes.shape != (predictions.shape[1],) or np.any(stakes < 0) or not np.all(np.isfinite(stakes)):
+        raise DegenerateEraError(f"stakes must be {predictions.shape[1]} finite values ≥ 0")
+    if benchmark is not None:
+        check_era_inputs(np.asarray(benchmark, dtype=np.float64)[:, None], target)
+    if feature_subset is not None:
+        features = np.asarray(features)[:, feature_subset]
+    ranks = Ranks.of(predictions)
+    space = FeatureSpace.of(features)
+    return model_scores(ranks, target, space, proportion) | ensemble_scores(
+        ranks, target, space, stakes, benchmark
+    )

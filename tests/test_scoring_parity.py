@@ -1,0 +1,239 @@
+"""Every metric of score_era equals numerai-tools 0.7.2 (the oracle) on randomized eras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from numerai_tools import scoring as nt
+
+from numerai_dask.scoring import (
+    DegenerateEraError,
+    Ranks,
+    average_ranks_doubled,
+    feature_basis,
+    neutralize,
+    score_era,
+    tie_kept_rank,
+)
+
+TOLERANCE = 1e-9
+
+
+def oracle_basis(features: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of [X, 1] from an SVD, independent of the project's code."""
+    a = np.hstack([features.astype(np.float64), np.ones((len(features), 1))])
+    u, singular, _ = np.linalg.svd(a, full_matrices=False)
+    return u[:, singular > 1e-6 * singular[0]]
+
+
+def oracle(predictions, target, features, stakes, benchmark=None, proportion=1.0):
+    """numerai-tools' value of every metric, following the DESIGN.md metric table.
+
+    ``target`` may hold NaN (unresolved rows): numerai-tools filters those itself
+    for corr/mmc/bmc; fnc, tc and exposures are defined on the resolved rows.
+    """
+    n, m = predictions.shape
+    ids = pd.Index([f"id{i:06d}" for i in range(n)])
+    models = [f"model_{j}" for j in range(m)]
+    p_all = pd.DataFrame(predictions, index=ids, columns=models)
+    y_all = pd.Series(target, index=ids, name="target")
+    resolved = ~np.isnan(target)
+    p, y = p_all[resolved], y_all[resolved]
+    x = pd.DataFrame(features[resolved].astype(np.float64), index=ids[resolved])
+    x.columns = [f"feature_{k}" for k in range(x.shape[1])]
+    s = pd.Series(stakes, index=models)
+    n_resolved = int(resolved.sum())
+
+    out = {"corr": nt.numerai_corr(p_all, y_all, max_filtered_index_ratio=0.5).values}
+    if proportion == 1.0:
+        out["fnc"] = nt.feature_neutral_corr(p, x, y).values
+    else:
+        neutral = nt.variance_normalize(nt.neutralize(nt.gaussian(nt.tie_kept_rank(p)), x, proportion))
+        out["fnc"] = nt.numerai_corr(neutral, y).values
+    meta = nt.stake_weight(nt.tie_kept_rank(p), s)
+    out["mmc"] = nt.correlation_contribution(p, meta, y).values
+    if benchmark is not None:
+        b = pd.Series(benchmark, index=ids, name="benchmark")[resolved]
+        out["bmc"] = nt.correlation_contribution(p, b, y).values
+    q = oracle_basis(features[resolved])
+    out["tc"] = nt.meta_portfolio_contribution(
+        p,
+        s,
+        pd.DataFrame(np.sqrt(n_resolved) * q, index=p.index),
+        pd.Series(1.0 / n_resolved, index=p.index),
+        y,
+    ).values
+    ranked = nt.tie_kept_rank(p)
+    meta_rank = nt.tie_kept_rank(meta.to_frame()).iloc[:, 0]
+    out["cwmm"] = np.array([ranked[c].corr(meta_rank) for c in models])
+    varying = x.loc[:, x.std() > 0]
+    exposures = np.array(
+        [[abs(nt.pearson_correlation(varying[f], ranked[c])) for f in varying] for c in models]
+    )
+    out["fe_max"] = np.array([nt.max_feature_correlation(ranked[c], varying)[1] for c in models])
+    out["fe_rms"] = np.sqrt((exposures**2).mean(axis=1))
+    return out
+
+
+def random_era(rng: np.random.Generator, n: int, m: int, f: int, tied_models: int = 0):
+    """A random era with a weak signal; ``tied_models`` columns rounded to 4 levels (heavy ties)."""
+    features = rng.integers(0, 5, size=(n, f)).astype(np.int8)
+    latent = features.astype(float) @ rng.normal(size=f) + rng.normal(size=n) * 3
+    target = np.digitize(latent, np.quantile(latent, [0.2, 0.4, 0.6, 0.8])) / 4
+    predictions = 1 / (1 + np.exp(-(0.3 * latent[:, None] + rng.normal(size=(n, m)) * 3)))
+    predictions[:, :tied_models] = np.round(predictions[:, :tied_models] * 3) / 3
+    stakes = rng.exponential(size=m)
+    return predictions, target, features, stakes, rng.random(n)
+
+
+def resolved_rows(predictions, target, features, benchmark):
+    keep = ~np.isnan(target)
+    return predictions[keep], target[keep], features[keep], benchmark[keep]
+
+
+def assert_parity(mine: dict, theirs: dict) -> None:
+    assert set(mine) == set(theirs)
+    for name in theirs:
+        np.testing.assert_allclose(mine[name], theirs[name], rtol=0, atol=TOLERANCE, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_eras_with_ties_odd_sizes_constant_and_duplicate_features(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 900)) | 1
+    m = int(rng.integers(2, 9))
+    f = int(rng.integers(3, 30))
+    predictions, target, features, stakes, benchmark = random_era(rng, n, m, f, tied_models=m // 2)
+    features[:, 0] = 3  # constant
+    features[:, 1] = features[:, 2]  # duplicated
+    stakes[rng.integers(m)] = 0.0
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_few_features_and_tied_predictions_keep_residual_ties(seed):
+    """Duplicate (features, prediction) rows: FNC's second ranking must keep their exact ties."""
+    rng = np.random.default_rng(100 + seed)
+    predictions, target, features, stakes, benchmark = random_era(rng, 1200 + seed, 4, 2, tied_models=4)
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+@pytest.mark.parametrize("proportion", [0.0, 0.25, 0.5, 0.9])
+def test_partial_neutralization(proportion):
+    rng = np.random.default_rng(7)
+    predictions, target, features, stakes, benchmark = random_era(rng, 301, 5, 12, tied_models=2)
+    mine = score_era(predictions, target, features, stakes, benchmark, proportion=proportion)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark, proportion))
+
+
+def test_neutralize_equals_numerai_tools_neutralize():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(200, 4))
+    features = rng.integers(0, 5, size=(200, 9)).astype(np.int8)
+    theirs = nt.neutralize(pd.DataFrame(values), pd.DataFrame(features.astype(float)), 0.6).values
+    np.testing.assert_allclose(neutralize(values, feature_basis(features), 0.6), theirs, atol=1e-12)
+
+
+def test_unresolved_rows_dropped_before_scoring_equal_numerai_tools_filtering():
+    rng = np.random.default_rng(11)
+    predictions, target, features, stakes, benchmark = random_era(rng, 500, 6, 10, tied_models=2)
+    target[rng.choice(500, size=60, replace=False)] = np.nan
+    p, y, x, b = resolved_rows(predictions, target, features, benchmark)
+    mine = score_era(p, y, x, stakes, b)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+def test_single_model():
+    rng = np.random.default_rng(5)
+    predictions, target, features, stakes, benchmark = random_era(rng, 77, 1, 6)
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+    # Alone, a model is the meta model: it contributes nothing beyond itself.
+    assert abs(mine["mmc"][0]) < 1e-12
+    assert mine["cwmm"][0] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_model_equal_to_meta_model_has_no_contribution():
+    rng = np.random.default_rng(9)
+    predictions, target, features, stakes, benchmark = random_era(rng, 401, 5, 8)
+    stakes[-1] = 0.0  # the copy carries no stake, so the meta model is the same with or without it
+    predictions[:, -1] = nt.stake_weight(nt.tie_kept_rank(pd.DataFrame(predictions[:, :-1])),
+                                         pd.Series(stakes[:-1])).values
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+    assert abs(mine["mmc"][-1]) < 1e-12
+    assert mine["cwmm"][-1] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_zero_stakes_for_every_model_mean_equal_weights():
+    rng = np.random.default_rng(13)
+    predictions, target, features, _, benchmark = random_era(rng, 150, 4, 5)
+    zero = score_era(predictions, target, features, np.zeros(4), benchmark)
+    equal = score_era(predictions, target, features, np.ones(4), benchmark)
+    assert_parity(zero, equal)
+    assert_parity(equal, oracle(predictions, target, features, np.ones(4), benchmark))
+
+
+def test_without_benchmark_there_is_no_bmc():
+    rng = np.random.default_rng(17)
+    predictions, target, features, stakes, _ = random_era(rng, 120, 3, 4)
+    mine = score_era(predictions, target, features, stakes)
+    assert set(mine) == {"corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms"}
+    assert all(v.shape == (3,) and v.dtype == np.float64 for v in mine.values())
+
+
+def test_feature_subset_equals_scoring_only_those_features():
+    rng = np.random.default_rng(19)
+    predictions, target, features, stakes, benchmark = random_era(rng, 250, 4, 12)
+    subset = [1, 4, 5, 9]
+    mine = score_era(predictions, target, features, stakes, benchmark, feature_subset=subset)
+    assert_parity(mine, oracle(predictions, target, features[:, subset], stakes, benchmark))
+
+
+def test_ranks_equal_pandas_average_rank_bit_for_bit():
+    rng = np.random.default_rng(23)
+    values = np.round(rng.random((333, 6)) * rng.integers(1, 20, size=6), 0)
+    expected = nt.tie_kept_rank(pd.DataFrame(values)).values
+    assert np.array_equal(tie_kept_rank(values), expected)
+    assert np.array_equal(Ranks.of(values).gaussian(), nt.gaussian(pd.DataFrame(expected)).values)
+    assert np.array_equal(average_ranks_doubled(values[:, 0]), average_ranks_doubled(values)[:, 0])
+
+
+def test_constant_prediction_column_is_a_clear_error():
+    rng = np.random.default_rng(29)
+    predictions, target, features, stakes, _ = random_era(rng, 60, 3, 4)
+    predictions[:, 1] = 0.5
+    with pytest.raises(DegenerateEraError, match=r"columns \[1\] are constant"):
+        score_era(predictions, target, features, stakes)
+
+
+def test_constant_target_is_a_clear_error():
+    rng = np.random.default_rng(31)
+    predictions, _, features, stakes, _ = random_era(rng, 60, 3, 4)
+    with pytest.raises(DegenerateEraError, match="target is constant"):
+        score_era(predictions, np.full(60, 0.5), features, stakes)
+
+
+def test_non_finite_inputs_are_clear_errors():
+    rng = np.random.default_rng(37)
+    predictions, target, features, stakes, _ = random_era(rng, 60, 3, 4)
+    bad_target = target.copy()
+    bad_target[3] = np.nan
+    with pytest.raises(DegenerateEraError, match="target has NaN"):
+        score_era(predictions, bad_target, features, stakes)
+    predictions[5, 0] = np.inf
+    with pytest.raises(DegenerateEraError, match="predictions have NaN"):
+        score_era(predictions, target, features, stakes)
+
+
+def test_fnc_is_nan_when_the_features_explain_a_model_entirely():
+    rng = np.random.default_rng(41)
+    predictions, target, features, stakes, _ = random_era(rng, 200, 3, 6)
+    own_gaussian_rank = Ranks.of(predictions[:, [2]]).gaussian()
+    scores = score_era(predictions, target, np.hstack([features, own_gaussian_rank]), stakes)
+    assert np.isnan(scores["fnc"][2])
+    assert np.all(np.isfinite(scores["fnc"][:2]))
+    assert np.all(np.isfinite(scores["corr"]))
