@@ -25,6 +25,7 @@ Degenerate inputs get a clear result instead of silent NaNs:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
@@ -437,13 +438,16 @@ def score_era(
     *,
     proportion: float = 1.0,
     feature_subset: np.ndarray | list[int] | None = None,
+    extra_targets: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every model of one era: the kernel interface of DESIGN.md.
 
     ``predictions`` (N, M), ``target`` (N,), ``features`` (N, F) of any numeric
     dtype, ``stakes`` (M,) ≥ 0, ``benchmark`` (N,) or None; rows are the era's
     resolved ids sorted by id. ``proportion`` is the neutralization proportion
-    of FNC; ``feature_subset`` selects feature columns (FNC, TC, exposures).
+    of FNC; ``feature_subset`` selects feature columns (FNC, TC, exposures);
+    ``extra_targets`` maps names to other targets of the same rows, each adding
+    ``corr_<name>`` (see :func:`corr_with_target`).
     Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
     (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
@@ -460,6 +464,26 @@ def score_era(
         features = np.asarray(features)[:, feature_subset]
     ranks = Ranks.of(predictions)
     space = FeatureSpace.of(features)
-    return model_scores(ranks, target, space, proportion) | ensemble_scores(
+    scores = model_scores(ranks, target, space, proportion) | ensemble_scores(
         ranks, target, space, stakes, benchmark
     )
+    for name, values in (extra_targets or {}).items():
+        scores[f"corr_{name}"] = corr_with_target(predictions, ranks, np.asarray(values, dtype=np.float64))
+    return scores
+
+
+def corr_with_target(predictions: np.ndarray, ranks: Ranks, target: np.ndarray) -> np.ndarray:
+    """CORR against another target of the same rows, for comparing targets.
+
+    Rows where that target is unresolved (NaN) are left out, re-ranking the
+    predictions on the rest as numerai-tools' index filtering does. A target
+    with fewer than two resolved rows, or constant on them, cannot be
+    correlated with: NaN for every model.
+    """
+    resolved = np.isfinite(target)
+    values = target[resolved]
+    if len(values) < 2 or np.all(values == values[0]):
+        return np.full(predictions.shape[1], np.nan)
+    if not resolved.all():
+        ranks = Ranks.of(predictions[resolved])
+    return numerai_corr(ranks, values)

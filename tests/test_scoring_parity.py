@@ -237,3 +237,18 @@ def test_fnc_is_nan_when_the_features_explain_a_model_entirely():
     assert np.isnan(scores["fnc"][2])
     assert np.all(np.isfinite(scores["fnc"][:2]))
     assert np.all(np.isfinite(scores["corr"]))
+
+
+def test_extra_targets_add_corr_columns_equal_to_numerai_corr():
+    rng = np.random.default_rng(43)
+    predictions, target, features, stakes, _ = random_era(rng, 240, 4, 5, tied_models=1)
+    jerome = rng.integers(0, 5, 240) / 4
+    partly = jerome.copy()
+    partly[:30] = np.nan
+    scores = score_era(predictions, target, features, stakes,
+                       extra_targets={"jerome": jerome, "partly": partly, "none": np.full(240, np.nan)})
+    frame = pd.DataFrame(predictions, index=[f"id{i:04d}" for i in range(240)])
+    for name, values in (("jerome", jerome), ("partly", partly)):
+        expected = nt.numerai_corr(frame, pd.Series(values, index=frame.index, name=name)).values
+        np.testing.assert_allclose(scores[f"corr_{name}"], expected, rtol=0, atol=TOLERANCE)
+    assert np.all(np.isnan(scores["corr_none"]))
