@@ -1,0 +1,319 @@
+"""Validation of prediction files, per the storage contract (v1).
+
+A bad submission never stops the job: every problem becomes a :class:`Rejection`
+naming the model, the file, the era where it matters, and a reason a person
+understands. Three steps, each a pure function:
+
+1. :func:`parse_prediction_file` — one file's bytes → ``id``/``prediction`` rows,
+   or a :class:`SubmissionError` saying what is wrong with the file;
+2. :func:`merge_model_files` — a model's files in lexicographic order, later
+   rows replacing earlier ones for the same ids (a re-upload wins);
+3. :func:`split_by_era` — the merged predictions cut into one array per resolved
+   era (rows = the era's resolved ids, sorted), using an :class:`EraIndex` of the
+   data so that thousands of models cost one hash lookup each, not a join each.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EXAMPLES_SHOWN = 2
+COLUMNS_SHOWN = 10
+
+
+class SubmissionError(Exception):
+    """A prediction file cannot be used; the message is the reason shown to people."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why (part of) a model's submission is not scored.
+
+    ``era`` is the era's label, or None when the problem is not about one era.
+    """
+
+    model: str
+    file: str
+    era: str | None
+    reason: str
+
+
+# ------------------------------------------------------------------ reading files
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials (``user:pass@``) and query strings (signatures) removed.
+
+    Error messages from storage end up in reports; they must never carry secrets.
+    """
+    text = re.sub(r"(\w+://)[^/\s@]*@", r"\1", text)
+    return re.sub(r"(\w+://[^\s?]*)\?\S*", r"\1", text)
+
+
+def describe_error(error: BaseException) -> str:
+    """A short, credential-free description of an exception raised while reading a file."""
+    message = redact(str(error)).strip()
+    if len(message) > 200:
+        message = message[:200] + "…"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def file_kind(file_name: str) -> str | None:
+    """``"csv"`` or ``"parquet"`` from the file name's extension (any case), else None."""
+    lowered = file_name.lower()
+    for kind in ("csv", "parquet"):
+        if lowered.endswith("." + kind):
+            return kind
+    return None
+
+
+def read_tabular(file_name: str, raw: bytes, text_column: str) -> pd.DataFrame:
+    """A csv or parquet file's rows as a DataFrame, ``text_column`` kept as text.
+
+    Parquet index columns (pandas stores a named index as a column) come back as
+    ordinary columns. Nothing is ever unpickled. Raises :class:`SubmissionError`
+    when the bytes cannot be read as the format the extension names.
+    """
+    kind = file_kind(file_name)
+    if kind is None:
+        raise SubmissionError("unsupported file type: expected a .csv or .parquet file")
+    if not raw or raw.isspace():
+        raise SubmissionError("the file is empty")
+    try:
+        if kind == "csv":
+            return pd.read_csv(io.BytesIO(raw), dtype={text_column: str}, engine="pyarrow")
+        return pq.read_table(io.BytesIO(raw)).to_pandas(ignore_metadata=True)
+    except pd.errors.EmptyDataError:
+        raise SubmissionError("the file is empty") from None
+    except (ValueError, pa.ArrowException, UnicodeDecodeError) as error:
+        raise SubmissionError(f"unreadable as {kind}: {describe_error(error)}") from None
+
+
+def _examples(values: Sequence) -> str:
+    """The first couple of ``values`` quoted, for messages."""
+    return ", ".join(repr(str(v)) for v in list(values[:EXAMPLES_SHOWN]))
+
+
+def _column_list(columns: Sequence) -> str:
+    shown = [repr(str(c)) for c in list(columns)[:COLUMNS_SHOWN]]
+    more = len(columns) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "none"
+
+
+def _numeric_predictions(values: pd.Series) -> np.ndarray:
+    """The prediction column as float64, or a SubmissionError naming the non-numeric rows."""
+    if pd.api.types.is_bool_dtype(values):
+        raise SubmissionError("'prediction' holds true/false values, not numbers")
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    coerced = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & coerced.isna()
+    if bad.any():
+        raise SubmissionError(
+            f"'prediction' is not numeric in {int(bad.sum())} rows, e.g. {_examples(values[bad])}"
+        )
+    return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def parse_prediction_file(file_name: str, raw: bytes) -> pd.DataFrame:
+    """One prediction file → DataFrame with ``id`` (str) and ``prediction`` (float64), sorted by id.
+
+    Raises :class:`SubmissionError` with a person-readable reason when the file is
+    unreadable or empty, lacks ``id``/``prediction``, repeats ids, has rows without
+    an id, non-numeric, NaN or infinite predictions, or predictions outside [0, 1].
+    """
+    frame = read_tabular(file_name, raw, "id")
+    missing = [c for c in ("id", "prediction") if c not in frame.columns]
+    if missing:
+        raise SubmissionError(
+            f"missing column(s) {_column_list(missing)}; the file has columns {_column_list(frame.columns)}"
+        )
+    if frame.empty:
+        raise SubmissionError("the file has a header but no rows")
+    if frame["id"].isna().any():
+        raise SubmissionError(f"{int(frame['id'].isna().sum())} rows have no id")
+    frame = frame.assign(id=frame["id"].astype(str)).sort_values("id", kind="stable", ignore_index=True)
+    ids = frame["id"].to_numpy(dtype=object)
+    repeated = pd.unique(ids[1:][ids[1:] == ids[:-1]])
+    if len(repeated):
+        raise SubmissionError(f"{len(repeated)} ids appear more than once in this file, e.g. {_examples(repeated)}")
+    predictions = _numeric_predictions(frame["prediction"])
+    not_finite = ~np.isfinite(predictions)
+    if not_finite.any():
+        raise SubmissionError(f"{int(not_finite.sum())} rows have a missing (NaN) or infinite prediction")
+    outside = (predictions < 0.0) | (predictions > 1.0)
+    if outside.any():
+        raise SubmissionError(
+            f"{int(outside.sum())} predictions are outside [0, 1] "
+            f"(min {predictions.min():.6g}, max {predictions.max():.6g})"
+        )
+    return pd.DataFrame({"id": ids, "prediction": predictions})
+
+
+def merge_model_files(
+    model: str, files: list[tuple[str, bytes | Exception]]
+) -> tuple[pd.Series | None, list[Rejection]]:
+    """Parse a model's files in the given (lexicographic) order and apply re-uploads.
+
+    Each bad file is rejected on its own; the good ones are applied in order, a
+    later file's rows replacing earlier rows for the same ids. Returns the
+    predictions as a Series id → prediction with a sorted index (None when no
+    file survived) and the rejections.
+    """
+    frames: list[pd.DataFrame] = []
+    rejections: list[Rejection] = []
+    for name, content in files:
+        try:
+            if isinstance(content, Exception):
+                raise SubmissionError(f"unreadable: {describe_error(content)}")
+            frames.append(parse_prediction_file(name, content))
+        except SubmissionError as error:
+            rejections.append(Rejection(model, name, None, str(error)))
+    if not frames:
+        return None, rejections
+    merged = frames[0] if len(frames) == 1 else (
+        pd.concat(frames, ignore_index=True).drop_duplicates("id", keep="last").sort_values("id", ignore_index=True)
+    )
+    return pd.Series(merged["prediction"].to_numpy(), index=pd.Index(merged["id"], name="id"), name="prediction"), rejections
+
+
+# ---------------------------------------------------------------- era index
+
+
+@dataclass(eq=False)
+class EraIndex:
+    """Which ids make up each era of the data, and which of them have a resolved target.
+
+    Rows are held era by era (eras in sorted order), ids sorted within an era:
+    era ``k`` is ``ids[starts[k]:starts[k + 1]]``. ``resolved`` marks rows whose
+    target is not NaN; ``resolved_numbers`` (derived) are the numbers of the eras
+    with at least one resolved row. Built once per job and shipped to every load
+    task, it turns "which era and position is this id?" into one hash lookup for
+    all ids of a submission at once.
+    """
+
+    eras: list
+    ids: np.ndarray
+    starts: np.ndarray
+    resolved: np.ndarray
+    _lookup: pd.Index = field(init=False, repr=False, compare=False)
+    _number: dict = field(init=False, repr=False, compare=False)
+    resolved_numbers: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = pd.Index(self.ids, dtype=object)
+        if not self._lookup.is_unique:
+            repeated = self._lookup[self._lookup.duplicated()]
+            raise ValueError(f"{len(repeated)} ids appear more than once in the data, e.g. {_examples(repeated)}")
+        self._number = {era: k for k, era in enumerate(self.eras)}
+        counts = np.add.reduceat(self.resolved.astype(np.int64), self.starts[:-1]) if len(self.eras) else np.zeros(0)
+        self.resolved_numbers = np.flatnonzero(counts > 0)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> EraIndex:
+        """Build from a DataFrame with columns ``id``, ``era`` and ``target`` (NaN = unresolved)."""
+        rows = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(dtype=object), "era": frame["era"].to_numpy(),
+                             "resolved": frame["target"].notna().to_numpy()})
+        rows = rows.sort_values(["era", "id"], kind="stable", ignore_index=True)
+        codes, eras = pd.factorize(rows["era"], sort=False)
+        starts = np.flatnonzero(np.diff(codes, prepend=-1, append=-2)).astype(np.int64)
+        return cls(
+            eras=[python_scalar(e) for e in eras],
+            ids=rows["id"].to_numpy(dtype=object),
+            starts=starts,
+            resolved=rows["resolved"].to_numpy(dtype=bool),
+        )
+
+    @staticmethod
+    def era_label(era: Hashable) -> str:
+        """The era as text, for tables and messages (``"0575"`` stays ``"0575"``, 575 becomes ``"575"``)."""
+        return str(era)
+
+    def resolved_eras(self) -> list:
+        """Eras with at least one resolved target, in order: the ones that are scored."""
+        return [self.eras[k] for k in self.resolved_numbers]
+
+    def unresolved_eras(self) -> list:
+        """Eras whose target is NaN on every row: skipped, not scored as zero."""
+        resolved = set(self.resolved_numbers.tolist())
+        return [era for k, era in enumerate(self.eras) if k not in resolved]
+
+    def ids_of(self, era: Hashable) -> np.ndarray:
+        """The era's ids, sorted."""
+        k = self._number[era]
+        return self.ids[self.starts[k] : self.starts[k + 1]]
+
+    def resolved_of(self, era: Hashable) -> np.ndarray:
+        """Which of :meth:`ids_of` have a resolved target (a boolean mask in the same order)."""
+        k = self._number[era]
+        return self.resolved[self.starts[k] : self.starts[k + 1]]
+
+    def locate(self, ids: Sequence[str] | pd.Index) -> tuple[np.ndarray, np.ndarray]:
+        """For each id: its era's number (position in :attr:`eras`) and its position in that era; -1, -1 if unknown."""
+        rows = self._lookup.get_indexer(pd.Index(ids, dtype=object))
+        known = rows >= 0
+        numbers = np.where(known, np.searchsorted(self.starts, rows, side="right") - 1, -1)
+        positions = np.where(known, rows - self.starts[np.maximum(numbers, 0)], -1)
+        return numbers, positions
+
+
+def python_scalar(value: Hashable) -> Hashable:
+    """A numpy scalar as the equivalent Python value (eras then hash, print and convert to Arrow alike)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def split_by_era(
+    model: str, predictions: pd.Series, index: EraIndex, *, files: Sequence[str] = ()
+) -> tuple[dict[Hashable, np.ndarray], list[Rejection]]:
+    """Cut one model's merged predictions into one float64 array per resolved era.
+
+    Each array holds the predictions for the era's resolved rows in sorted-id
+    order. Any id unknown to the data rejects the whole model. An era the model
+    covers only partly, or where its predictions on the resolved rows are
+    constant, is rejected for that era only; an era the model did not predict at
+    all is simply not scored for it, and unresolved eras are skipped silently.
+    ``files`` names where the predictions came from, for the rejections.
+    """
+    source = ", ".join(files)
+    numbers, positions = index.locate(predictions.index)
+    unknown = numbers < 0
+    if unknown.any():
+        examples = _examples(sorted(predictions.index[unknown]))
+        reason = (f"{int(unknown.sum())} of {len(predictions)} ids are not in the data, e.g. {examples}; "
+                  "the model is not scored until its ids match the data")
+        return {}, [Rejection(model, source, None, reason)]
+    values = np.full(len(index.ids), np.nan)
+    values[index.starts[numbers] + positions] = predictions.to_numpy(dtype=np.float64)
+    eras = index.resolved_numbers
+    if not len(eras):
+        return {}, []
+    sizes = np.diff(index.starts)[eras]
+    covered = np.add.reduceat((~np.isnan(values)).astype(np.int64), index.starts[:-1])[eras]
+    resolved_rows = np.flatnonzero(index.resolved)
+    resolved_values = values[resolved_rows]
+    bounds = np.searchsorted(resolved_rows, index.starts)
+    lows = np.minimum.reduceat(resolved_values, bounds[eras])
+    highs = np.maximum.reduceat(resolved_values, bounds[eras])
+    by_era: dict[Hashable, np.ndarray] = {}
+    rejections: list[Rejection] = []
+    for k, size, have, low, high in zip(eras, sizes, covered, lows, highs):
+        era = index.eras[k]
+        if have == 0:
+            continue
+        if have < size:
+            rejections.append(Rejection(model, source, index.era_label(era),
+                                        f"incomplete: {size - have} of the era's {size} ids have no prediction"))
+        elif low == high:
+            rejections.append(Rejection(model, source, index.era_label(era),
+                                        f"constant: every prediction on the era's scored rows is {low:.6g}"))
+        else:
+            by_era[era] = resolved_values[bounds[k] : bounds[k + 1]].copy()
+    return by_era, rejections
