@@ -1,0 +1,406 @@
+"""The storage layout of the contract (v1) and all I/O, over any fsspec URL.
+
+A root is a local path, ``file://…``, ``s3://bucket/prefix`` (s3fs) or
+``memory://…``. S3 endpoint and credentials come from the standard AWS
+environment — botocore itself reads ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``
+and friends, so nothing here copies them — or from explicit
+``storage_options``, which win.
+
+Paths handed out (:attr:`FileInfo.path`) are full paths without the protocol,
+as the filesystem names them; ``relpath`` arguments are relative to the root.
+Listings always ask storage afresh (no listing cache), because a later refresh
+compares :attr:`FileInfo.version` to find what changed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import fsspec
+import fsspec.parquet
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.asyn import AsyncFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from numerai_dask.submissions import Rejection, SubmissionError, file_kind, python_scalar, read_tabular, redact
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LOCAL_READ_THREADS = 16
+
+
+class StorageError(Exception):
+    """The storage root or one of its shared inputs (data, stakes, benchmark) cannot be used."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One stored file: full path (no protocol), size in bytes, and a version that changes when it is rewritten.
+
+    ``version`` is the ETag on object stores, else the modification time as text.
+    """
+
+    path: str
+    size: int
+    version: str
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is a valid model name: 1–64 characters from ``A–Z a–z 0–9 _ -``."""
+    return MODEL_NAME.fullmatch(name) is not None
+
+
+def printable(name: str) -> str:
+    """A name from storage made safe to print: control and non-ASCII characters escaped."""
+    return name.encode("unicode_escape").decode("ascii")
+
+
+def _file_info(entry: dict) -> FileInfo:
+    """A FileInfo from an fsspec info/ls/find entry (s3fs: ETag; local: mtime; memory: created).
+
+    Times become POSIX seconds as text: fsspec's memory filesystem gives a datetime
+    from ``info`` but a float from ``find``, and both must give the same version.
+    """
+    version = entry.get("ETag") or entry.get("mtime") or entry.get("created") or ""
+    if isinstance(version, datetime):
+        version = version.timestamp()
+    return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'))
+
+
+class Storage:
+    """One storage root and the contract's layout under it.
+
+    Picklable (Dask tasks carry it to workers); ``repr`` shows the root without
+    credentials.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Storage({self.display_url!r})"
+
+    def __dask_tokenize__(self) -> tuple:
+        return (type(self).__name__, self.url, self.fs.__dask_tokenize__())
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def display_url(self) -> str:
+        """The root as a person would type it, without credentials."""
+        if isinstance(self.fs, LocalFileSystem):
+            return self.root or "/"
+        return redact(self.fs.unstrip_protocol(self.root))
+
+    def display(self, relpath: str) -> str:
+        """A path under the root as a person would type it, without credentials."""
+        return f"{self.display_url.rstrip('/')}/{relpath}"
+
+    def path(self, *parts: str) -> str:
+        """The full path of ``parts`` joined under the root; ``..`` segments are refused."""
+        segments = [s for part in parts for s in part.split("/") if s]
+        if ".." in segments:
+            raise StorageError(f"refusing a path that leaves the root: {printable('/'.join(parts))!r}")
+        return "/".join([self.root, *segments])
+
+    def relative(self, path: str) -> str:
+        """A full path (as in :attr:`FileInfo.path`) relative to the root."""
+        prefix = self.root + "/"
+        if not path.startswith(prefix):
+            raise StorageError(f"{printable(path)!r} is not under {self.display_url}")
+        return path[len(prefix) :]
+
+    # -------------------------------------------------------------- listings
+
+    def info(self, relpath: str) -> FileInfo | None:
+        """The file at ``relpath``, or None when there is no file there."""
+        self.fs.invalidate_cache()
+        try:
+            entry = self.fs.info(self.path(relpath))
+        except FileNotFoundError:
+            return None
+        return _file_info(entry) if entry.get("type") == "file" else None
+
+    def _files(self, relpath: str) -> list[dict]:
+        """Every file below ``relpath`` (any depth), sorted by path; [] when there is none."""
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(self.path(relpath), detail=True)
+        except FileNotFoundError:
+            return []
+        return [entry for _, entry in sorted(found.items()) if entry.get("type") == "file"]
+
+    def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
+        """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""
+        folder = self.path(relpath) + "/"
+        return [
+            _file_info(entry)
+            for entry in self._files(relpath)
+            if "/" not in entry["name"][len(folder) :] and file_kind(entry["name"]) in kinds
+        ]
+
+    def list_data_files(self) -> list[FileInfo]:
+        """The tournament data files, ``data/*.parquet``, sorted by path."""
+        return self._direct_files("data", ("parquet",))
+
+    def list_submissions(self) -> tuple[dict[str, list[FileInfo]], list[Rejection]]:
+        """Every model's prediction files in the order they apply, and the rejected names.
+
+        Both layouts count: ``submissions/<model>.csv|.parquet`` and
+        ``submissions/<model>/*.csv|*.parquet``. A model's single files come first,
+        then its folder's files, each group in lexicographic file-name order — so
+        files added to the folder later (re-uploads) win over the single file.
+        Other extensions and deeper folders are ignored. A name that is not a
+        valid model name gives one Rejection (the name escaped for printing) and
+        is never used to build a path.
+        """
+        folder = self.path("submissions") + "/"
+        singles: dict[str, list[FileInfo]] = {}
+        nested: dict[str, list[FileInfo]] = {}
+        bad: dict[str, str] = {}
+        for entry in self._files("submissions"):
+            if file_kind(entry["name"]) is None:
+                continue
+            parts = entry["name"][len(folder) :].split("/")
+            if len(parts) == 1:
+                name, group = parts[0].rsplit(".", 1)[0], singles
+            elif len(parts) == 2:
+                name, group = parts[0], nested
+            else:
+                continue
+            if is_model_name(name):
+                group.setdefault(name, []).append(_file_info(entry))
+            else:
+                bad.setdefault(name, "submissions/" + parts[0])
+        by_model = {
+            model: sorted(singles.get(model, []), key=_file_name) + sorted(nested.get(model, []), key=_file_name)
+            for model in sorted(singles.keys() | nested.keys())
+        }
+        rejections = [
+            Rejection(printable(name), printable(where), None,
+                      "invalid model name: a model name is 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+            for name, where in sorted(bad.items())
+        ]
+        return by_model, rejections
+
+    def find_stakes(self) -> FileInfo | None:
+        """``stakes.csv`` or ``stakes.parquet`` if present; both at once is ambiguous (StorageError)."""
+        found = [info for info in (self.info("stakes.csv"), self.info("stakes.parquet")) if info is not None]
+        if len(found) > 1:
+            raise StorageError("both stakes.csv and stakes.parquet exist; keep one so the stakes are unambiguous")
+        return found[0] if found else None
+
+    def find_benchmark(self) -> tuple[str, FileInfo] | None:
+        """The benchmark's name and file (``benchmark/<name>.csv|.parquet``), None without one."""
+        found = self._direct_files("benchmark", ("csv", "parquet"))
+        if len(found) > 1:
+            names = ", ".join(printable(_file_name(f)) for f in found)
+            raise StorageError(f"benchmark/ must hold exactly one prediction file, found {len(found)}: {names}")
+        if not found:
+            return None
+        return _file_name(found[0]).rsplit(".", 1)[0], found[0]
+
+    # ----------------------------------------------------------------- reads
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """The whole file at ``relpath``."""
+        return self.fs.cat_file(self.path(relpath))
+
+    def exists(self, relpath: str) -> bool:
+        """Whether anything (file or folder) is at ``relpath``."""
+        self.fs.invalidate_cache()
+        return self.fs.exists(self.path(relpath))
+
+    def read_many(self, paths: list[str]) -> dict[str, bytes | Exception]:
+        """Read many small files (full paths) concurrently; a failed read maps to its exception.
+
+        Async filesystems (s3fs) issue the requests together on their event loop;
+        others use a thread pool. Paths are taken literally (no glob expansion).
+        """
+        if not paths:
+            return {}
+        if isinstance(self.fs, AsyncFileSystem):
+            contents = self.fs.cat_ranges(paths, None, None, on_error="return")
+        else:
+            with ThreadPoolExecutor(max_workers=min(LOCAL_READ_THREADS, len(paths))) as pool:
+                contents = list(pool.map(self._read_or_error, paths))
+        return dict(zip(paths, contents))
+
+    def _read_or_error(self, path: str) -> bytes | Exception:
+        try:
+            return self.fs.cat_file(path)
+        except Exception as error:  # noqa: BLE001 — the caller turns it into a rejection
+            return error
+
+    def read_feature_sets(self) -> dict[str, list[str]]:
+        """The named feature sets of ``data/features.json`` ({} when the file is absent)."""
+        if self.info("data/features.json") is None:
+            return {}
+        try:
+            document = json.loads(self.read_bytes("data/features.json"))
+        except ValueError as error:
+            raise StorageError(f"data/features.json is not valid JSON: {error}") from None
+        sets = document.get("feature_sets", {}) if isinstance(document, dict) else None
+        if not isinstance(sets, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in sets.values()
+        ):
+            raise StorageError('data/features.json: "feature_sets" must map names to lists of column names')
+        return sets
+
+    def read_stakes(self) -> pd.Series:
+        """Stakes per model (index ``model``, float ``stake``), validated: finite and ≥ 0, one row per model."""
+        found = self.find_stakes()
+        if found is None:
+            raise StorageError("no stakes file (stakes.csv or stakes.parquet)")
+        name = self.relative(found.path)
+        try:
+            frame = read_tabular(name, self.fs.cat_file(found.path), "model")
+        except SubmissionError as error:
+            raise StorageError(f"{name}: {error}") from None
+        return _validated_stakes(name, frame)
+
+    def _metadata(self, path: str) -> pq.FileMetaData:
+        with self.fs.open(path, "rb") as handle:
+            return pq.read_metadata(handle)
+
+    def data_columns(self, path: str) -> list[str]:
+        """The columns of a data file (schema only): ``id`` first, whether stored as a column or as the index."""
+        schema = self._metadata(path).schema.to_arrow_schema()
+        index_columns = _pandas_index_columns(schema)
+        if "id" not in schema.names:
+            raise StorageError(f"{self.display(self.relative(path))}: no 'id' column or index")
+        return ["id"] + [n for n in schema.names if n != "id" and n not in index_columns]
+
+    def read_data(self, path: str, columns: list[str], eras: list | None = None) -> pd.DataFrame:
+        """Rows of a data file: ``id`` (str) plus ``columns``, dtypes as stored (int8 stays int8).
+
+        Only the named columns are fetched. With ``eras``, only row groups whose
+        era statistics may hold one of them are fetched, and rows are filtered
+        with a pyarrow expression; era values must have the file's era type
+        (str or int; numpy scalars are fine).
+        """
+        metadata = self._metadata(path)
+        schema = metadata.schema.to_arrow_schema()
+        wanted = ["id", *[c for c in columns if c != "id"]]
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            raise StorageError(f"{self.display(self.relative(path))}: no column(s) {missing}")
+        if eras is None:
+            groups, keep = list(range(metadata.num_row_groups)), None
+        else:
+            values = self._era_values(path, schema, eras)
+            groups, keep = _row_groups_with(metadata, values), pc.field("era").isin(values)
+        fetched = wanted if keep is None or "era" in wanted else [*wanted, "era"]
+        with fsspec.parquet.open_parquet_file(
+            path, fs=self.fs, columns=fetched, row_groups=groups, engine="pyarrow"
+        ) as handle:
+            table = pq.ParquetFile(handle).read_row_groups(groups, columns=fetched)
+        if keep is not None:
+            table = table.filter(keep).select(wanted)
+        frame = table.to_pandas(ignore_metadata=True)
+        frame["id"] = frame["id"].astype(str)
+        return frame
+
+    def _era_values(self, path: str, schema: pa.Schema, eras: list) -> pa.Array:
+        if "era" not in schema.names:
+            raise StorageError(f"{self.display(self.relative(path))}: no 'era' column to filter on")
+        era_type = schema.field("era").type
+        values = [python_scalar(e) for e in eras]
+        try:
+            return pa.array(values, type=era_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise StorageError(
+                f"{self.display(self.relative(path))}: era values {values[:3]!r} do not have the era column's type {era_type}"
+            ) from None
+
+    # ---------------------------------------------------------------- writes
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write one object in one request (a single PUT on object stores), so readers never see it half-written.
+
+        Locally the bytes go to a temporary sibling first, then replace the target atomically.
+        """
+        target = self.path(relpath)
+        if isinstance(self.fs, LocalFileSystem):
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+                os.replace(temporary, target)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def write_text(self, relpath: str, text: str) -> None:
+        """Write UTF-8 text as one object."""
+        self.write_bytes(relpath, text.encode("utf-8"))
+
+    def write_parquet(self, relpath: str, frame: pd.DataFrame) -> None:
+        """Write a DataFrame's columns (not its index) as one parquet object."""
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self.write_bytes(relpath, buffer.getvalue())
+
+    def delete(self, relpath: str) -> None:
+        """Remove the file or folder at ``relpath``; nothing there is not an error."""
+        target = self.path(relpath)
+        self.fs.invalidate_cache()
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+
+def _file_name(info: FileInfo) -> str:
+    return posixpath.basename(info.path)
+
+
+def _pandas_index_columns(schema: pa.Schema) -> set[str]:
+    """Columns that pandas stored for its index (RangeIndex entries are not columns)."""
+    metadata = schema.pandas_metadata or {}
+    return {c for c in metadata.get("index_columns", []) if isinstance(c, str)}
+
+
+def _row_groups_with(metadata: pq.FileMetaData, values: pa.Array) -> list[int]:
+    """Row groups whose ``era`` min/max statistics may contain one of ``values`` (all when unknown)."""
+    column = metadata.schema.to_arrow_schema().get_field_index("era")
+    wanted = values.to_pylist()
+    groups = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max or any(stats.min <= v <= stats.max for v in wanted):
+            groups.append(group)
+    return groups
+
+
+def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
+    """The stakes table as a Series, or a StorageError saying exactly what is wrong with it."""
+    missing = [c for c in ("model", "stake") if c not in frame.columns]
+    if missing:
+        raise StorageError(f"{name}: missing column(s) {missing}; it has {list(frame.columns)[:10]}")
+    if frame["model"].isna().any():
+        raise StorageError(f"{name}: {int(frame['model'].isna().sum())} rows have no model name")
+    models = frame["model"].astype(str)
+    repeated = sorted(models[models.duplicated()].unique())
+    if repeated:
+        raise StorageError(f"{name}: {len(repeated)} models appear more than once, e.g. {repeated[:2]}")
+    stakes = pd.to_numeric(frame["stake"], errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(stakes) | (stakes < 0)
+    if bad.any():
+        examples = ", ".join(f"{printable(m)}={s!r}" for m, s in zip(models[bad][:2], frame["stake"][bad][:2]))
+        raise StorageError(f"{name}: {int(bad.sum())} stakes are not finite numbers ≥ 0, e.g. {examples}")
+    return pd.Series(stakes.to_numpy(), index=pd.Index(models.to_numpy(), name="model"), name="stake")
