@@ -1,10 +1,11 @@
 """The storage layout of the contract (v1) and all I/O, over any fsspec URL.
 
 A root is a local path, ``file://…``, ``s3://bucket/prefix`` (s3fs) or
-``memory://…``. S3 endpoint and credentials come from the standard AWS
-environment — botocore itself reads ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``
-and friends, so nothing here copies them — or from explicit
-``storage_options``, which win.
+``memory://…``. S3 endpoint and credentials come from explicit
+``storage_options`` or else the standard AWS environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``…). The environment is read once, where the job starts,
+and travels with the pickled :class:`Storage`, so Dask workers on other
+machines need no AWS configuration of their own.
 
 Paths handed out (:attr:`FileInfo.path`) are full paths without the protocol,
 as the filesystem names them; ``relpath`` arguments are relative to the root.
@@ -78,6 +79,25 @@ def _file_info(entry: dict) -> FileInfo:
     return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'))
 
 
+#: Standard AWS variables → s3fs options, for settings not given explicitly.
+AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
+
+
+def with_aws_environment(url: str, storage_options: dict) -> dict:
+    """``storage_options`` completed, for ``s3://`` roots, from the standard AWS environment variables."""
+    if not url.startswith(("s3://", "s3a://")):
+        return storage_options
+    options = dict(storage_options)
+    for variable, option in AWS_ENVIRONMENT.items():
+        if os.environ.get(variable) and option not in options:
+            options[option] = os.environ[variable]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client_kwargs = dict(options.get("client_kwargs", {}))
+    if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in options:
+        options["client_kwargs"] = {**client_kwargs, "endpoint_url": endpoint}
+    return options
+
+
 class Storage:
     """One storage root and the contract's layout under it.
 
@@ -87,7 +107,7 @@ class Storage:
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.fs, root = fsspec.core.url_to_fs(url, **with_aws_environment(url, storage_options or {}))
         self.root = root.rstrip("/")
 
     def __repr__(self) -> str:
