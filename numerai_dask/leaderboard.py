@@ -91,9 +91,9 @@ def build_leaderboard(
             board[f"{metric}_mean"] = table.groupby("model", sort=True)[metric].mean()
     board["payout_mean"] = table.groupby("model", sort=True)["payout"].mean()
     for metric in [m for m in SUMMARISED if f"{m}_mean" in board] + ["payout"]:
-        board[f"{metric}_rank"] = board[f"{metric}_mean"].rank(ascending=False, method="min")
+        board[f"{metric}_rank"] = board[f"{metric}_mean"].rank(ascending=False, method="min").astype("Int64")
     board = board.reset_index().rename(columns={"index": "model"})
     if previous is not None and "payout_rank" in previous:
         before = previous.set_index("model")["payout_rank"]
-        board["rank_change"] = board["model"].map(before) - board["payout_rank"]
+        board["rank_change"] = board["model"].map(before).astype("Int64") - board["payout_rank"]
     return board.sort_values(["payout_rank", "model"], kind="stable").reset_index(drop=True)

@@ -91,4 +91,4 @@ def test_rank_change_against_previous_leaderboard():
     again = build_leaderboard(table, previous=previous).set_index("model")
     for model, row in previous.set_index("model").iterrows():
         assert again.loc[model, "rank_change"] == row["payout_rank"] - again.loc[model, "payout_rank"]
-    assert np.isnan(again.loc[board.loc[0, "model"], "rank_change"])
+    assert pd.isna(again.loc[board.loc[0, "model"], "rank_change"])

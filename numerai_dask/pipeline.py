@@ -1,0 +1,390 @@
+"""The Dask graph: submissions are read and split by era, then one task per era scores every model.
+
+The job runs in four steps:
+
+1. **discover** (client): list the data files and read only ``id``, ``era`` and
+   the scoring target to learn each era's ids and which files hold it; list
+   submissions, stakes and the benchmark.
+2. **load** (one task per batch of models): read the batch's files
+   concurrently, validate them, apply re-uploads, and cut each model's
+   predictions into per-era arrays (rows = the era's resolved ids, sorted).
+3. **score** (one task per resolved era): read that era's rows (features kept
+   int8, only the columns needed) from the files that hold it, gather the era's
+   slices from every batch, and call :func:`numerai_dask.scoring.score_era` once
+   for all models valid in the era. A worker holds one era's working set.
+4. **reduce** (client): the per-era tables become the leaderboard.
+
+Predictions (small) travel to the era's features (large), never the reverse.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import dask
+import numpy as np
+import pandas as pd
+from dask.delayed import Delayed
+from distributed import Client, futures_of, progress
+from threadpoolctl import threadpool_limits
+
+from numerai_dask import __version__
+from numerai_dask.leaderboard import PayoutRule, build_leaderboard
+from numerai_dask.scoring import DegenerateEraError, score_era
+from numerai_dask.storage import FileInfo, Storage
+from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
+
+PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
+REJECTION_COLUMNS = ("model", "file", "era", "reason")
+
+
+class JobError(Exception):
+    """The job itself cannot run (bad root, missing target column…): a one-line cause."""
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """What to score against: everything here is recorded in the manifest."""
+
+    target: str = "target"
+    extra_targets: tuple[str, ...] = ()
+    feature_set: str | None = None
+    neutralization: float = 1.0
+    payout: PayoutRule = field(default_factory=PayoutRule)
+    models_per_task: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.neutralization <= 1.0:
+            raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
+        if self.models_per_task < 1:
+            raise JobError("models_per_task must be at least 1")
+
+
+@dataclass(frozen=True)
+class EraPlan:
+    """One resolved era: its value as stored in the data, its label, and the files holding its rows."""
+
+    value: object
+    label: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """Everything the client learns before building the graph."""
+
+    data_files: list[FileInfo]
+    features: list[str]
+    index: EraIndex
+    eras: list[EraPlan]
+    unresolved: list[str]
+    submissions: dict[str, list[FileInfo]]
+    stakes: pd.Series | None
+    stakes_file: FileInfo | None
+    benchmark_file: tuple[str, FileInfo] | None
+    feature_sets_file: FileInfo | None
+    rejections: list[Rejection]
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """A batch of models cut by era: era label → (model names, predictions as a models × rows array)."""
+
+    by_era: dict[str, tuple[list[str], np.ndarray]]
+    rejections: list[Rejection]
+
+
+@dataclass(frozen=True)
+class EraScores:
+    """One era's scores, or why the era was skipped."""
+
+    label: str
+    table: pd.DataFrame
+    skipped: str | None = None
+
+
+@dataclass
+class JobResult:
+    """The scored job, ready to publish."""
+
+    per_era: pd.DataFrame
+    leaderboard: pd.DataFrame
+    rejections: pd.DataFrame
+    skipped_eras: dict[str, str]
+    manifest: dict
+
+
+# ---------------------------------------------------------------------- discover
+
+
+def select_features(storage: Storage, columns: Sequence[str], feature_set: str | None) -> list[str]:
+    """The feature columns to score with: all ``feature_*`` columns, or one named set of them."""
+    available = [c for c in columns if c.startswith("feature_")]
+    if feature_set is None:
+        return available
+    sets = storage.read_feature_sets()
+    if feature_set not in sets:
+        known = ", ".join(sorted(sets)) or "none (no data/features.json)"
+        raise JobError(f"unknown feature set {feature_set!r}; known sets: {known}")
+    present = set(available)
+    missing = [f for f in sets[feature_set] if f not in present]
+    if missing:
+        raise JobError(f"feature set {feature_set!r} names {len(missing)} columns absent from the data, e.g. {missing[:3]}")
+    return list(sets[feature_set])
+
+
+def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) -> tuple[EraIndex, dict[str, list[str]]]:
+    """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era."""
+    frames = []
+    files_by_era: dict[str, list[str]] = {}
+    for info in data_files:
+        frame = storage.read_data(info.path, ["era", target])
+        for era in pd.unique(frame["era"]):
+            files_by_era.setdefault(str(era), []).append(info.path)
+        frames.append(frame)
+    data = pd.concat(frames, ignore_index=True)
+    duplicated = data["id"].duplicated()
+    if duplicated.any():
+        raise JobError(f"{int(duplicated.sum())} ids appear more than once in the data, e.g. {data['id'][duplicated].iloc[0]!r}")
+    return EraIndex.from_frame(data.rename(columns={target: "target"})), files_by_era
+
+
+def discover(storage: Storage, params: ScoringParams) -> JobInputs:
+    """List and read what the graph needs: data layout, era index, submissions, stakes, benchmark."""
+    data_files = storage.list_data_files()
+    if not data_files:
+        raise JobError(f"no data files: expected {storage.path('data')}/*.parquet")
+    columns = storage.data_columns(data_files[0].path)
+    for name in (params.target, *params.extra_targets):
+        if name not in columns:
+            raise JobError(f"target column {name!r} is not in the data (targets there: {[c for c in columns if c.startswith('target')]})")
+    features = select_features(storage, columns, params.feature_set)
+    index, files_by_era = read_era_index(storage, data_files, params.target)
+    eras = [
+        EraPlan(era, index.era_label(era), tuple(files_by_era[index.era_label(era)]))
+        for era in index.resolved_eras()
+    ]
+    if not eras:
+        raise JobError("no era has a resolved target: nothing to score")
+    submissions, rejections = storage.list_submissions()
+    stakes_file = storage.find_stakes()
+    return JobInputs(
+        data_files=data_files,
+        features=features,
+        index=index,
+        eras=eras,
+        unresolved=[index.era_label(e) for e in index.unresolved_eras()],
+        submissions=submissions,
+        stakes=storage.read_stakes() if stakes_file else None,
+        stakes_file=stakes_file,
+        benchmark_file=storage.find_benchmark(),
+        feature_sets_file=storage.info("data/features.json"),
+        rejections=list(rejections),
+    )
+
+
+# -------------------------------------------------------------------------- load
+
+
+def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], index: EraIndex) -> ModelBatch:
+    """Read, validate and cut by era the predictions of a batch of models (one Dask task)."""
+    contents = storage.read_many([path for _, paths in models for path in paths])
+    rejections: list[Rejection] = []
+    names: dict[str, list[str]] = {}
+    arrays: dict[str, list[np.ndarray]] = {}
+    for model, paths in models:
+        files = [storage.relative(p) for p in paths]
+        predictions, problems = merge_model_files(model, list(zip(files, (contents[p] for p in paths))))
+        rejections += problems
+        if predictions is None:
+            continue
+        by_era, problems = split_by_era(model, predictions, index, files=files)
+        rejections += problems
+        for era, values in by_era.items():
+            label = index.era_label(era)
+            names.setdefault(label, []).append(model)
+            arrays.setdefault(label, []).append(values)
+    return ModelBatch({label: (names[label], np.vstack(arrays[label])) for label in names}, rejections)
+
+
+def era_slice(batch: ModelBatch, label: str) -> tuple[list[str], np.ndarray] | None:
+    """The part of one batch that one era needs (a small object to move between workers)."""
+    return batch.by_era.get(label)
+
+
+def batch_rejections(batch: ModelBatch) -> list[Rejection]:
+    return batch.rejections
+
+
+def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.ndarray], list[Rejection]]:
+    """The benchmark's predictions per era label (validated like a submission)."""
+    if inputs.benchmark_file is None:
+        return {}, []
+    name, info = inputs.benchmark_file
+    label = f"benchmark/{name}"
+    contents = storage.read_many([info.path])
+    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])])
+    if predictions is None:
+        return {}, rejections
+    by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.relative(info.path)])
+    return {inputs.index.era_label(e): v for e, v in by_era.items()}, rejections + problems
+
+
+# ------------------------------------------------------------------------- score
+
+
+def read_era_rows(storage: Storage, era: EraPlan, columns: list[str], target: str) -> pd.DataFrame:
+    """The era's resolved rows from every file that holds it, sorted by id."""
+    frames = [storage.read_data(path, columns, eras=[era.value]) for path in era.files]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    rows = rows[rows[target].notna()]
+    return rows.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def score_era_task(
+    storage: Storage,
+    era: EraPlan,
+    features: list[str],
+    params: ScoringParams,
+    slices: list[tuple[list[str], np.ndarray] | None],
+    stakes: pd.Series | None,
+    benchmark: np.ndarray | None,
+) -> EraScores:
+    """Score every model valid in one era (one Dask task)."""
+    present = [s for s in slices if s is not None]
+    if not present:
+        return EraScores(era.label, empty_per_era(params), skipped="no valid submission covers this era")
+    models = [name for names, _ in present for name in names]
+    by_model = np.vstack([values for _, values in present])
+    rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target)
+    if len(rows) != by_model.shape[1]:
+        raise JobError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} in the index")
+    stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
+    try:
+        with threadpool_limits(1):
+            scores = score_era(
+                by_model.T,
+                rows[params.target].to_numpy(np.float64),
+                rows[features].to_numpy(),
+                stake,
+                benchmark,
+                proportion=params.neutralization,
+                extra_targets={t: rows[t].to_numpy(np.float64) for t in params.extra_targets},
+            )
+    except DegenerateEraError as error:
+        return EraScores(era.label, empty_per_era(params), skipped=str(error))
+    if benchmark is None:
+        scores["bmc"] = np.full(len(models), np.nan)
+    table = pd.DataFrame({"era": era.label, "model": models, **scores})
+    return EraScores(era.label, table[list(per_era_columns(params))])
+
+
+def per_era_columns(params: ScoringParams) -> tuple[str, ...]:
+    return PER_ERA_COLUMNS + tuple(f"corr_{t}" for t in params.extra_targets)
+
+
+def empty_per_era(params: ScoringParams) -> pd.DataFrame:
+    columns = per_era_columns(params)
+    return pd.DataFrame({c: pd.Series(dtype=object if c in ("era", "model") else np.float64) for c in columns})
+
+
+# ------------------------------------------------------------------------- graph
+
+
+def batches(submissions: dict[str, list[FileInfo]], size: int) -> list[list[tuple[str, list[str]]]]:
+    """Models in name order, ``size`` to a batch, each with its file paths in application order."""
+    models = [(name, [f.path for f in files]) for name, files in sorted(submissions.items())]
+    return [models[i : i + size] for i in range(0, len(models), size)]
+
+
+def build_graph(
+    storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray]
+) -> tuple[list[Delayed], list[Delayed]]:
+    """One load task per batch of models, one slice per (batch, era), one score task per era."""
+    index = dask.delayed(inputs.index, traverse=False)
+    loaded = [
+        dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}")
+        for i, batch in enumerate(batches(inputs.submissions, params.models_per_task))
+    ]
+    scored = [
+        dask.delayed(score_era_task, pure=True)(
+            storage,
+            era,
+            inputs.features,
+            params,
+            [dask.delayed(era_slice, pure=True)(b, era.label) for b in loaded],
+            inputs.stakes,
+            benchmark.get(era.label),
+            dask_key_name=f"score-era-{era.label}",
+        )
+        for era in inputs.eras
+    ]
+    rejections = [dask.delayed(batch_rejections, pure=True)(b) for b in loaded]
+    return scored, rejections
+
+
+# ------------------------------------------------------------------------ run
+
+
+def rejections_frame(rejections: Sequence[Rejection]) -> pd.DataFrame:
+    if not rejections:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in REJECTION_COLUMNS})
+    return pd.DataFrame([asdict(r) for r in rejections], columns=list(REJECTION_COLUMNS))
+
+
+def input_record(inputs: JobInputs) -> list[dict]:
+    """Every input file seen (path, size, version): the manifest's record and refresh's baseline."""
+    files = list(inputs.data_files) + [f for fs in inputs.submissions.values() for f in fs]
+    files += [f for f in (inputs.stakes_file, inputs.feature_sets_file) if f is not None]
+    if inputs.benchmark_file is not None:
+        files.append(inputs.benchmark_file[1])
+    return [asdict(f) for f in sorted(files, key=lambda f: f.path)]
+
+
+def run_job(
+    client: Client,
+    storage: Storage,
+    params: ScoringParams,
+    *,
+    show_progress: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> JobResult:
+    """Discover, load, score and reduce on ``client``'s cluster: the whole job short of publishing."""
+    started = time.perf_counter()
+    inputs = discover(storage, params)
+    log(f"{len(inputs.data_files)} data files, {len(inputs.eras)} resolved eras "
+        f"({len(inputs.unresolved)} unresolved skipped), {len(inputs.features)} features, "
+        f"{len(inputs.submissions)} models")
+    benchmark, benchmark_rejections = load_benchmark(storage, inputs)
+    discovered = time.perf_counter()
+    scored, rejected = build_graph(storage, inputs, params, benchmark)
+    futures = client.compute(scored + rejected)
+    if show_progress:
+        progress(futures_of(futures), notebook=False)
+    results = client.gather(futures)
+    era_results: list[EraScores] = results[: len(scored)]
+    rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
+    computed = time.perf_counter()
+    tables = [r.table for r in era_results if r.skipped is None]
+    per_era = pd.concat(tables, ignore_index=True) if tables else empty_per_era(params)
+    if per_era.empty:
+        raise JobError("no model could be scored in any era; see the rejections")
+    leaderboard = build_leaderboard(per_era, params.payout)
+    skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}
+    finished = time.perf_counter()
+    manifest = {
+        "root": storage.display_url,
+        "parameters": {**asdict(params), "payout": asdict(params.payout)},
+        "inputs": input_record(inputs),
+        "eras": {"scored": sorted(set(per_era["era"])), "skipped": skipped, "unresolved": inputs.unresolved},
+        "models": {"submitted": len(inputs.submissions), "scored": int(per_era["model"].nunique()),
+                   "rejections": len(rejections)},
+        "versions": {"numerai_dask": __version__, "python": platform.python_version(),
+                     "numpy": np.__version__, "pandas": pd.__version__, "dask": dask.__version__},
+        "timings_seconds": {"discover": round(discovered - started, 3), "score": round(computed - discovered, 3),
+                            "reduce": round(finished - computed, 3)},
+    }
+    return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest)

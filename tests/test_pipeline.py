@@ -1,0 +1,169 @@
+"""The whole job on a real multi-process Dask cluster, checked era by era against numerai-tools.
+
+The expected scores are built here without the project's code: pandas reads the
+files, applies re-uploads in file-name order, and numerai-tools (tests/oracle.py)
+scores every resolved era.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client
+from numerai_tools.scoring import numerai_corr
+from oracle import TOLERANCE, oracle
+
+from numerai_dask.pipeline import JobError, ScoringParams, run_job
+from numerai_dask.storage import Storage
+from numerai_dask.synthetic import generate
+
+METRICS = ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
+
+
+@pytest.fixture(scope="module")
+def client(dask_cluster: str):
+    with Client(dask_cluster) as c:
+        yield c
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+    return frame.reset_index() if "id" not in frame.columns else frame
+
+
+def model_files(root: Path) -> dict[str, list[Path]]:
+    """Each model's files in the order the contract applies them: single file first, then the folder's."""
+    files: dict[str, list[Path]] = {}
+    for path in sorted((root / "submissions").iterdir()):
+        if path.is_dir():
+            files.setdefault(path.name, []).extend(sorted(path.iterdir()))
+        else:
+            files.setdefault(path.stem, []).insert(0, path)
+    return files
+
+
+def merged_predictions(paths: list[Path]) -> pd.Series:
+    frames = [read_table(p).set_index("id")["prediction"] for p in paths]
+    merged = frames[0]
+    for later in frames[1:]:
+        merged = later.combine_first(merged)  # a later file's rows win
+    return merged
+
+
+def expected_per_era(root: Path, excluded: dict[str, set] | None = None, extra_targets=("target_jerome",)) -> pd.DataFrame:
+    """numerai-tools' scores of every resolved era; ``excluded`` maps era label → models left out."""
+    data = pd.concat([read_table(p) for p in sorted((root / "data").glob("*.parquet"))], ignore_index=True)
+    features = [c for c in data.columns if c.startswith("feature_")]
+    predictions = {m: merged_predictions(p) for m, p in model_files(root).items()}
+    stakes = pd.read_csv(root / "stakes.csv").set_index("model")["stake"]
+    benchmark = merged_predictions(sorted((root / "benchmark").iterdir()))
+    tables = []
+    for era, rows in data.groupby("era", sort=True):
+        rows = rows[rows["target"].notna()].sort_values("id")
+        if rows.empty:
+            continue
+        models = sorted(set(predictions) - (excluded or {}).get(str(era), set()))
+        p = np.column_stack([predictions[m].reindex(rows["id"]).to_numpy() for m in models])
+        scores = oracle(p, rows["target"].to_numpy(), rows[features].to_numpy(),
+                        stakes.reindex(models).to_numpy(), benchmark.reindex(rows["id"]).to_numpy())
+        table = pd.DataFrame({"era": str(era), "model": models, **scores})
+        for name in extra_targets:
+            frame = pd.DataFrame(p, index=rows["id"].to_numpy(), columns=models)
+            target = pd.Series(rows[name].to_numpy(), index=frame.index, name=name)
+            table[f"corr_{name}"] = numerai_corr(frame, target).to_numpy()
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def assert_matches(per_era: pd.DataFrame, expected: pd.DataFrame) -> None:
+    key = ["era", "model"]
+    mine = per_era.sort_values(key).reset_index(drop=True)
+    theirs = expected.sort_values(key).reset_index(drop=True)
+    assert mine[key].equals(theirs[key])
+    for metric in [c for c in theirs.columns if c not in key]:
+        np.testing.assert_allclose(mine[metric], theirs[metric], rtol=0, atol=TOLERANCE, err_msg=metric)
+
+
+def test_job_equals_numerai_tools_era_by_era(tmp_path, client):
+    """String eras, id as index, an era split over two files, re-uploads, two unresolved eras."""
+    dataset = generate(str(tmp_path), n_eras=7, rows_per_era=60, n_features=8, n_models=6, n_unresolved=2, seed=1)
+    result = run_job(client, Storage(str(tmp_path)), ScoringParams(extra_targets=("target_jerome",)))
+    assert_matches(result.per_era, expected_per_era(tmp_path))
+    assert sorted(set(result.per_era["era"])) == [str(e) for e in dataset.resolved_eras]
+    assert not set(map(str, dataset.unresolved_eras)) & set(result.per_era["era"])
+    assert result.manifest["eras"]["unresolved"] == [str(e) for e in dataset.unresolved_eras]
+    assert result.rejections.empty
+    assert sorted(result.leaderboard["model"]) == dataset.models
+    # the generator's folder models re-upload part of their ids: the merged scores above prove the
+    # re-upload won; scoring the first file alone would give a different corr
+    folder_model = next(m for m, files in dataset.submission_files.items() if len(files) == 2)
+    first_only = read_table(tmp_path / dataset.submission_files[folder_model][0]).set_index("id")["prediction"]
+    assert not first_only.equals(merged_predictions([tmp_path / f for f in dataset.submission_files[folder_model]]))
+
+
+def test_integer_eras_and_id_as_column(tmp_path, client):
+    generate(str(tmp_path), n_eras=5, rows_per_era=41, n_features=6, n_models=4, n_unresolved=1, seed=2,
+             era_format="int", id_as_index=False)
+    result = run_job(client, Storage(str(tmp_path)), ScoringParams(extra_targets=("target_jerome",)))
+    assert_matches(result.per_era, expected_per_era(tmp_path))
+    assert list(result.per_era["era"].drop_duplicates()) == ["1", "2", "3", "4"]
+
+
+def test_rejected_models_never_enter_the_meta_model(tmp_path, client):
+    dataset = generate(str(tmp_path), n_eras=4, rows_per_era=50, n_features=5, n_models=5, n_unresolved=0, seed=3)
+    data = pd.concat([read_table(p) for p in sorted((tmp_path / "data").glob("*.parquet"))])
+    # model_001: NaN predictions → the whole file is rejected; model_004: constant in one era only
+    bad = model_files(tmp_path)["model_001"]
+    for path in bad:
+        path.unlink()
+    nan_file = tmp_path / "submissions" / "model_001.csv"
+    pd.DataFrame({"id": data["id"], "prediction": np.nan}).to_csv(nan_file, index=False)
+    constant_era = str(dataset.resolved_eras[1])
+    preds = merged_predictions(model_files(tmp_path)["model_004"])
+    preds[data.loc[data["era"].astype(str) == constant_era, "id"]] = 0.5
+    for path in model_files(tmp_path)["model_004"]:
+        path.unlink()
+    preds.rename("prediction").reset_index().to_csv(tmp_path / "submissions" / "model_004.csv", index=False)
+
+    result = run_job(client, Storage(str(tmp_path)), ScoringParams())
+    excluded = {str(e): {"model_001"} for e in dataset.resolved_eras}
+    excluded[constant_era].add("model_004")
+    assert_matches(result.per_era, expected_per_era(tmp_path, excluded, extra_targets=()))
+    reasons = result.rejections.set_index("model")
+    assert "model_001" in reasons.index and "NaN" in reasons.loc["model_001", "reason"]
+    assert reasons.loc["model_001", "file"] == "submissions/model_001.csv"
+    assert reasons.loc["model_004", "era"] == constant_era
+    assert "constant" in reasons.loc["model_004", "reason"]
+    assert "model_001" not in set(result.leaderboard["model"])
+
+
+def test_feature_set_and_partial_neutralization(tmp_path, client):
+    generate(str(tmp_path), n_eras=3, rows_per_era=70, n_features=12, n_models=3, n_unresolved=0, seed=4)
+    small = Storage(str(tmp_path)).read_feature_sets()["small"]
+    result = run_job(client, Storage(str(tmp_path)), ScoringParams(feature_set="small", neutralization=0.5))
+    data = pd.concat([read_table(p) for p in sorted((tmp_path / "data").glob("*.parquet"))])
+    predictions = {m: merged_predictions(p) for m, p in model_files(tmp_path).items()}
+    stakes = pd.read_csv(tmp_path / "stakes.csv").set_index("model")["stake"]
+    benchmark = merged_predictions(sorted((tmp_path / "benchmark").iterdir()))
+    for era, rows in data.groupby("era"):
+        rows = rows.sort_values("id")
+        models = sorted(predictions)
+        p = np.column_stack([predictions[m].reindex(rows["id"]).to_numpy() for m in models])
+        expected = oracle(p, rows["target"].to_numpy(), rows[small].to_numpy(), stakes.reindex(models).to_numpy(),
+                          benchmark.reindex(rows["id"]).to_numpy(), proportion=0.5)
+        mine = result.per_era[result.per_era["era"] == str(era)].sort_values("model")
+        for metric in METRICS:
+            np.testing.assert_allclose(mine[metric], expected[metric], rtol=0, atol=TOLERANCE, err_msg=metric)
+
+
+def test_job_errors_are_one_line_causes(tmp_path, client):
+    generate(str(tmp_path), n_eras=2, rows_per_era=20, n_features=3, n_models=2, n_unresolved=0, seed=5)
+    with pytest.raises(JobError, match="target column 'target_cyrus' is not in the data"):
+        run_job(client, Storage(str(tmp_path)), ScoringParams(target="target_cyrus"))
+    with pytest.raises(JobError, match="unknown feature set 'huge'"):
+        run_job(client, Storage(str(tmp_path)), ScoringParams(feature_set="huge"))
+    with pytest.raises(JobError, match="no data files"):
+        run_job(client, Storage(str(tmp_path / "empty")), ScoringParams())
