@@ -1,0 +1,250 @@
+"""The command line: ``numerai-dask score | generate | demo | run``.
+
+Exit status: 0 when the job finished (rejected submissions are listed, not
+fatal), 1 with a one-line cause on stderr when the job itself failed, 2 for a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distributed import Client, LocalCluster
+
+from numerai_dask.leaderboard import PayoutRule
+from numerai_dask.pipeline import JobError, ScoringParams, run_job
+from numerai_dask.report import new_run_id, publish_run, summary_table
+from numerai_dask.storage import Storage, StorageError
+
+#: BLAS and OpenMP pools limited to one thread in every worker process: Dask
+#: already runs one task per core, and two levels of threads fight over cores.
+ONE_BLAS_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+REJECTIONS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one scoring job needs: from the command line or a job file in ``jobs/``."""
+
+    root: str
+    out: str | None = None
+    scheduler: str | None = None
+    workers: int | None = None
+    storage_options: dict = field(default_factory=dict)
+    params: ScoringParams = field(default_factory=ScoringParams)
+
+    @property
+    def out_url(self) -> str:
+        return self.out or self.root.rstrip("/") + "/leaderboard"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
+    """A client on the given scheduler (or ``DASK_SCHEDULER_ADDRESS``), else on a new LocalCluster.
+
+    The LocalCluster has one single-threaded worker process per core (or
+    ``workers``), each with one BLAS thread.
+    """
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address) as client:
+            say(f"connected to {address} ({len(client.scheduler_info()['workers'])} workers)"
+                f" · dashboard {client.dashboard_link}")
+            yield client
+        return
+    n_workers = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env=ONE_BLAS_THREAD) as cluster, Client(cluster) as client:
+        say(f"started a LocalCluster of {n_workers} workers · dashboard {client.dashboard_link}")
+        yield client
+
+
+def score(spec: JobSpec) -> int:
+    """Run one scoring job and publish it; print the short leaderboard and where the report is."""
+    source = Storage(spec.root, spec.storage_options)
+    out = Storage(spec.out_url, spec.storage_options)
+    with connect(spec.scheduler, spec.workers) as client:
+        result = run_job(client, source, spec.params, show_progress=sys.stdout.isatty(), log=say)
+    run_id = new_run_id()
+    folder = publish_run(out, result, run_id)
+    say("")
+    say(summary_table(result.leaderboard))
+    for era, reason in sorted(result.skipped_eras.items()):
+        say(f"skipped era {era}: {reason}")
+    rejections = result.rejections
+    if len(rejections):
+        say(f"\n{len(rejections)} rejections:")
+        for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
+            where = f" era {row.era}" if row.era else ""
+            say(f"  {row.model} · {row.file}{where}: {row.reason}")
+        if len(rejections) > REJECTIONS_SHOWN:
+            say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
+    say(f"\nreport: {out.display(folder + '/report.html')}")
+    return 0
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def parse_storage_options(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs; ``true``/``false`` and numbers are converted, nested keys use dots."""
+    options: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise JobError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+        value: object = {"true": True, "false": False}.get(raw.lower(), raw)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(raw) if "." in raw else int(raw)
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="where to publish (default ROOT/leaderboard)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    parser.add_argument("--target", default="target", help="the scoring target column (default: target)")
+    parser.add_argument("--extra-target", action="append", default=[], metavar="NAME",
+                        help="another target column to report corr_<NAME> for (repeatable)")
+    parser.add_argument("--feature-set", help="a feature set from data/features.json (default: every feature)")
+    parser.add_argument("--neutralization", type=float, default=1.0, metavar="P",
+                        help="proportion of feature neutralization for FNC (default 1.0)")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec storage option (repeatable), e.g. client_kwargs.endpoint_url=http://…")
+    parser.add_argument("--payout-corr-weight", type=float, default=PayoutRule.corr_weight)
+    parser.add_argument("--payout-mmc-weight", type=float, default=PayoutRule.mmc_weight)
+    parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip)
+    parser.add_argument("--models-per-task", type=int, default=ScoringParams.models_per_task,
+                        help="models read and validated per Dask task")
+
+
+def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
+    return JobSpec(
+        root=args.root,
+        out=args.out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        storage_options=parse_storage_options(args.storage_option),
+        params=ScoringParams(
+            target=args.target,
+            extra_targets=tuple(args.extra_target),
+            feature_set=args.feature_set,
+            neutralization=args.neutralization,
+            payout=PayoutRule(args.payout_corr_weight, args.payout_mmc_weight, args.payout_clip),
+            models_per_task=args.models_per_task,
+        ),
+    )
+
+
+def spec_from_job_file(path: str) -> JobSpec:
+    """A job file in ``jobs/``: TOML with ``root`` and optional ``[scoring]``, ``[cluster]``, ``[storage_options]``."""
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise JobError(f"cannot read job file {path}: {error}") from error
+    if "root" not in document:
+        raise JobError(f"job file {path} has no 'root'")
+    scoring = dict(document.get("scoring", {}))
+    payout = PayoutRule(**scoring.pop("payout", {}))
+    if "extra_targets" in scoring:
+        scoring["extra_targets"] = tuple(scoring["extra_targets"])
+    cluster = document.get("cluster", {})
+    try:
+        params = ScoringParams(payout=payout, **scoring)
+    except TypeError as error:
+        raise JobError(f"job file {path}: unknown [scoring] setting ({error})") from error
+    return JobSpec(
+        root=document["root"],
+        out=document.get("out"),
+        scheduler=cluster.get("scheduler"),
+        workers=cluster.get("workers"),
+        storage_options=dict(document.get("storage_options", {})),
+        params=params,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="numerai-dask", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score_parser = commands.add_parser("score", help="score every submission under ROOT and publish a leaderboard")
+    score_parser.add_argument("root", help="root URL: a folder, file://…, s3://bucket/prefix, memory://…")
+    add_scoring_arguments(score_parser)
+
+    run_parser = commands.add_parser("run", help="run a job file (see jobs/)")
+    run_parser.add_argument("job_file")
+
+    generate_parser = commands.add_parser("generate", help="write a synthetic Numerai-shaped dataset to ROOT")
+    generate_parser.add_argument("root")
+    add_generator_arguments(generate_parser)
+    generate_parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+
+    demo_parser = commands.add_parser("demo", help="generate a dataset in a local folder and score it")
+    demo_parser.add_argument("--dir", default="demo-data", help="folder for the demo data (default demo-data)")
+    demo_parser.add_argument("--workers", type=int)
+    add_generator_arguments(demo_parser)
+    return parser
+
+
+def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eras", type=int, default=24)
+    parser.add_argument("--rows-per-era", type=int, default=500)
+    parser.add_argument("--features", type=int, default=60)
+    parser.add_argument("--models", type=int, default=40)
+    parser.add_argument("--unresolved", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def generate(root: str, args: argparse.Namespace, storage_options: dict) -> None:
+    from numerai_dask.synthetic import generate as write_dataset
+
+    dataset = write_dataset(root, n_eras=args.eras, rows_per_era=args.rows_per_era, n_features=args.features,
+                            n_models=args.models, n_unresolved=args.unresolved, seed=args.seed,
+                            storage_options=storage_options)
+    say(f"wrote {len(dataset.eras)} eras ({len(dataset.unresolved_eras)} unresolved), {args.features} features, "
+        f"{len(dataset.models)} models to {root}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "score":
+            return score(spec_from_arguments(args))
+        if args.command == "run":
+            return score(spec_from_job_file(args.job_file))
+        if args.command == "generate":
+            generate(args.root, args, parse_storage_options(args.storage_option))
+            return 0
+        if args.command == "demo":
+            root = str(Path(args.dir).resolve())
+            generate(root, args, {})
+            return score(JobSpec(root=root, workers=args.workers,
+                                 params=ScoringParams(extra_targets=("target_jerome",))))
+    except (JobError, StorageError) as error:
+        print(f"numerai-dask: error: {error}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as error:
+        print(f"numerai-dask: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
