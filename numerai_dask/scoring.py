@@ -439,6 +439,7 @@ def score_era(
     proportion: float = 1.0,
     feature_subset: np.ndarray | list[int] | None = None,
     extra_targets: Mapping[str, np.ndarray] | None = None,
+    per_model: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every model of one era: the kernel interface of DESIGN.md.
 
@@ -447,7 +448,11 @@ def score_era(
     resolved ids sorted by id. ``proportion`` is the neutralization proportion
     of FNC; ``feature_subset`` selects feature columns (FNC, TC, exposures);
     ``extra_targets`` maps names to other targets of the same rows, each adding
-    ``corr_<name>`` (see :func:`corr_with_target`).
+    ``corr_<name>`` (see :func:`corr_with_target`); ``per_model``, a boolean
+    mask over models, limits the metrics that depend on one model alone (corr,
+    fnc, exposures, extra corr) to those models, NaN for the others — the
+    cross-model metrics always use every model (an incremental refresh keeps
+    the per-model scores of unchanged models).
     Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
     (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
@@ -464,11 +469,15 @@ def score_era(
         features = np.asarray(features)[:, feature_subset]
     ranks = Ranks.of(predictions)
     space = FeatureSpace.of(features)
-    scores = model_scores(ranks, target, space, proportion) | ensemble_scores(
-        ranks, target, space, stakes, benchmark
-    )
+    selected = np.ones(predictions.shape[1], dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
+    subset = Ranks(ranks.doubled[:, selected])
+    own = model_scores(subset, target, space, proportion)
     for name, values in (extra_targets or {}).items():
-        scores[f"corr_{name}"] = corr_with_target(predictions, ranks, np.asarray(values, dtype=np.float64))
+        own[f"corr_{name}"] = corr_with_target(predictions[:, selected], subset, np.asarray(values, dtype=np.float64))
+    scores = ensemble_scores(ranks, target, space, stakes, benchmark)
+    for name, values in own.items():
+        scores[name] = np.full(predictions.shape[1], np.nan)
+        scores[name][selected] = values
     return scores
 
 

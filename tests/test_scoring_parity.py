@@ -197,3 +197,17 @@ def test_extra_targets_add_corr_columns_equal_to_numerai_corr():
         expected = nt.numerai_corr(frame, pd.Series(values, index=frame.index, name=name)).values
         np.testing.assert_allclose(scores[f"corr_{name}"], expected, rtol=0, atol=TOLERANCE)
     assert np.all(np.isnan(scores["corr_none"]))
+
+
+def test_per_model_mask_limits_only_the_metrics_of_one_model():
+    rng = np.random.default_rng(47)
+    predictions, target, features, stakes, benchmark = random_era(rng, 180, 6, 7, tied_models=2)
+    extra = {"jerome": rng.integers(0, 5, 180) / 4}
+    full = score_era(predictions, target, features, stakes, benchmark, extra_targets=extra)
+    mask = np.array([False, True, False, False, True, False])
+    part = score_era(predictions, target, features, stakes, benchmark, extra_targets=extra, per_model=mask)
+    for name in ("corr", "fnc", "fe_max", "fe_rms", "corr_jerome"):
+        np.testing.assert_allclose(part[name][mask], full[name][mask], rtol=0, atol=1e-15, err_msg=name)
+        assert np.all(np.isnan(part[name][~mask]))
+    for name in ("mmc", "bmc", "tc", "cwmm"):
+        assert np.array_equal(part[name], full[name])
