@@ -371,6 +371,17 @@ class Storage:
         """Write UTF-8 text as one object."""
         self.write_bytes(relpath, text.encode("utf-8"))
 
+    def create_exclusive(self, relpath: str, data: bytes) -> None:
+        """Create ``relpath`` only if nothing is there (O_EXCL locally, a conditional PUT on S3).
+
+        Raises FileExistsError when it exists: of two writers racing, exactly one succeeds.
+        """
+        path = self.path(relpath)
+        if isinstance(self.fs, LocalFileSystem):
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.fs.open(path, "xb") as handle:
+            handle.write(data)
+
     def write_parquet(self, relpath: str, frame: pd.DataFrame) -> None:
         """Write a DataFrame's columns (not its index) as one parquet object."""
         buffer = io.BytesIO()
