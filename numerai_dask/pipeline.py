@@ -19,6 +19,7 @@ Predictions (small) travel to the era's features (large), never the reverse.
 
 from __future__ import annotations
 
+import io
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -32,13 +33,15 @@ from distributed import Client, futures_of, progress
 from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
-from numerai_dask.leaderboard import PayoutRule, build_leaderboard
+from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, score_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
 PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
+#: Per-era metrics that depend on one model alone (plus every ``corr_<target>``).
+SINGLE_MODEL_METRICS = ("corr", "fnc", "fe_max", "fe_rms")
 
 
 class JobError(Exception):
@@ -99,11 +102,44 @@ class ModelBatch:
 
 @dataclass(frozen=True)
 class EraScores:
-    """One era's scores, or why the era was skipped."""
+    """One era's scores, or why the era was skipped, and where its cache was written (if asked)."""
 
     label: str
     table: pd.DataFrame
     skipped: str | None = None
+    models: tuple[str, ...] = ()
+    cache: EraCacheFiles | None = None
+
+
+@dataclass(frozen=True)
+class EraCacheFiles:
+    """One era's cached results, relative to the output root: validated predictions and scores."""
+
+    predictions: str
+    scores: str
+
+
+@dataclass(frozen=True)
+class EraCache:
+    """What an earlier run left for one era, and how much of it still holds.
+
+    ``keep`` are the cached models whose predictions still hold; with
+    ``keep_scores`` their single-model scores hold too (the era's data is
+    unchanged), so only the cross-model metrics are recomputed for them.
+    """
+
+    out: Storage
+    files: EraCacheFiles
+    keep: tuple[str, ...]
+    keep_scores: bool
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    """Where an era task writes its cache: the output storage and the files' relative paths."""
+
+    out: Storage
+    files: EraCacheFiles
 
 
 @dataclass
@@ -252,17 +288,36 @@ def score_era_task(
     slices: list[tuple[list[str], np.ndarray] | None],
     stakes: pd.Series | None,
     benchmark: np.ndarray | None,
+    cache: EraCache | None = None,
+    write: CacheWrite | None = None,
 ) -> EraScores:
-    """Score every model valid in one era (one Dask task)."""
-    present = [s for s in slices if s is not None]
-    if not present:
-        return EraScores(era.label, empty_per_era(params), skipped="no valid submission covers this era")
-    models = [name for names, _ in present for name in names]
-    by_model = np.vstack([values for _, values in present])
+    """Score every model valid in one era (one Dask task).
+
+    Fresh predictions come from ``slices``; with ``cache``, the cached models it
+    keeps join them and keep their single-model scores when those still hold.
+    Models are scored in name order, as a full run orders them, so the meta
+    model is summed in the same order. With ``write``, the era's validated
+    predictions and scores are written to the output storage for a later refresh.
+    """
     rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target)
-    if len(rows) != by_model.shape[1]:
-        raise JobError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} in the index")
+    ids = rows["id"].to_numpy()
+    by_name = {name: values for names, matrix in filter(None, slices) for name, values in zip(names, matrix)}
+    kept_scores = pd.DataFrame()
+    if cache is not None and cache.keep:
+        cached = read_parquet(cache.out, cache.files.predictions, ["id", *cache.keep])
+        if not np.array_equal(cached["id"].to_numpy(), ids):
+            raise JobError(f"era {era.label}: cached predictions do not match the era's ids; delete the cache")
+        by_name.update({name: cached[name].to_numpy() for name in cache.keep if name not in by_name})
+        if cache.keep_scores:
+            kept_scores = single_model_scores(read_parquet(cache.out, cache.files.scores), cache.keep)
+    if not by_name:
+        return EraScores(era.label, empty_per_era(params), skipped="no valid submission covers this era")
+    models = sorted(by_name)
+    by_model = np.vstack([by_name[name] for name in models])
+    if by_model.shape[1] != len(rows):
+        raise JobError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} predicted")
     stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
+    rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
         with threadpool_limits(1):
             scores = score_era(
@@ -273,13 +328,35 @@ def score_era_task(
                 benchmark,
                 proportion=params.neutralization,
                 extra_targets={t: rows[t].to_numpy(np.float64) for t in params.extra_targets},
+                per_model=rescore,
             )
     except DegenerateEraError as error:
         return EraScores(era.label, empty_per_era(params), skipped=str(error))
     if benchmark is None:
         scores["bmc"] = np.full(len(models), np.nan)
     table = pd.DataFrame({"era": era.label, "model": models, **scores})
-    return EraScores(era.label, table[list(per_era_columns(params))])
+    if len(kept_scores):
+        table = table.set_index("model")
+        table.update(kept_scores, overwrite=False)
+        table = table.reset_index()
+    table = table[list(per_era_columns(params))]
+    files = None
+    if write is not None:
+        write.out.write_parquet(write.files.predictions, pd.DataFrame({"id": ids, **dict(zip(models, by_model))}))
+        write.out.write_parquet(write.files.scores, table)
+        files = write.files
+    return EraScores(era.label, table, models=tuple(models), cache=files)
+
+
+def read_parquet(out: Storage, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file the job itself wrote (a cache file), only the given columns."""
+    return pd.read_parquet(io.BytesIO(out.read_bytes(relpath)), columns=columns)
+
+
+def single_model_scores(table: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
+    """The metrics of ``models`` that depend on each model alone, indexed by model."""
+    columns = [c for c in table.columns if c in SINGLE_MODEL_METRICS or c.startswith("corr_")]
+    return table[table["model"].isin(models)].set_index("model")[columns]
 
 
 def per_era_columns(params: ScoringParams) -> tuple[str, ...]:
@@ -369,22 +446,46 @@ def run_job(
     rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
     computed = time.perf_counter()
     tables = [r.table for r in era_results if r.skipped is None]
+    skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}
+    timings = {"discover": discovered - started, "score": computed - discovered}
+    return job_result(storage, params, inputs, tables, skipped, rejections, timings)
+
+
+def job_result(
+    storage: Storage,
+    params: ScoringParams,
+    inputs: JobInputs,
+    tables: list[pd.DataFrame],
+    skipped: dict[str, str],
+    rejections: Sequence[Rejection],
+    timings: dict[str, float],
+    previous: pd.DataFrame | None = None,
+) -> JobResult:
+    """The reduce: per-era tables become the leaderboard (ranked against ``previous``), plus the manifest."""
+    started = time.perf_counter()
     per_era = pd.concat(tables, ignore_index=True) if tables else empty_per_era(params)
     if per_era.empty:
         raise JobError("no model could be scored in any era; see the rejections")
-    leaderboard = build_leaderboard(per_era, params.payout)
-    skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}
-    finished = time.perf_counter()
+    per_era = per_era.sort_values(["era", "model"], key=era_sort_key, kind="stable").reset_index(drop=True)
+    leaderboard = build_leaderboard(per_era, params.payout, previous)
+    timings = {**timings, "reduce": time.perf_counter() - started}
     manifest = {
         "root": storage.display_url,
         "parameters": {**asdict(params), "payout": asdict(params.payout)},
         "inputs": input_record(inputs),
-        "eras": {"scored": sorted(set(per_era["era"])), "skipped": skipped, "unresolved": inputs.unresolved},
+        "eras": {"scored": era_order(per_era["era"]), "skipped": skipped, "unresolved": inputs.unresolved},
         "models": {"submitted": len(inputs.submissions), "scored": int(per_era["model"].nunique()),
                    "rejections": len(rejections)},
         "versions": {"numerai_dask": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "pandas": pd.__version__, "dask": dask.__version__},
-        "timings_seconds": {"discover": round(discovered - started, 3), "score": round(computed - discovered, 3),
-                            "reduce": round(finished - computed, 3)},
+        "timings_seconds": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest)
+
+
+def era_sort_key(column: pd.Series) -> pd.Series:
+    """Sort key putting eras in scoring order (numeric when all are digits) and other columns as they are."""
+    if column.name != "era":
+        return column
+    position = {era: i for i, era in enumerate(era_order(column))}
+    return column.astype(str).map(position)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import io
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -114,29 +113,34 @@ def render_html(result: JobResult, run_id: str) -> str:
     return "\n".join(parts)
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def publish_run(out: Storage, result: JobResult, run_id: str) -> str:
+def publish_run(
+    out: Storage,
+    result: JobResult,
+    run_id: str,
+    extra_files: dict[str, bytes] | None = None,
+    before_latest: Callable[[], None] | None = None,
+) -> str:
     """Write ``runs/<run_id>/…`` completely, then ``latest.json`` last, in one PUT.
 
     A reader of ``latest.json`` therefore only ever sees a finished run.
+    ``extra_files`` join the run folder; ``before_latest`` runs just before the
+    switch and may raise to stop it (a refresh checks it still holds its lease).
     Returns the run's folder relative to ``out``.
     """
     folder = f"runs/{run_id}"
     manifest = {**result.manifest, "run_id": run_id}
+    out.write_parquet(f"{folder}/per_era.parquet", result.per_era)
+    out.write_parquet(f"{folder}/leaderboard.parquet", result.leaderboard)
+    out.write_parquet(f"{folder}/rejections.parquet", result.rejections)
     files = {
-        "per_era.parquet": _parquet_bytes(result.per_era),
-        "leaderboard.parquet": _parquet_bytes(result.leaderboard),
         "leaderboard.csv": result.leaderboard.to_csv(index=False).encode(),
-        "rejections.parquet": _parquet_bytes(result.rejections),
         "report.html": render_html(result, run_id).encode(),
         "manifest.json": json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
+        **(extra_files or {}),
     }
     for name, data in files.items():
         out.write_bytes(f"{folder}/{name}", data)
+    if before_latest is not None:
+        before_latest()
     out.write_bytes("latest.json", json.dumps({"run_id": run_id, "path": folder}).encode())
     return folder
