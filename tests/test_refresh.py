@@ -1,0 +1,290 @@
+"""Incremental refresh: after every kind of change it equals a full score of the same inputs, doing less work."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client
+
+from numerai_dask.leaderboard import PayoutRule
+from numerai_dask.pipeline import ScoringParams, run_job
+from numerai_dask.refresh import Lease, LeaseBusy, refresh_once
+from numerai_dask.storage import Storage
+from numerai_dask.synthetic import generate
+
+TOLERANCE = 1e-12
+PARAMS = ScoringParams(extra_targets=("target_jerome",), models_per_task=3)
+
+
+@pytest.fixture(scope="module")
+def client(dask_cluster: str):
+    with Client(dask_cluster) as c:
+        yield c
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "root"
+    info = generate(str(root), n_eras=6, rows_per_era=40, n_features=6, n_models=5, n_unresolved=1, seed=11)
+    return root, tmp_path / "out", info
+
+
+def refresh(client, root: Path, out: Path, params: ScoringParams = PARAMS):
+    return refresh_once(client, Storage(str(root)), Storage(str(out)), params)
+
+
+def assert_equals_full_score(client, root: Path, outcome, params: ScoringParams = PARAMS) -> None:
+    full = run_job(client, Storage(str(root)), params)
+    mine = outcome.result
+    pd.testing.assert_frame_equal(mine.per_era, full.per_era, check_exact=False, rtol=0, atol=TOLERANCE)
+    board_columns = [c for c in full.leaderboard.columns]
+    pd.testing.assert_frame_equal(mine.leaderboard[board_columns], full.leaderboard, check_exact=False,
+                                  rtol=0, atol=TOLERANCE)
+    key = ["model", "file", "era", "reason"]
+    assert (mine.rejections.sort_values(key).reset_index(drop=True).astype(str)
+            .equals(full.rejections.sort_values(key).reset_index(drop=True).astype(str)))
+    assert mine.skipped_eras == full.skipped_eras
+
+
+def resolved_labels(info) -> list[str]:
+    return [str(e) for e in info.resolved_eras]
+
+
+def write_csv(path: Path, ids, values) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": ids, "prediction": values}).to_csv(path, index=False)
+
+
+def data_frame(root: Path) -> pd.DataFrame:
+    frames = [pd.read_parquet(p).reset_index() for p in sorted((root / "data").glob("*.parquet"))]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, dataset):
+    root, out, info = dataset
+    first = refresh(client, root, out)
+    assert_equals_full_score(client, root, first)
+    assert first.eras_rescored == resolved_labels(info)
+    latest = (out / "latest.json").read_text()
+    again = refresh(client, root, out)
+    assert again.run_folder is None and again.message.startswith("nothing to do")
+    assert (out / "latest.json").read_text() == latest
+    assert len(list((out / "runs").iterdir())) == 1
+
+
+def test_new_model_reads_only_that_model(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    ids = data_frame(root)["id"]
+    write_csv(root / "submissions" / "newcomer.csv", ids, np.random.default_rng(1).random(len(ids)))
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == ["newcomer"]
+    assert outcome.eras_rescored == resolved_labels(info)  # it enters every era's meta model
+    assert_equals_full_score(client, root, outcome)
+    board = outcome.result.leaderboard.set_index("model")
+    assert pd.isna(board.loc["newcomer", "rank_change"])
+    assert board.drop(index="newcomer")["rank_change"].notna().all()
+
+
+def test_appended_file_rescores_only_the_eras_it_touches(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    data = data_frame(root)
+    era = resolved_labels(info)[2]
+    rows = data[data["era"].astype(str) == era].head(10)
+    model = info.models[1]
+    folder = root / "submissions" / model
+    if not folder.is_dir():  # move the single file into a folder so a later file can be appended
+        single = next((root / "submissions").glob(f"{model}.*"))
+        folder.mkdir()
+        single.rename(folder / f"a{single.suffix}")
+        refresh(client, root, out)
+    write_csv(folder / "z_reupload.csv", rows["id"], np.linspace(0.1, 0.9, len(rows)))
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == [model]
+    assert outcome.eras_rescored == [era]
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_rewritten_deleted_and_restaked_models(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    ids = data_frame(root)["id"]
+    for path in (root / "submissions").glob(f"{info.models[0]}*"):
+        if path.is_dir():
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+    rewritten = info.models[2]
+    for path in (root / "submissions").glob(f"{rewritten}*"):
+        if path.is_file():
+            write_csv(path.with_suffix(".csv"), ids, np.random.default_rng(2).random(len(ids)))
+            if path.suffix != ".csv":
+                path.unlink()
+    stakes = pd.read_csv(root / "stakes.csv")
+    stakes.loc[stakes["model"] == info.models[3], "stake"] = 123.0
+    stakes.to_csv(root / "stakes.csv", index=False)
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == [rewritten]
+    assert info.models[0] not in set(outcome.result.leaderboard["model"])
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_stakes_only_change_reads_no_submission(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    stakes = pd.read_csv(root / "stakes.csv")
+    stakes["stake"] = stakes["stake"][::-1].to_numpy()
+    stakes.to_csv(root / "stakes.csv", index=False)
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == []
+    assert outcome.eras_rescored == resolved_labels(info)
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_new_era_with_appended_round_files_rescores_one_era(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    data = data_frame(root)
+    template = data[data["era"].astype(str) == resolved_labels(info)[0]].copy()
+    template["id"] = "new" + template["id"].str[3:]
+    template["era"] = "0099"
+    template.set_index("id").to_parquet(root / "data" / "zz_new_round.parquet")
+    rng = np.random.default_rng(3)
+    for model in info.models:
+        folder = root / "submissions" / model
+        if not folder.is_dir():
+            single = next((root / "submissions").glob(f"{model}.*"))
+            folder.mkdir()
+            single.rename(folder / f"a{single.suffix}")
+    refresh_after_move = refresh(client, root, out)  # moving files is a change in itself
+    assert_equals_full_score(client, root, refresh_after_move)
+    for model in info.models:
+        write_csv(root / "submissions" / model / "zz_round_0099.csv", template["id"], rng.random(len(template)))
+    outcome = refresh(client, root, out)
+    assert outcome.eras_rescored == ["0099"]
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_newly_resolved_era_and_rewritten_data(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    unresolved = str(info.unresolved_eras[0])
+    for path in sorted((root / "data").glob("*.parquet")):
+        frame = pd.read_parquet(path)
+        mask = frame["era"].astype(str) == unresolved
+        if mask.any():
+            frame.loc[mask, "target"] = np.random.default_rng(4).integers(0, 5, int(mask.sum())) / 4
+            frame.to_parquet(path)
+    outcome = refresh(client, root, out)
+    assert unresolved in outcome.eras_rescored
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_parameter_benchmark_and_payout_changes(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    half = ScoringParams(extra_targets=("target_jerome",), neutralization=0.5, models_per_task=3)
+    outcome = refresh(client, root, out, half)
+    assert outcome.eras_rescored == resolved_labels(info)
+    assert_equals_full_score(client, root, outcome, half)
+
+    bench = next((root / "benchmark").iterdir())
+    frame = pd.read_parquet(bench)
+    frame["prediction"] = frame["prediction"].to_numpy()[::-1]
+    frame.to_parquet(bench)
+    outcome = refresh(client, root, out, half)
+    assert outcome.models_read == []
+    assert_equals_full_score(client, root, outcome, half)
+
+    paid = ScoringParams(extra_targets=("target_jerome",), neutralization=0.5, models_per_task=3,
+                         payout=PayoutRule(1.0, 1.0, 0.1))
+    outcome = refresh(client, root, out, paid)
+    assert outcome.eras_rescored == [] and outcome.run_folder is not None
+    assert_equals_full_score(client, root, outcome, paid)
+
+
+def test_bad_submission_is_rejected_the_same_way(client, dataset):
+    root, out, info = dataset
+    refresh(client, root, out)
+    ids = data_frame(root)["id"]
+    write_csv(root / "submissions" / "broken.csv", ids, np.full(len(ids), np.nan))
+    outcome = refresh(client, root, out)
+    assert "broken" in set(outcome.result.rejections["model"])
+    assert_equals_full_score(client, root, outcome)
+    # an unchanged rejected model stays rejected without being read again
+    again = refresh(client, root, out, ScoringParams(extra_targets=("target_jerome",), models_per_task=3,
+                                                     payout=PayoutRule(clip=0.04)))
+    assert "broken" in set(again.result.rejections["model"]) and again.models_read == []
+
+
+def test_history_is_pruned_and_unused_cache_files_removed(client, dataset):
+    root, out, info = dataset
+    for clip in (0.05, 0.04, 0.03):
+        refresh_once(client, Storage(str(root)), Storage(str(out)),
+                     ScoringParams(payout=PayoutRule(clip=clip)), keep_runs=2)
+    stakes = pd.read_csv(root / "stakes.csv")
+    stakes["stake"] += 1
+    stakes.to_csv(root / "stakes.csv", index=False)
+    refresh_once(client, Storage(str(root)), Storage(str(out)), ScoringParams(payout=PayoutRule(clip=0.03)),
+                 keep_runs=2)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 2
+    assert json.loads((out / "latest.json").read_text())["run_id"] == runs[-1]
+    referenced = set()
+    for run in runs:
+        for era in json.loads((out / "runs" / run / "state.json").read_text())["eras"].values():
+            referenced.update(p for p in (era["predictions"], era["scores"]) if p)
+    on_disk = {str(p.relative_to(out)) for p in (out / "cache").rglob("*.parquet")}
+    assert on_disk == referenced
+
+
+def test_a_held_lease_stops_a_second_refresh(client, dataset):
+    root, out, _ = dataset
+    refresh(client, root, out)
+    holder = Lease(Storage(str(out)), seconds=600, owner="someone-else")
+    holder.acquire()
+    with pytest.raises(LeaseBusy, match="someone-else"):
+        refresh(client, root, out, ScoringParams(payout=PayoutRule(clip=0.01)))
+    holder.release()
+    assert refresh(client, root, out, ScoringParams(payout=PayoutRule(clip=0.01))).run_folder is not None
+
+
+def test_an_expired_lease_is_taken_over(tmp_path):
+    out = Storage(str(tmp_path))
+    Lease(out, seconds=-1, owner="crashed").acquire()  # never released, already expired
+    taker = Lease(out, seconds=60)
+    taker.acquire()
+    assert taker.generation == 2
+    taker.check()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_racing_leases_have_exactly_one_winner(tmp_path, where, request):
+    url = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket") + "/out"
+    options = request.getfixturevalue("s3_server").storage_options if where == "s3" else None
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def contend(name: str) -> None:
+        lease = Lease(Storage(url, options), seconds=60, owner=name)
+        barrier.wait()
+        try:
+            lease.acquire()
+            outcomes.append("won")
+        except LeaseBusy:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=contend, args=(f"r{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
