@@ -36,6 +36,9 @@ from scipy.special import ndtri
 #: numerai-tools' ``neutralize``.
 BASIS_RCOND = 1e-6
 
+#: A basis whose Gram matrix is this close to the identity needs no second pass.
+ORTHONORMAL_TOLERANCE = 1e-10
+
 #: ``meta_portfolio_contribution`` divides the gradient by this constant.
 TC_SCALE = 50.0
 
@@ -185,14 +188,16 @@ def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarra
 
     1. convert the features to float64 and centre each column;
     2. orthonormalize the centred columns, dropping constant and collinear directions;
-    3. orthonormalize once more (the Gram route squares the condition number; a
-       second pass restores orthogonality to machine precision);
+    3. orthonormalize once more when the first pass is not orthonormal to 1e-10
+       (the Gram route squares the condition number; a second pass restores
+       orthogonality to machine precision);
     4. append the constant column ``1/√N`` (orthogonal to every centred column).
     """
     x = np.asarray(features, dtype=np.float64)
     n = x.shape[0]
-    centred = x - x.mean(axis=0)
-    basis = _orthonormal_columns(_orthonormal_columns(centred, rcond), rcond)
+    basis = _orthonormal_columns(x - x.mean(axis=0), rcond)
+    if basis.shape[1] and np.abs(basis.T @ basis - np.eye(basis.shape[1])).max() > ORTHONORMAL_TOLERANCE:
+        basis = _orthonormal_columns(basis, rcond)
     return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
 
 
@@ -470,7 +475,7 @@ def score_era(
     ranks = Ranks.of(predictions)
     space = FeatureSpace.of(features)
     selected = np.ones(predictions.shape[1], dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
-    subset = Ranks(ranks.doubled[:, selected])
+    subset = ranks if selected.all() else Ranks(ranks.doubled[:, selected])
     own = model_scores(subset, target, space, proportion)
     for name, values in (extra_targets or {}).items():
         own[f"corr_{name}"] = corr_with_target(predictions[:, selected], subset, np.asarray(values, dtype=np.float64))
