@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import tomllib
@@ -21,12 +22,16 @@ from distributed import Client, LocalCluster
 from numerai_dask.leaderboard import PayoutRule
 from numerai_dask.pipeline import JobError, ScoringParams, run_job
 from numerai_dask.report import new_run_id, publish_run, summary_table
-from numerai_dask.storage import Storage, StorageError
+from numerai_dask.storage import Storage, StorageError, printable
+from numerai_dask.submissions import redact
 
 #: BLAS and OpenMP pools limited to one thread in every worker process: Dask
 #: already runs one task per core, and two levels of threads fight over cores.
 ONE_BLAS_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 REJECTIONS_SHOWN = 20
+#: The tables and keys a job file may hold; [scoring] takes ScoringParams' fields, [scoring.payout] PayoutRule's.
+JOB_FILE_KEYS = ("root", "out", "scoring", "cluster", "storage_options")
+CLUSTER_KEYS = ("scheduler", "workers")
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def score(spec: JobSpec) -> int:
         say(f"\n{len(rejections)} rejections:")
         for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
             where = f" era {row.era}" if row.era else ""
-            say(f"  {row.model} · {row.file}{where}: {row.reason}")
+            say(f"  {row.model} · {printable(row.file)}{where}: {row.reason}")
         if len(rejections) > REJECTIONS_SHOWN:
             say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
     say(f"\nreport: {out.display(folder + '/report.html')}")
@@ -154,7 +159,11 @@ def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
 
 
 def spec_from_job_file(path: str) -> JobSpec:
-    """A job file in ``jobs/``: TOML with ``root`` and optional ``[scoring]``, ``[cluster]``, ``[storage_options]``."""
+    """A job file in ``jobs/``: TOML with ``root`` and optional ``out``, ``[scoring]``, ``[cluster]``, ``[storage_options]``.
+
+    Unknown keys are errors, not ignored: a misspelt setting would otherwise
+    silently score with the default.
+    """
     try:
         document = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
@@ -162,14 +171,24 @@ def spec_from_job_file(path: str) -> JobSpec:
     if "root" not in document:
         raise JobError(f"job file {path} has no 'root'")
     scoring = dict(document.get("scoring", {}))
-    payout = PayoutRule(**scoring.pop("payout", {}))
-    if "extra_targets" in scoring:
-        scoring["extra_targets"] = tuple(scoring["extra_targets"])
+    payout = dict(scoring.pop("payout", {}))
     cluster = document.get("cluster", {})
+    score_fields = [f.name for f in dataclasses.fields(ScoringParams) if f.name != "payout"]
+    for table, allowed, where in ((document, JOB_FILE_KEYS, "at the top"), (cluster, CLUSTER_KEYS, "in [cluster]"),
+                                  (scoring, [*score_fields, "payout"], "in [scoring]"),
+                                  (payout, [f.name for f in dataclasses.fields(PayoutRule)], "in [scoring.payout]")):
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise JobError(f"job file {path}: unknown key(s) {unknown} {where}; known: {', '.join(allowed)}")
+    if not all(isinstance(v, (int, float)) for v in payout.values()):
+        raise JobError(f"job file {path}: [scoring.payout] values must be numbers")
+    extra = scoring.get("extra_targets")
+    if extra is not None:  # a list of names, or one name (not its letters)
+        scoring["extra_targets"] = (extra,) if isinstance(extra, str) else tuple(extra)
     try:
-        params = ScoringParams(payout=payout, **scoring)
+        params = ScoringParams(payout=PayoutRule(**payout), **scoring)
     except TypeError as error:
-        raise JobError(f"job file {path}: unknown [scoring] setting ({error})") from error
+        raise JobError(f"job file {path}: a [scoring] value has the wrong type ({error})") from error
     return JobSpec(
         root=document["root"],
         out=document.get("out"),
@@ -222,6 +241,11 @@ def generate(root: str, args: argparse.Namespace, storage_options: dict) -> None
         f"{len(dataset.models)} models to {root}")
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, without URL credentials: the CLI's promise is a one-line cause."""
+    return " ".join(redact(str(error)).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -238,10 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return score(JobSpec(root=root, workers=args.workers,
                                  params=ScoringParams(extra_targets=("target_jerome",))))
     except (JobError, StorageError) as error:
-        print(f"numerai-dask: error: {error}", file=sys.stderr)
+        print(f"numerai-dask: error: {one_line(error)}", file=sys.stderr)
         return 1
-    except (OSError, TimeoutError) as error:
-        print(f"numerai-dask: error: {type(error).__name__}: {error}", file=sys.stderr)
+    except (OSError, TimeoutError, ValueError, ImportError) as error:
+        # Unreachable scheduler or storage, unknown protocol, unreadable data file, bad generator sizes…
+        print(f"numerai-dask: error: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
         return 1
     return 2
 
