@@ -324,10 +324,15 @@ class Storage:
             values = self._era_values(path, schema, eras)
             groups, keep = _row_groups_with(metadata, values), pc.field("era").isin(values)
         fetched = wanted if keep is None or "era" in wanted else [*wanted, "era"]
-        with fsspec.parquet.open_parquet_file(
-            path, fs=self.fs, columns=fetched, row_groups=groups, engine="pyarrow"
-        ) as handle:
-            table = pq.ParquetFile(handle).read_row_groups(groups, columns=fetched)
+        if isinstance(self.fs, LocalFileSystem):
+            # pyarrow reads only these row groups and columns itself; fsspec's byte-range
+            # planner would cost a Python loop over every column chunk for nothing.
+            table = pq.ParquetFile(path).read_row_groups(groups, columns=fetched)
+        else:
+            with fsspec.parquet.open_parquet_file(
+                path, fs=self.fs, columns=fetched, row_groups=groups, engine="pyarrow"
+            ) as handle:
+                table = pq.ParquetFile(handle).read_row_groups(groups, columns=fetched)
         if keep is not None:
             table = table.filter(keep).select(wanted)
         frame = table.to_pandas(ignore_metadata=True)
