@@ -1,0 +1,403 @@
+"""The console script end to end: ``python -m numerai_dask.cli`` in a subprocess, on real clusters and real S3.
+
+Jobs go to the shared two-worker cluster (``dask_cluster``) unless a test is
+about another way of finding one (the environment, a LocalCluster, the
+scripts in ``cluster/``). S3 jobs read and publish through moto's HTTP server.
+Every subprocess starts from this environment without any AWS or Dask
+scheduler variable, and gets only those the test gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client
+from script_cluster import is_running, script_cluster
+
+from numerai_dask.cli import main, spec_from_job_file
+from numerai_dask.leaderboard import build_leaderboard
+from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
+from numerai_dask.report import render_html
+from numerai_dask.storage import Storage
+from numerai_dask.synthetic import generate
+
+REPO = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT = 180
+TOLERANCE = 1e-12
+#: The dataset every test scores (or a copy of it): 4 resolved eras, 1 unresolved.
+DATASET = {"n_eras": 5, "rows_per_era": 40, "n_features": 5, "n_models": 4, "n_unresolved": 1, "seed": 7}
+RUN_FILES = ("per_era.parquet", "leaderboard.parquet", "leaderboard.csv", "rejections.parquet", "report.html",
+             "manifest.json")
+METRICS = ("corr", "fnc", "mmc", "bmc", "tc")
+LEADERBOARD_COLUMNS = [
+    "model", "n_eras",
+    *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "sharpe", "max_drawdown")],
+    "cwmm_mean", "fe_max_mean", "fe_rms_mean", "payout_mean",
+    *[f"{m}_rank" for m in (*METRICS, "payout")],
+]
+PER_ERA_COLUMNS = ["era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms"]
+
+
+def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without AWS or Dask scheduler settings, plus ``extra``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "DASK_SCHEDULER_ADDRESS"}
+    return {**clean, **(extra or {})}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``numerai-dask ARGS`` as a subprocess of this interpreter; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "numerai_dask.cli", *args], env=cli_environment(env),
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd=cwd)
+
+
+def succeeded(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """``done`` after checking it exited 0 (else fail with its output)."""
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
+
+
+@dataclass(frozen=True)
+class Run:
+    """A published run on the local disk: the out folder, the run folder latest.json names, and the CLI's output."""
+
+    out: Path
+    folder: Path
+    stdout: str
+
+    @classmethod
+    def of(cls, out: Path, done: subprocess.CompletedProcess) -> Run:
+        latest = json.loads((out / "latest.json").read_text())
+        assert latest["path"] == f"runs/{latest['run_id']}"
+        return cls(out, out / latest["path"], succeeded(done).stdout)
+
+    def table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / f"{name}.parquet")
+
+
+def assert_frames_close(mine: pd.DataFrame, theirs: pd.DataFrame, key: list[str]) -> None:
+    """Same columns and keys; numbers equal to TOLERANCE, everything else equal."""
+    assert list(mine.columns) == list(theirs.columns)
+    mine = mine.sort_values(key).reset_index(drop=True)
+    theirs = theirs.sort_values(key).reset_index(drop=True)
+    for column in mine.columns:
+        if pd.api.types.is_float_dtype(theirs[column]):
+            np.testing.assert_allclose(mine[column], theirs[column], rtol=0, atol=TOLERANCE, err_msg=column)
+        else:
+            assert mine[column].astype(str).tolist() == theirs[column].astype(str).tolist(), column
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DATASET in a local folder, shared read-only (jobs publish with --out elsewhere)."""
+    root = tmp_path_factory.mktemp("dataset")
+    generate(str(root), **DATASET)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scored(dataset: Path, dask_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """``score ROOT --scheduler ADDRESS --out OUT`` on the dataset: the run the local tests inspect."""
+    out = tmp_path_factory.mktemp("scored") / "leaderboard"
+    return Run.of(out, run_cli("score", str(dataset), "--scheduler", dask_cluster, "--out", str(out)))
+
+
+# ------------------------------------------------------------------ score, local
+
+
+def test_score_prints_the_short_leaderboard_and_the_report_path(scored: Run) -> None:
+    lines = scored.stdout.splitlines()
+    header = next(line.split() for line in lines if line.split()[:2] == ["model", "n_eras"])
+    assert {"corr_mean", "fnc_mean", "mmc_mean", "payout_rank"} <= set(header)
+    printed = {row[0]: dict(zip(header, row)) for row in (line.split() for line in lines) if len(row) == len(header)}
+    for row in scored.table("leaderboard").itertuples(index=False):
+        assert printed[row.model]["corr_mean"] == f"{row.corr_mean:.4f}"
+        assert printed[row.model]["payout_rank"] == str(row.payout_rank)
+    assert lines[-1] == f"report: {scored.folder / 'report.html'}"
+
+
+def test_score_publishes_a_complete_run_that_latest_json_points_at(scored: Run) -> None:
+    assert sorted(p.name for p in scored.out.iterdir()) == ["latest.json", "runs"]
+    assert [p.name for p in (scored.out / "runs").iterdir()] == [scored.folder.name]
+    assert set(RUN_FILES) <= {p.name for p in scored.folder.iterdir()}
+    assert "<h1>Leaderboard</h1>" in (scored.folder / "report.html").read_text()
+
+
+def test_published_tables_have_the_contract_columns(scored: Run) -> None:
+    board = scored.table("leaderboard")
+    assert list(board.columns) == LEADERBOARD_COLUMNS
+    assert sorted(board["model"]) == [f"model_{j:03d}" for j in range(DATASET["n_models"])]
+    assert (board["n_eras"] == DATASET["n_eras"] - DATASET["n_unresolved"]).all()
+    assert_frames_close(pd.read_csv(scored.folder / "leaderboard.csv"), board, ["model"])
+    assert list(scored.table("per_era").columns) == PER_ERA_COLUMNS
+    assert list(scored.table("rejections").columns) == ["model", "file", "era", "reason"]
+    assert scored.table("rejections").empty
+
+
+def test_manifest_records_inputs_and_parameters(scored: Run, dataset: Path) -> None:
+    manifest = json.loads((scored.folder / "manifest.json").read_text())
+    assert manifest["run_id"] == scored.folder.name
+    inputs = {Path(entry["path"]): entry for entry in manifest["inputs"]}
+    on_disk = {p for p in dataset.rglob("*") if p.is_file()}
+    assert set(inputs) == on_disk
+    for path, entry in inputs.items():
+        assert entry["size"] == path.stat().st_size
+        assert entry["version"]
+    assert manifest["parameters"]["target"] == "target"
+    assert manifest["parameters"]["neutralization"] == 1.0
+    assert manifest["parameters"]["payout"] == {"corr_weight": 0.5, "mmc_weight": 2.0, "clip": 0.05}
+
+
+def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str, tmp_path: Path) -> None:
+    done = succeeded(run_cli("score", str(dataset), "--out", str(tmp_path / "out"),
+                             env={"DASK_SCHEDULER_ADDRESS": dask_cluster}))
+    assert f"connected to {dask_cluster} (2 workers)" in done.stdout
+    assert "LocalCluster" not in done.stdout
+
+
+def test_scoring_options_reach_the_job(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:
+    """--extra-target, --feature-set and --neutralization give exactly what run_job gives with them."""
+    out = tmp_path / "out"
+    run = Run.of(out, run_cli("score", str(dataset), "--scheduler", dask_cluster, "--out", str(out),
+                              "--extra-target", "target_jerome", "--feature-set", "small",
+                              "--neutralization", "0.5"))
+    params = ScoringParams(extra_targets=("target_jerome",), feature_set="small", neutralization=0.5)
+    with Client(dask_cluster) as client:
+        expected = run_job(client, Storage(str(dataset)), params)
+    assert_frames_close(run.table("per_era"), expected.per_era, ["era", "model"])
+    board = run.table("leaderboard")
+    assert {"corr_target_jerome_mean", "corr_target_jerome_sharpe"} <= set(board.columns)
+    assert_frames_close(board, expected.leaderboard, ["model"])
+    default_fnc = scored.table("per_era").sort_values(["era", "model"])["fnc"].to_numpy()
+    assert not np.allclose(run.table("per_era").sort_values(["era", "model"])["fnc"], default_fnc)
+    manifest = json.loads((run.folder / "manifest.json").read_text())
+    assert manifest["parameters"]["feature_set"] == "small"
+    assert manifest["parameters"]["extra_targets"] == ["target_jerome"]
+
+
+# ------------------------------------------------------------------ score, S3
+
+
+@pytest.mark.parametrize("credentials", ["environment", "storage-options"])
+def test_score_on_s3_equals_the_local_job_and_never_shows_the_secret(
+    credentials: str, s3_server, s3_bucket: str, dask_cluster: str, scored: Run
+) -> None:
+    """The same generated data on S3, credentials only from the AWS environment or only from --storage-option."""
+    root = f"{s3_bucket}/root"
+    generate(root, **DATASET, storage_options=s3_server.storage_options)
+    secret = f"secret-{os.urandom(8).hex()}"  # moto does not check it; it must still never be shown
+    if credentials == "environment":
+        env = {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": "cli-key",
+               "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
+        options: list[str] = []
+    else:
+        env = {}
+        options = ["--storage-option", "key=cli-key", "--storage-option", f"secret={secret}",
+                   "--storage-option", f"client_kwargs.endpoint_url={s3_server.endpoint_url}"]
+    done = succeeded(run_cli("score", root, "--scheduler", dask_cluster, *options, env=env))
+
+    fs = s3_server.filesystem()
+    fs.invalidate_cache()
+    out = f"{root}/leaderboard"
+    latest = json.loads(fs.cat_file(f"{out}/latest.json"))
+    folder = f"{out}/{latest['path']}"
+    published = {path.rsplit("/", 1)[1]: fs.info(path) for path in fs.find(folder)}
+    assert set(RUN_FILES) <= set(published)
+    latest_written = fs.info(f"{out}/latest.json")["LastModified"]
+    assert all(info["LastModified"] <= latest_written for info in published.values())
+    assert done.stdout.splitlines()[-1] == f"report: {folder}/report.html"
+
+    board = pd.read_parquet(fs.open(f"{folder}/leaderboard.parquet"))
+    assert_frames_close(board, scored.table("leaderboard"), ["model"])
+    outputs = [done.stdout, done.stderr] + [fs.cat_file(path).decode("utf-8", "replace") for path in fs.find(out)]
+    assert not [text[:200] for text in outputs if secret in text]
+
+
+# ------------------------------------------------------------ bad submissions
+
+
+def test_bad_submissions_are_listed_and_change_no_other_score(dataset: Path, dask_cluster: str, scored: Run,
+                                                                tmp_path: Path) -> None:
+    root = Path(shutil.copytree(dataset, tmp_path / "root"))
+    ids = pd.concat(pd.read_parquet(p) for p in sorted((root / "data").glob("*.parquet"))).index
+    submissions = root / "submissions"
+    # columns id and a script tag, no prediction: the reason quotes the columns, so it carries the tag
+    pd.DataFrame({"id": ids, "<script>alert(1)</script>": 0.5}).to_csv(submissions / "no_prediction.csv",
+                                                                      index=False)
+    good = (submissions / "model_001.csv").read_bytes()
+    for bad_name in ("bad name", "..", "<script>"):
+        (submissions / f"{bad_name}.csv").write_bytes(good)
+    out = tmp_path / "out"
+    run = Run.of(out, run_cli("score", str(root), "--scheduler", dask_cluster, "--out", str(out)))
+
+    assert "4 rejections:" in run.stdout
+    assert ("  no_prediction · submissions/no_prediction.csv: missing column(s) 'prediction'; "
+            "the file has columns 'id', '<script>alert(1)</script>'") in run.stdout
+    for bad_name in ("bad name", "..", "<script>"):
+        assert f"  {bad_name} · submissions/{bad_name}.csv: invalid model name" in run.stdout
+    assert sorted(run.table("rejections")["model"]) == sorted(["no_prediction", "bad name", "..", "<script>"])
+    # rejected files never reach the meta model: every other score is the clean run's
+    assert_frames_close(run.table("per_era"), scored.table("per_era"), ["era", "model"])
+    page = (run.folder / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "submissions/&lt;script&gt;.csv" in page
+
+
+def test_report_escapes_every_name_and_reason_from_storage() -> None:
+    """render_html on a result whose model name, rejection, skipped era and root carry markup."""
+    evil = "<script>alert('x')</script>"
+    per_era = pd.DataFrame({"era": ["1", "2", "1", "2"], "model": [evil, evil, "plain", "plain"],
+                            **{m: [0.01, 0.02, 0.03, -0.01] for m in (*METRICS, "cwmm", "fe_max", "fe_rms")}})
+    result = JobResult(
+        per_era=per_era,
+        leaderboard=build_leaderboard(per_era),
+        rejections=pd.DataFrame({"model": ["<b>m</b>"], "file": ["submissions/<i>.csv"], "era": [None],
+                                 "reason": ['bad "<img src=x onerror=alert(1)>"']}),
+        skipped_eras={"<u>3</u>": "<svg onload=alert(1)>"},
+        manifest={"root": "/data/<root>", "parameters": {"target": "<target>"}, "eras": {"scored": ["1", "2"]}},
+    )
+    page = render_html(result, "<run>")
+    for markup in ("<script", "<b>", "<i>", "<img", "<u>", "<svg onload", "<root>", "<target>", "<run>"):
+        assert markup not in page, markup
+    for escaped in ("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", "&lt;b&gt;m&lt;/b&gt;",
+                    "submissions/&lt;i&gt;.csv", "&lt;img src=x onerror=alert(1)&gt;", "&lt;svg onload=alert(1)&gt;",
+                    "&lt;u&gt;3&lt;/u&gt;", "&lt;root&gt;", "&lt;run&gt;"):
+        assert escaped in page, escaped
+
+
+# --------------------------------------------------------------- job failures
+
+
+def assert_one_line_cause(status: int, stderr: str, cause: str) -> None:
+    """Exit status 1 and nothing on stderr but ``numerai-dask: error: …`` naming ``cause``: no traceback."""
+    lines = stderr.splitlines()
+    assert status == 1 and len(lines) == 1 and lines[0].startswith("numerai-dask: error: "), (status, stderr)
+    assert cause in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (["{root}", "--target", "target_cyrus"], "target column 'target_cyrus' is not in the data"),
+        (["{root}", "--feature-set", "huge"], "unknown feature set 'huge'; known sets: all, medium, small"),
+        (["{empty}"], "no data files: expected {empty}/data/*.parquet"),
+        (["{corrupt}"], "ArrowInvalid: Parquet magic bytes not found in footer"),
+    ],
+    ids=["unknown-target", "unknown-feature-set", "root-without-data", "data-file-not-parquet"],
+)
+def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str, dataset: Path, dask_cluster: str,
+                                                    tmp_path: Path) -> None:
+    """The console script, on a cluster: the job fails while it discovers its inputs."""
+    (tmp_path / "corrupt" / "data").mkdir(parents=True)
+    (tmp_path / "corrupt" / "data" / "train.parquet").write_text("id,era\n0,1\n")  # CSV, not parquet
+    fill = {"root": str(dataset), "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt")}
+    done = run_cli("score", *[a.format(**fill) for a in args], "--scheduler", dask_cluster)
+    assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (["score", "nosuch://{empty}"], "ValueError: Protocol not known: nosuch"),
+        (["score", "{empty}", "--neutralization", "1.5"], "--neutralization must be between 0 and 1, got 1.5"),
+        (["score", "{empty}", "--storage-option", "no-equals-sign"], "--storage-option takes KEY=VALUE"),
+        (["generate", "{empty}", "--eras", "0"], "ValueError: need at least one era, got n_eras=0"),
+        (["run", "{empty}/missing.toml"], "cannot read job file {empty}/missing.toml"),
+    ],
+    ids=["unknown-protocol", "bad-neutralization", "bad-storage-option", "bad-generator-size", "missing-job-file"],
+)
+def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Mistakes found before any cluster is needed (checked in this process: no cluster is started)."""
+    fill = {"empty": str(tmp_path)}
+    status = main([a.format(**fill) for a in args])
+    captured = capsys.readouterr()
+    assert_one_line_cause(status, captured.err, cause.format(**fill))
+    assert "LocalCluster" not in captured.out
+
+
+# ------------------------------------------------------------------ job files
+
+
+def test_run_a_job_file(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = tmp_path / "job.toml"
+    job.write_text(f'root = "{dataset}"\nout = "{out}"\n\n[scoring]\nextra_targets = ["target_jerome"]\n\n'
+                   f'[scoring.payout]\nclip = 0.01\n\n[cluster]\nscheduler = "{dask_cluster}"\n')
+    run = Run.of(out, run_cli("run", str(job)))
+    assert f"connected to {dask_cluster}" in run.stdout
+    board = run.table("leaderboard")
+    assert "corr_target_jerome_mean" in board.columns
+    assert (board["payout_mean"].abs() <= 0.01).all()
+    same = [c for c in scored.table("leaderboard").columns if not c.startswith("payout")]
+    assert_frames_close(board[same], scored.table("leaderboard")[same], ["model"])
+
+
+def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
+    files = sorted((REPO / "jobs").glob("*.toml"))
+    assert {f.name for f in files} >= {"local.toml", "s3.toml"}
+    specs = {f.name: spec_from_job_file(str(f)) for f in files}
+    assert specs["local.toml"].root == "demo-data"
+    assert specs["s3.toml"].root.startswith("s3://")
+    assert specs["s3.toml"].scheduler is None  # the address is left to the operator
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('root = "r"\nstorage_option = {}\n', "unknown key(s) ['storage_option'] at the top"),
+        ('root = "r"\n[scoring]\nneutralisation = 0.5\n', "unknown key(s) ['neutralisation'] in [scoring]"),
+        ('root = "r"\n[scoring.payout]\nmmc = 1\n', "unknown key(s) ['mmc'] in [scoring.payout]"),
+        ('root = "r"\n[cluster]\nadress = "tcp://x:1"\n', "unknown key(s) ['adress'] in [cluster]"),
+        ('root = "r"\n[scoring.payout]\nclip = "high"\n', "[scoring.payout] values must be numbers"),
+        ('out = "o"\n', "has no 'root'"),
+    ],
+)
+def test_job_file_mistakes_are_errors(tmp_path: Path, text: str, complaint: str) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    with pytest.raises(JobError) as raised:
+        spec_from_job_file(str(job))
+    assert complaint in str(raised.value)
+
+
+def test_one_extra_target_given_as_a_string_is_one_target(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('root = "r"\n[scoring]\nextra_targets = "target_jerome"\n')
+    assert spec_from_job_file(str(job)).params.extra_targets == ("target_jerome",)
+
+
+# ------------------------------------------------------- demo and the scripts
+
+
+def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) -> None:
+    done = succeeded(run_cli("demo", "--dir", str(tmp_path / "demo"), "--eras", "4", "--rows-per-era", "40",
+                             "--features", "5", "--models", "4", "--workers", "1"))
+    assert "started a LocalCluster of 1 workers" in done.stdout
+    report = Path(done.stdout.splitlines()[-1].removeprefix("report: "))
+    assert report.is_file() and report.is_relative_to(tmp_path / "demo" / "leaderboard" / "runs")
+    assert "<h1>Leaderboard</h1>" in report.read_text()
+
+
+def test_cluster_scripts_start_a_cluster_that_scores_and_stop_every_process(dataset: Path, tmp_path: Path) -> None:
+    with script_cluster(tmp_path / "run", workers=1) as cluster:
+        assert all(is_running(pid) for pid in cluster.pids.values())
+        assert sorted(cluster.pids) == ["scheduler", "worker-1"]
+        worker_env = (Path("/proc") / str(cluster.pids["worker-1"]) / "environ").read_bytes().split(b"\0")
+        assert {b"OMP_NUM_THREADS=1", b"OPENBLAS_NUM_THREADS=1", b"MKL_NUM_THREADS=1"} <= set(worker_env)
+        with Client(cluster.address) as client:
+            assert list(client.nthreads().values()) == [1]
+        out = tmp_path / "out"
+        run = Run.of(out, run_cli("score", str(dataset), "--scheduler", cluster.address, "--out", str(out)))
+        assert f"connected to {cluster.address} (1 workers)" in run.stdout
+    assert not [name for name, pid in cluster.pids.items() if is_running(pid)]
+    assert not (tmp_path / "run" / "pids").exists()
