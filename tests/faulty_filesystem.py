@@ -1,0 +1,108 @@
+"""A real fsspec filesystem that misbehaves on purpose: storage faults for tests, without mocks.
+
+``faulty:///some/folder`` is the local folder ``/some/folder`` read through
+:class:`FaultyFileSystem`, a :class:`fsspec.implementations.local.LocalFileSystem`
+whose reads of chosen files go wrong the way remote storage does:
+
+* ``fail``: the first read of each matching file raises :class:`ConnectionResetError`
+  (an OSError, as a dropped S3 connection does); later reads succeed;
+* ``gate``: reads of matching files wait until :meth:`FaultyFileSystem.release`
+  is called (storage that stalls), so a test can act while a job is in flight.
+
+``where`` limits the faults to reads made by the process ``client_pid`` (``"client"``),
+by any other process, i.e. the Dask workers (``"worker"``), or by either (``"any"``). The state lives in files
+under ``state`` (created atomically), so "first read" means first in the
+whole cluster, whatever process reads. Dask workers unpickle the filesystem
+by importing this module: start them with this folder on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+GATE_POLL_SECONDS = 0.02
+
+
+class FaultyFileSystem(LocalFileSystem):
+    """A local folder whose reads fail once or stall, per file-name pattern (see the module docstring)."""
+
+    protocol = ("faulty",)
+
+    def __init__(self, state: str, fail: str = "", gate: str = "", where: str = "any", client_pid: int = 0,
+                 **kwargs) -> None:
+        if where not in ("any", "worker", "client"):
+            raise ValueError(f"where must be 'any', 'worker' or 'client', got {where!r}")
+        if where != "any" and not client_pid:
+            raise ValueError(f"where={where!r} needs the client's process id (client_pid)")
+        super().__init__(**kwargs)
+        self.state = Path(state)
+        self.fail = fail
+        self.gate = gate
+        self.where = where
+        self.client_pid = client_pid
+        for folder in ("failed", "waiting"):
+            (self.state / folder).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        """``faulty:///a/b`` → ``/a/b``; everything else as the local filesystem strips it."""
+        path = fsspec.utils.stringify_path(path)
+        if path.startswith("faulty://"):
+            path = path[len("faulty://") :]
+        return super()._strip_protocol(path)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs):
+        """Open like the local filesystem, after the fault this read is due (reads only)."""
+        if "r" in mode and self._affects_this_process():
+            local = self._strip_protocol(path)
+            if self.gate and fnmatch.fnmatch(local, self.gate):
+                self._wait_for_release(local)
+            if self.fail and fnmatch.fnmatch(local, self.fail) and self._first_read(local):
+                raise ConnectionResetError(errno.ECONNRESET, "injected transient storage failure", local)
+        return super()._open(path, mode=mode, **kwargs)
+
+    def _affects_this_process(self) -> bool:
+        """Whether reads in this process get faults (the pid, not the thread: workers read from thread pools too)."""
+        if self.where == "any":
+            return True
+        return (os.getpid() == self.client_pid) == (self.where == "client")
+
+    def _first_read(self, path: str) -> bool:
+        """True exactly once per path across every process sharing ``state`` (an O_EXCL marker file)."""
+        marker = self.state / "failed" / hashlib.sha1(path.encode()).hexdigest()
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def _wait_for_release(self, path: str) -> None:
+        """Leave a marker that a read is waiting, then block until the ``released`` file exists."""
+        (self.state / "waiting" / hashlib.sha1(path.encode()).hexdigest()).touch()
+        while not (self.state / "released").exists():
+            time.sleep(GATE_POLL_SECONDS)
+
+    # ------------------------------------------------------------- for the test
+
+    def failures(self) -> int:
+        """How many reads have failed so far (one per file)."""
+        return sum(1 for _ in (self.state / "failed").iterdir())
+
+    def waiting(self) -> int:
+        """How many distinct gated files a reader has waited on so far."""
+        return sum(1 for _ in (self.state / "waiting").iterdir())
+
+    def release(self) -> None:
+        """Let every gated read, now and later, go on."""
+        (self.state / "released").touch()
+
+
+fsspec.register_implementation("faulty", FaultyFileSystem, clobber=True)
