@@ -1,19 +1,24 @@
 """A real fsspec filesystem that misbehaves on purpose: storage faults for tests, without mocks.
 
-``faulty:///some/folder`` is the local folder ``/some/folder`` read through
-:class:`FaultyFileSystem`, a :class:`fsspec.implementations.local.LocalFileSystem`
-whose reads of chosen files go wrong the way remote storage does:
+``faulty:///some/folder`` is the local folder ``/some/folder`` served by
+:class:`FaultyFileSystem`, an :class:`fsspec.AbstractFileSystem` that passes
+listings and reads to fsspec's local filesystem, except that reads of chosen
+files go wrong the way remote storage does:
 
 * ``fail``: the first read of each matching file raises :class:`ConnectionResetError`
   (an OSError, as a dropped S3 connection does); later reads succeed;
 * ``gate``: reads of matching files wait until :meth:`FaultyFileSystem.release`
   is called (storage that stalls), so a test can act while a job is in flight.
 
-``where`` limits the faults to reads made by the process ``client_pid`` (``"client"``),
-by any other process, i.e. the Dask workers (``"worker"``), or by either (``"any"``). The state lives in files
-under ``state`` (created atomically), so "first read" means first in the
-whole cluster, whatever process reads. Dask workers unpickle the filesystem
-by importing this module: start them with this folder on ``PYTHONPATH``.
+It is deliberately not a ``LocalFileSystem`` subclass: code that takes a
+shortcut for local folders treats it as the remote storage it stands in for.
+Patterns are :mod:`fnmatch` patterns over local paths. ``where`` limits the
+faults to reads made by the process ``client_pid`` (``"client"``), by any
+other process, i.e. the Dask workers (``"worker"``), or by either (``"any"``).
+The state lives in files under ``state`` (created atomically), so "first read"
+means first in the whole cluster, whatever process reads. Dask workers
+unpickle the filesystem by importing this module: send it to them with
+``Client.upload_file``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from fsspec.implementations.local import LocalFileSystem
 GATE_POLL_SECONDS = 0.02
 
 
-class FaultyFileSystem(LocalFileSystem):
+class FaultyFileSystem(fsspec.AbstractFileSystem):
     """A local folder whose reads fail once or stall, per file-name pattern (see the module docstring)."""
 
     protocol = ("faulty",)
+    root_marker = "/"
 
     def __init__(self, state: str, fail: str = "", gate: str = "", where: str = "any", client_pid: int = 0,
                  **kwargs) -> None:
@@ -43,6 +49,7 @@ class FaultyFileSystem(LocalFileSystem):
         if where != "any" and not client_pid:
             raise ValueError(f"where={where!r} needs the client's process id (client_pid)")
         super().__init__(**kwargs)
+        self.local = LocalFileSystem()
         self.state = Path(state)
         self.fail = fail
         self.gate = gate
@@ -53,21 +60,41 @@ class FaultyFileSystem(LocalFileSystem):
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
-        """``faulty:///a/b`` → ``/a/b``; everything else as the local filesystem strips it."""
+        """``faulty:///a/b`` → ``/a/b``, the local path."""
         path = fsspec.utils.stringify_path(path)
-        if path.startswith("faulty://"):
-            path = path[len("faulty://") :]
-        return super()._strip_protocol(path)
+        return LocalFileSystem._strip_protocol(path.removeprefix("faulty://"))
+
+    # ----------------------------------------------- the local filesystem's answers
+
+    def ls(self, path: str, detail: bool = True, **kwargs) -> list:
+        return self.local.ls(self._strip_protocol(path), detail=detail, **kwargs)
+
+    def info(self, path: str, **kwargs) -> dict:
+        return self.local.info(self._strip_protocol(path), **kwargs)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self.local.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs) -> None:
+        self.local.mkdir(self._strip_protocol(path), create_parents=create_parents, **kwargs)
+
+    def rm_file(self, path: str) -> None:
+        self.local.rm_file(self._strip_protocol(path))
+
+    def rmdir(self, path: str) -> None:
+        self.local.rmdir(self._strip_protocol(path))
 
     def _open(self, path: str, mode: str = "rb", **kwargs):
-        """Open like the local filesystem, after the fault this read is due (reads only)."""
+        """Open the local file, after the fault this read is due (reads only)."""
+        local = self._strip_protocol(path)
         if "r" in mode and self._affects_this_process():
-            local = self._strip_protocol(path)
             if self.gate and fnmatch.fnmatch(local, self.gate):
                 self._wait_for_release(local)
             if self.fail and fnmatch.fnmatch(local, self.fail) and self._first_read(local):
                 raise ConnectionResetError(errno.ECONNRESET, "injected transient storage failure", local)
-        return super()._open(path, mode=mode, **kwargs)
+        return self.local.open(local, mode=mode)
+
+    # ------------------------------------------------------------------ the faults
 
     def _affects_this_process(self) -> bool:
         """Whether reads in this process get faults (the pid, not the thread: workers read from thread pools too)."""
