@@ -15,15 +15,19 @@ compares :attr:`FileInfo.version` to find what changed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
 import re
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import fsspec
 import fsspec.parquet
@@ -39,6 +43,27 @@ from numerai_dask.submissions import Rejection, SubmissionError, file_kind, pyth
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOCAL_READ_THREADS = 16
+#: Reads that fail with a transient OSError are tried this many times in all.
+READ_ATTEMPTS = 3
+READ_BACKOFF_SECONDS = 0.05
+#: Errors no retry can mend.
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+T = TypeVar("T")
+
+
+def retrying(read: Callable[[], T]) -> T:
+    """``read()``, tried again after a short backoff when storage fails transiently (an OSError)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except PERMANENT_ERRORS:
+            raise
+        except OSError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(READ_BACKOFF_SECONDS * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 class StorageError(Exception):
@@ -237,7 +262,8 @@ class Storage:
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole file at ``relpath``."""
-        return self.fs.cat_file(self.path(relpath))
+        path = self.path(relpath)
+        return retrying(lambda: self.fs.cat_file(path))
 
     def exists(self, relpath: str) -> bool:
         """Whether anything (file or folder) is at ``relpath``."""
@@ -254,6 +280,7 @@ class Storage:
             return {}
         if isinstance(self.fs, AsyncFileSystem):
             contents = self.fs.cat_ranges(paths, None, None, on_error="return")
+            contents = [self._read_or_error(p) if isinstance(c, Exception) else c for p, c in zip(paths, contents)]
         else:
             with ThreadPoolExecutor(max_workers=min(LOCAL_READ_THREADS, len(paths))) as pool:
                 contents = list(pool.map(self._read_or_error, paths))
@@ -261,7 +288,7 @@ class Storage:
 
     def _read_or_error(self, path: str) -> bytes | Exception:
         try:
-            return self.fs.cat_file(path)
+            return retrying(lambda: self.fs.cat_file(path))
         except Exception as error:  # noqa: BLE001 — the caller turns it into a rejection
             return error
 
@@ -287,14 +314,26 @@ class Storage:
             raise StorageError("no stakes file (stakes.csv or stakes.parquet)")
         name = self.relative(found.path)
         try:
-            frame = read_tabular(name, self.fs.cat_file(found.path), "model")
+            frame = read_tabular(name, retrying(lambda: self.fs.cat_file(found.path)), "model")
         except SubmissionError as error:
             raise StorageError(f"{name}: {error}") from None
         return _validated_stakes(name, frame)
 
     def _metadata(self, path: str) -> pq.FileMetaData:
-        with self.fs.open(path, "rb") as handle:
-            return pq.read_metadata(handle)
+        def read() -> pq.FileMetaData:
+            with self.fs.open(path, "rb") as handle:
+                return pq.read_metadata(handle)
+
+        with self._naming_bad_parquet(path):
+            return retrying(read)
+
+    @contextlib.contextmanager
+    def _naming_bad_parquet(self, path: str) -> Iterator[None]:
+        """Turn pyarrow's complaint about a corrupt file into a StorageError that names the file."""
+        try:
+            yield
+        except pa.ArrowInvalid as error:
+            raise StorageError(f"{self.display(self.relative(path))} is not a readable parquet file: {error}") from None
 
     def data_columns(self, path: str) -> list[str]:
         """The columns of a data file (schema only): ``id`` first, whether stored as a column or as the index."""
@@ -324,20 +363,23 @@ class Storage:
             values = self._era_values(path, schema, eras)
             groups, keep = _row_groups_with(metadata, values), pc.field("era").isin(values)
         fetched = wanted if keep is None or "era" in wanted else [*wanted, "era"]
-        if isinstance(self.fs, LocalFileSystem):
-            # pyarrow reads only these row groups and columns itself; fsspec's byte-range
-            # planner would cost a Python loop over every column chunk for nothing.
-            table = pq.ParquetFile(path).read_row_groups(groups, columns=fetched)
-        else:
-            with fsspec.parquet.open_parquet_file(
-                path, fs=self.fs, columns=fetched, row_groups=groups, engine="pyarrow"
-            ) as handle:
-                table = pq.ParquetFile(handle).read_row_groups(groups, columns=fetched)
+        with self._naming_bad_parquet(path):
+            table = retrying(lambda: self._read_row_groups(path, groups, fetched))
         if keep is not None:
             table = table.filter(keep).select(wanted)
         frame = table.to_pandas(ignore_metadata=True)
         frame["id"] = frame["id"].astype(str)
         return frame
+
+    def _read_row_groups(self, path: str, groups: list[int], columns: list[str]) -> pa.Table:
+        if isinstance(self.fs, LocalFileSystem):
+            # pyarrow reads only these row groups and columns itself; fsspec's byte-range
+            # planner would cost a Python loop over every column chunk for nothing.
+            return pq.ParquetFile(path).read_row_groups(groups, columns=columns)
+        with fsspec.parquet.open_parquet_file(
+            path, fs=self.fs, columns=columns, row_groups=groups, engine="pyarrow"
+        ) as handle:
+            return pq.ParquetFile(handle).read_row_groups(groups, columns=columns)
 
     def _era_values(self, path: str, schema: pa.Schema, eras: list) -> pa.Array:
         if "era" not in schema.names:
