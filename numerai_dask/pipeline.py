@@ -40,6 +40,8 @@ from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, spl
 
 PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
+#: A task that fails (a storage error outlasting the read retries) is tried again this often.
+TASK_RETRIES = 2
 #: Per-era metrics that depend on one model alone (plus every ``corr_<target>``).
 SINGLE_MODEL_METRICS = ("corr", "fnc", "fe_max", "fe_rms")
 
@@ -380,10 +382,15 @@ def batches(submissions: dict[str, list[FileInfo]], size: int) -> list[list[tupl
 def build_graph(
     storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray]
 ) -> tuple[list[Delayed], list[Delayed]]:
-    """One load task per batch of models, one slice per (batch, era), one score task per era."""
+    """One load task per batch of models, one slice per (batch, era), one score task per era.
+
+    Task names carry a token of this job's inputs and parameters: two jobs on
+    one cluster must never share results.
+    """
+    token = dask.base.tokenize(storage, input_record(inputs), params)
     index = dask.delayed(inputs.index, traverse=False)
     loaded = [
-        dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}")
+        dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}-{token}")
         for i, batch in enumerate(batches(inputs.submissions, params.models_per_task))
     ]
     scored = [
@@ -395,7 +402,7 @@ def build_graph(
             [dask.delayed(era_slice, pure=True)(b, era.label) for b in loaded],
             inputs.stakes,
             benchmark.get(era.label),
-            dask_key_name=f"score-era-{era.label}",
+            dask_key_name=f"score-era-{era.label}-{token}",
         )
         for era in inputs.eras
     ]
@@ -438,7 +445,7 @@ def run_job(
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
     scored, rejected = build_graph(storage, inputs, params, benchmark)
-    futures = client.compute(scored + rejected)
+    futures = client.compute(scored + rejected, retries=TASK_RETRIES)
     if show_progress:
         progress(futures_of(futures), notebook=False)
     results = client.gather(futures)

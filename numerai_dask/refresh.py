@@ -60,6 +60,7 @@ from numerai_dask.pipeline import (
     JobInputs,
     JobResult,
     ModelBatch,
+    TASK_RETRIES,
     ScoringParams,
     discover,
     era_slice,
@@ -427,7 +428,7 @@ def _refresh_under_lease(
             load_changed_models, storage, out,
             [(m, paths[m]) for m, kind in chunk if kind == "full"],
             [(m, plan.append[m], [f.path for f in inputs.submissions[m]]) for m, kind in chunk if kind == "append"],
-            index, plan.previous_eras, pure=False,
+            index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
         ))
     replaced: dict[str, frozenset[str] | None] = {}
     for part in client.gather(client.map(replaced_models, batches, pure=False)):
@@ -452,7 +453,7 @@ def _refresh_under_lease(
         slices = [client.submit(changed_slice, b, era.label, pure=False) for b in batches]
         futures[era.label] = client.submit(
             score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,
-            benchmark.get(era.label), cache, write, pure=False,
+            benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
         )
     if show_progress and futures:
         progress(list(futures.values()), notebook=False)
