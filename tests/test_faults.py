@@ -153,22 +153,12 @@ def test_job_survives_a_worker_killed_mid_job(tmp_path: Path, dask_cluster: str)
 
 # ------------------------------------------------------------ storage faults
 
-STORAGE_NEEDS_RETRIES = (
-    "transient read errors are not retried: Storage reads should retry an OSError that is not FileNotFoundError "
-    "or PermissionError a few times with backoff (and run_job pass retries=2 to client.compute)"
-)
-
-
 @pytest.mark.parametrize(
     ("pattern", "where"),
     [
-        pytest.param("data/*.parquet", "worker", id="era-data-read-on-a-worker",
-                     marks=pytest.mark.xfail(strict=True, raises=OSError, reason=STORAGE_NEEDS_RETRIES)),
-        pytest.param("submissions/model_003/*", "worker", id="one-models-submission-reads-on-a-worker",
-                     marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=STORAGE_NEEDS_RETRIES
-                                             + "; today the model is rejected as unreadable and leaves the meta model")),
-        pytest.param("*", "client", id="every-read-while-discovering",
-                     marks=pytest.mark.xfail(strict=True, raises=OSError, reason=STORAGE_NEEDS_RETRIES)),
+        pytest.param("data/*.parquet", "worker", id="era-data-read-on-a-worker"),
+        pytest.param("submissions/model_003/*", "worker", id="one-models-submission-reads-on-a-worker"),
+        pytest.param("*", "client", id="every-read-while-discovering"),
     ],
 )
 def test_transient_storage_failures_change_nothing(tmp_path: Path, dask_cluster: str,
@@ -188,9 +178,6 @@ def test_transient_storage_failures_change_nothing(tmp_path: Path, dask_cluster:
 # ------------------------------------------------------- two jobs, one cluster
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "run_job names its tasks load-<i> / score-era-<era>, the same for every job, so a second job submitted "
-    "while the first runs gets the first job's results; task keys must carry a token of the job's inputs"))
 def test_two_jobs_at_once_on_one_cluster_keep_their_own_scores(tmp_path: Path, dask_cluster: str) -> None:
     """A stalled job A is in flight when job B (same shape, other data) is submitted: B's scores are B's."""
     root_a, root_b = make_dataset(tmp_path / "a", seed=41), make_dataset(tmp_path / "b", seed=42)
