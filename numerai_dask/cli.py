@@ -1,4 +1,4 @@
-"""The command line: ``numerai-dask score | generate | demo | run``.
+"""The command line: ``numerai-dask score | refresh | run | generate | demo``.
 
 Exit status: 0 when the job finished (rejected submissions are listed, not
 fatal), 1 with a one-line cause on stderr when the job itself failed, 2 for a
@@ -10,17 +10,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import os
+import signal
 import sys
+import threading
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distributed import Client, LocalCluster
 
 from numerai_dask.leaderboard import PayoutRule
-from numerai_dask.pipeline import JobError, ScoringParams, run_job
+from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
+from numerai_dask.refresh import Cron, parse_interval, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.storage import Storage, StorageError, printable
 from numerai_dask.submissions import redact
@@ -30,7 +34,8 @@ from numerai_dask.submissions import redact
 ONE_BLAS_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 REJECTIONS_SHOWN = 20
 #: The tables and keys a job file may hold; [scoring] takes ScoringParams' fields, [scoring.payout] PayoutRule's.
-JOB_FILE_KEYS = ("root", "out", "scoring", "cluster", "storage_options")
+JOB_FILE_KEYS = ("root", "out", "scoring", "cluster", "storage_options", "refresh")
+REFRESH_KEYS = ("every", "cron", "keep_runs", "lease_seconds")
 CLUSTER_KEYS = ("scheduler", "workers")
 
 
@@ -75,14 +80,70 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         yield client
 
 
+@dataclass(frozen=True)
+class RefreshSettings:
+    """How a refresh repeats and keeps history: ``every`` (seconds) or ``cron``, or neither for one refresh."""
+
+    every: float | None = None
+    cron: str | None = None
+    keep_runs: int = 10
+    lease_seconds: float = 2 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.cron is not None:
+            raise JobError("a refresh takes --every or --cron, not both")
+        if self.keep_runs < 1:
+            raise JobError("--keep-runs must be at least 1")
+
+    def seconds_until_next(self) -> Callable[[dt.datetime], float] | None:
+        """The schedule as a function of the current time, or None for a single refresh."""
+        if self.cron is not None:
+            cron = Cron.parse(self.cron)
+            return lambda now: (cron.next_after(now) - now).total_seconds()
+        if self.every is not None:
+            every = self.every
+            return lambda _: every
+        return None
+
+
 def score(spec: JobSpec) -> int:
     """Run one scoring job and publish it; print the short leaderboard and where the report is."""
     source = Storage(spec.root, spec.storage_options)
     out = Storage(spec.out_url, spec.storage_options)
     with connect(spec.scheduler, spec.workers) as client:
         result = run_job(client, source, spec.params, show_progress=sys.stdout.isatty(), log=say)
-    run_id = new_run_id()
-    folder = publish_run(out, result, run_id)
+    folder = publish_run(out, result, new_run_id())
+    show_result(out, result, folder)
+    return 0
+
+
+def refresh(spec: JobSpec, settings: RefreshSettings) -> int:
+    """Refresh once, or on a schedule until SIGTERM/SIGINT (a refresh under way finishes first)."""
+    source = Storage(spec.root, spec.storage_options)
+    out = Storage(spec.out_url, spec.storage_options)
+    schedule = settings.seconds_until_next()
+    with connect(spec.scheduler, spec.workers) as client:
+
+        def once() -> None:
+            outcome = refresh_once(client, source, out, spec.params, keep_runs=settings.keep_runs,
+                                   lease_seconds=settings.lease_seconds, show_progress=sys.stdout.isatty(), log=say)
+            if outcome.result is not None:
+                show_result(out, outcome.result, outcome.run_folder)
+            say(outcome.message)
+
+        if schedule is None:
+            once()
+            return 0
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        run_on_schedule(once, schedule, stop, say)
+        say("stopped")
+    return 0
+
+
+def show_result(out: Storage, result: JobResult, folder: str) -> None:
+    """The short leaderboard, skipped eras, rejections and where the report is."""
     say("")
     say(summary_table(result.leaderboard))
     for era, reason in sorted(result.skipped_eras.items()):
@@ -96,7 +157,6 @@ def score(spec: JobSpec) -> int:
         if len(rejections) > REJECTIONS_SHOWN:
             say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
     say(f"\nreport: {out.display(folder + '/report.html')}")
-    return 0
 
 
 # ------------------------------------------------------------------ arguments
@@ -199,6 +259,23 @@ def spec_from_job_file(path: str) -> JobSpec:
     )
 
 
+def refresh_settings_from_job_file(path: str) -> RefreshSettings | None:
+    """The ``[refresh]`` table of a job file (``every``, ``cron``, ``keep_runs``, ``lease_seconds``), if any."""
+    table = tomllib.loads(Path(path).read_text()).get("refresh")
+    if table is None:
+        return None
+    unknown = sorted(set(table) - set(REFRESH_KEYS))
+    if unknown:
+        raise JobError(f"job file {path}: unknown key(s) {unknown} in [refresh]; known: {', '.join(REFRESH_KEYS)}")
+    every = table.get("every")
+    return RefreshSettings(
+        every=parse_interval(every) if isinstance(every, str) else every,
+        cron=table.get("cron"),
+        keep_runs=table.get("keep_runs", RefreshSettings.keep_runs),
+        lease_seconds=table.get("lease_seconds", RefreshSettings.lease_seconds),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numerai-dask", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     score_parser.add_argument("root", help="root URL: a folder, file://…, s3://bucket/prefix, memory://…")
     add_scoring_arguments(score_parser)
 
-    run_parser = commands.add_parser("run", help="run a job file (see jobs/)")
+    refresh_parser = commands.add_parser(
+        "refresh", help="rescore only what changed since the last run; once, or --every/--cron until SIGTERM")
+    refresh_parser.add_argument("root", help="root URL: a folder, file://…, s3://bucket/prefix, memory://…")
+    add_scoring_arguments(refresh_parser)
+    schedule = refresh_parser.add_mutually_exclusive_group()
+    schedule.add_argument("--every", metavar="INTERVAL", help="refresh every INTERVAL (30s, 15m, 2h, 1d)")
+    schedule.add_argument("--cron", metavar="EXPR", help='refresh on a cron schedule, UTC ("0 * * * *")')
+    refresh_parser.add_argument("--keep-runs", type=int, default=RefreshSettings.keep_runs,
+                                help="runs kept in OUT/runs (default 10)")
+    refresh_parser.add_argument("--lease-seconds", type=float, default=RefreshSettings.lease_seconds,
+                                help="how long a refresh's lease on OUT lasts (default 7200)")
+
+    run_parser = commands.add_parser("run", help="run a job file (see jobs/); a [refresh] table makes it a refresh")
     run_parser.add_argument("job_file")
 
     generate_parser = commands.add_parser("generate", help="write a synthetic Numerai-shaped dataset to ROOT")
@@ -251,8 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "score":
             return score(spec_from_arguments(args))
+        if args.command == "refresh":
+            settings = RefreshSettings(every=parse_interval(args.every) if args.every else None, cron=args.cron,
+                                       keep_runs=args.keep_runs, lease_seconds=args.lease_seconds)
+            return refresh(spec_from_arguments(args), settings)
         if args.command == "run":
-            return score(spec_from_job_file(args.job_file))
+            spec, settings = spec_from_job_file(args.job_file), refresh_settings_from_job_file(args.job_file)
+            return score(spec) if settings is None else refresh(spec, settings)
         if args.command == "generate":
             generate(args.root, args, parse_storage_options(args.storage_option))
             return 0

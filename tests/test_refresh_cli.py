@@ -1,0 +1,143 @@
+"""``numerai-dask refresh`` as a person runs it: once, against a held lease, and on a schedule until SIGTERM."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from numerai_dask.cli import RefreshSettings, refresh_settings_from_job_file, spec_from_job_file
+from numerai_dask.pipeline import JobError
+from numerai_dask.refresh import Cron, Lease, parse_interval, run_on_schedule
+from numerai_dask.storage import Storage
+from numerai_dask.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "numerai_dask.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def small_dataset(root: Path, seed: int = 0) -> None:
+    generate(str(root), n_eras=4, rows_per_era=30, n_features=4, n_models=3, n_unresolved=1, seed=seed)
+
+
+def test_refresh_once_then_nothing_to_do(tmp_path, dask_cluster):
+    small_dataset(tmp_path)
+    first = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
+    assert first.returncode == 0, first.stderr
+    assert "published runs/" in first.stdout and "report:" in first.stdout
+    second = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+    assert len(list((tmp_path / "leaderboard" / "runs").iterdir())) == 1
+
+
+def test_refresh_against_a_held_lease_exits_non_zero_with_one_line(tmp_path, dask_cluster):
+    small_dataset(tmp_path)
+    holder = Lease(Storage(str(tmp_path / "leaderboard")), seconds=600, owner="nightly@elsewhere:42")
+    holder.acquire()
+    result = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "another refresh holds the lease" in result.stderr and "nightly@elsewhere:42" in result.stderr
+    assert not (tmp_path / "leaderboard" / "latest.json").exists()
+
+
+def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_cluster):
+    root = tmp_path / "root"
+    root.mkdir()  # no data yet: the first tick fails
+    log = tmp_path / "log.txt"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "numerai_dask.cli", "refresh", str(root), "--scheduler", dask_cluster,
+             "--every", "1s"], stdout=handle, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(log, "refresh failed", process)
+        small_dataset(root)
+        wait_for(log, "published runs/", process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "no data files" in text and "the previous leaderboard stays published" in text
+    assert text.rstrip().endswith("stopped")
+    assert (root / "leaderboard" / "latest.json").exists()
+
+
+def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"refresh exited early ({process.returncode}):\n{log.read_text()}")
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} not seen in {timeout} s:\n{log.read_text()}")
+
+
+def test_run_on_schedule_logs_failures_and_stops_when_told():
+    stop = threading.Event()
+    calls: list[int] = []
+    messages: list[str] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("storage down")
+        if len(calls) == 3:
+            stop.set()
+
+    run_on_schedule(flaky, lambda _: 0.01, stop, messages.append)
+    assert len(calls) == 3
+    assert "refresh failed: OSError: storage down" in messages[0]
+
+
+def test_shipped_refresh_job_file():
+    path = REPO / "jobs" / "refresh.toml"
+    assert refresh_settings_from_job_file(str(path)) == RefreshSettings(every=900.0, keep_runs=10,
+                                                                        lease_seconds=7200.0)
+    assert spec_from_job_file(str(path)).params.extra_targets == ("target_jerome",)
+    assert refresh_settings_from_job_file(str(REPO / "jobs" / "local.toml")) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("1h30m", 5400), ("2d", 172800)])
+def test_intervals(text, seconds):
+    assert parse_interval(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15", "fortnightly", "0s", "5x"])
+def test_bad_intervals_are_clear_errors(text):
+    with pytest.raises(JobError, match="--every"):
+        parse_interval(text)
+
+
+def test_cron_next_fire_times():
+    at = dt.datetime(2026, 11, 23, 10, 7, 30, tzinfo=dt.timezone.utc)  # a Monday
+    assert Cron.parse("*/15 * * * *").next_after(at) == at.replace(minute=15, second=0)
+    assert Cron.parse("5 * * * *").next_after(at) == at.replace(hour=11, minute=5, second=0)
+    assert Cron.parse("0 6 * * 0").next_after(at) == dt.datetime(2026, 11, 29, 6, 0, tzinfo=dt.timezone.utc)
+    assert Cron.parse("30 2 1 1 *").next_after(at) == dt.datetime(2027, 1, 1, 2, 30, tzinfo=dt.timezone.utc)
+    # both day fields restricted: either matches (the 1st of the month, or a Saturday)
+    assert Cron.parse("0 0 1 * 6").next_after(at) == dt.datetime(2026, 11, 28, 0, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("text", ["* * * *", "61 * * * *", "* 24 * * *", "a * * * *", "*/0 * * * *"])
+def test_bad_cron_expressions_are_clear_errors(text):
+    with pytest.raises(JobError, match="--cron"):
+        Cron.parse(text)
+
+
+def test_every_and_cron_together_are_refused():
+    with pytest.raises(JobError, match="not both"):
+        RefreshSettings(every=60.0, cron="* * * * *")
