@@ -290,7 +290,7 @@ def assert_one_line_cause(status: int, stderr: str, cause: str) -> None:
         (["{root}", "--target", "target_cyrus"], "target column 'target_cyrus' is not in the data"),
         (["{root}", "--feature-set", "huge"], "unknown feature set 'huge'; known sets: all, medium, small"),
         (["{empty}"], "no data files: expected {empty}/data/*.parquet"),
-        (["{corrupt}"], "ArrowInvalid: Parquet magic bytes not found in footer"),
+        (["{corrupt}"], "{corrupt}/data/train.parquet is not a readable parquet file: Parquet magic bytes not found"),
     ],
     ids=["unknown-target", "unknown-feature-set", "root-without-data", "data-file-not-parquet"],
 )
