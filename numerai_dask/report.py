@@ -34,9 +34,12 @@ th{background:#f3f4f6;position:sticky;top:0}td:first-child,th:first-child{text-a
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
+    """A unique run id that sorts in time order: UTC time to the microsecond, plus a random suffix.
+
+    Retention keeps the newest runs by name, so runs made within one second must still sort by time.
+    """
     now = now or dt.datetime.now(dt.timezone.utc)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(3)}"
 
 
 def summary_table(leaderboard: pd.DataFrame, rows: int = 10) -> str:
