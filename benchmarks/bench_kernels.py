@@ -20,7 +20,7 @@ import pandas as pd
 from numerai_tools import scoring as nt
 from threadpoolctl import threadpool_limits
 
-from numerai_dask.scoring import score_era, standardized_features
+from numerai_dask.scoring import score_era
 from numerai_dask.synthetic import make_era
 
 
@@ -61,7 +61,9 @@ def reference(predictions, target, features, stakes, benchmark) -> tuple[dict[st
 
     def exposures():
         centred = ranked.values - ranked.values.mean(axis=0)
-        correlations = standardized_features(features).T @ (centred / np.linalg.norm(centred, axis=0))
+        x = features.astype(np.float64) - features.mean(axis=0)
+        x = x[:, np.linalg.norm(x, axis=0) > 0]
+        correlations = (x / np.linalg.norm(x, axis=0)).T @ (centred / np.linalg.norm(centred, axis=0))
         return np.abs(correlations).max(axis=0), np.sqrt((correlations**2).mean(axis=0))
 
     start = time.perf_counter()

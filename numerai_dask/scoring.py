@@ -36,8 +36,10 @@ from scipy.special import ndtri
 #: numerai-tools' ``neutralize``.
 BASIS_RCOND = 1e-6
 
-#: A basis whose Gram matrix is this close to the identity needs no second pass.
-ORTHONORMAL_TOLERANCE = 1e-10
+#: A Gram-route basis is orthonormal to about 1e-16 × the spread of the kept
+#: eigenvalues (largest / smallest, the squared condition number); above this
+#: spread a second pass is taken, which restores orthonormality to machine precision.
+SINGLE_PASS_SPREAD = 1e4
 
 #: ``meta_portfolio_contribution`` divides the gradient by this constant.
 TC_SCALE = 50.0
@@ -79,12 +81,15 @@ def average_ranks_doubled(values: np.ndarray) -> np.ndarray:
     starts = np.empty((m, n), dtype=bool)
     starts[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
-    group_starts = np.flatnonzero(starts)
-    group_sizes = np.diff(group_starts, append=m * n)
-    doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
-    doubled = np.empty(m * n, dtype=np.int64)
-    doubled[(order + (np.arange(m) * n)[:, None]).ravel()] = doubled_sorted
-    return doubled.reshape(m, n).T
+    if starts.all():  # no ties anywhere: the doubled rank of sorted position f is 2f + 2
+        doubled_sorted = np.broadcast_to(np.arange(2, 2 * n + 2, 2), (m, n))
+    else:
+        group_starts = np.flatnonzero(starts)
+        group_sizes = np.diff(group_starts, append=m * n)
+        doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes).reshape(m, n)
+    doubled = np.empty((m, n), dtype=np.int64)
+    np.put_along_axis(doubled, order, doubled_sorted, axis=1)
+    return doubled.T
 
 
 @lru_cache(maxsize=16)
@@ -163,24 +168,32 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return v - np.outer(u, (v.T @ u) / (u @ u))
 
 
-def _orthonormal_columns(a: np.ndarray, rcond: float) -> np.ndarray:
-    """An orthonormal basis of the column space of ``a``, from its Gram matrix.
+def _orthonormal_columns(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float]:
+    """An orthonormal basis of the column space of ``a``, from its Gram matrix, and its eigenvalue spread.
 
     1. eigendecompose ``aᵀa``;
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
-    3. return ``a V Λ^-½`` over the kept directions.
+    3. return ``a V Λ^-½`` over the kept directions, and the largest kept
+       eigenvalue over the smallest (the squared condition number of what is kept).
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
     """
     if a.shape[1] == 0:
-        return a
+        return a, 1.0
     eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
     largest = eigenvalues[-1]
     if largest <= 0:
-        return a[:, :0]
+        return a[:, :0], 1.0
     keep = eigenvalues > (rcond**2) * largest
-    return a @ (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]))
+    kept = eigenvalues[keep]
+    return a @ (eigenvectors[:, keep] / np.sqrt(kept)), float(largest / kept[0])
+
+
+def centred_columns(features: np.ndarray) -> np.ndarray:
+    """The feature columns as float64, each minus its mean."""
+    x = np.asarray(features, dtype=np.float64)
+    return x - x.mean(axis=0)
 
 
 def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
@@ -188,16 +201,20 @@ def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarra
 
     1. convert the features to float64 and centre each column;
     2. orthonormalize the centred columns, dropping constant and collinear directions;
-    3. orthonormalize once more when the first pass is not orthonormal to 1e-10
-       (the Gram route squares the condition number; a second pass restores
-       orthogonality to machine precision);
+    3. orthonormalize once more when the kept eigenvalues spread over more than
+       :data:`SINGLE_PASS_SPREAD` (the Gram route squares the condition number;
+       a second pass restores orthogonality to machine precision);
     4. append the constant column ``1/√N`` (orthogonal to every centred column).
     """
-    x = np.asarray(features, dtype=np.float64)
-    n = x.shape[0]
-    basis = _orthonormal_columns(x - x.mean(axis=0), rcond)
-    if basis.shape[1] and np.abs(basis.T @ basis - np.eye(basis.shape[1])).max() > ORTHONORMAL_TOLERANCE:
-        basis = _orthonormal_columns(basis, rcond)
+    return _basis_of_centred(centred_columns(features), rcond)
+
+
+def _basis_of_centred(centred: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
+    """:func:`feature_basis` from step 2 on, for columns already centred."""
+    n = centred.shape[0]
+    basis, spread = _orthonormal_columns(centred, rcond)
+    if spread > SINGLE_PASS_SPREAD:
+        basis, _ = _orthonormal_columns(basis, rcond)
     return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
 
 
@@ -210,15 +227,6 @@ def neutralize(values: np.ndarray, basis: np.ndarray, proportion: float = 1.0) -
     coefficients = basis.T @ values
     # (Cᵀ Qᵀ)ᵀ keeps the result column-major, so ranking it needs no transposing copy.
     return values - proportion * (coefficients.T @ basis.T).T
-
-
-def standardized_features(features: np.ndarray) -> np.ndarray:
-    """Non-constant feature columns, centred and scaled to unit norm (for exposures)."""
-    x = np.asarray(features, dtype=np.float64)
-    centred = x - x.mean(axis=0)
-    norms = np.sqrt(np.einsum("ij,ij->j", centred, centred))
-    varying = norms > 0
-    return centred[:, varying] / norms[varying]
 
 
 # ---------------------------------------------------------------------- metrics
@@ -335,20 +343,23 @@ def meta_portfolio_contribution(
     return (z @ pow15) / (n * np.sqrt(v @ v) * TC_SCALE)
 
 
-def feature_exposures(ranked: np.ndarray, standardized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_exposures(ranked: np.ndarray, centred_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Max and root-mean-square over features of ``|Pearson(tie_kept_rank(P), feature)|``.
 
     1. centre each ranked prediction column and scale it to unit norm;
-    2. correlations = standardized featuresᵀ × standardized predictions (F × M);
+    2. covariances = centred featuresᵀ × those columns (F × M), each row divided
+       by its feature's norm: the correlations; constant features are left out;
     3. per model: the largest absolute correlation and the RMS of the correlations.
     With no varying feature both are NaN.
     """
-    if standardized.shape[1] == 0:
+    norms = np.sqrt(np.einsum("ij,ij->j", centred_features, centred_features))
+    varying = norms > 0
+    if not varying.any():
         nan = np.full(ranked.shape[1], np.nan)
         return nan, nan.copy()
     centred = ranked - ranked.mean(axis=0)
     centred /= np.sqrt(np.einsum("ij,ij->j", centred, centred))
-    correlations = standardized.T @ centred
+    correlations = (centred_features.T @ centred)[varying] / norms[varying, None]
     return np.abs(correlations).max(axis=0), np.sqrt((correlations**2).mean(axis=0))
 
 
@@ -369,12 +380,12 @@ class FeatureSpace:
     """What one era's features contribute to scoring, computed once and shared by every model."""
 
     basis: np.ndarray  # (N, k) orthonormal basis of [X, 1]
-    standardized: np.ndarray  # (N, F') non-constant features, centred, unit norm
+    centred: np.ndarray  # (N, F) the features as float64, centred
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureSpace:
-        x = np.asarray(features, dtype=np.float64)
-        return cls(basis=feature_basis(x), standardized=standardized_features(x))
+        centred = centred_columns(features)
+        return cls(basis=_basis_of_centred(centred), centred=centred)
 
 
 def check_era_inputs(predictions: np.ndarray, target: np.ndarray) -> None:
@@ -402,7 +413,7 @@ def model_scores(
     ranks: Ranks, target: np.ndarray, space: FeatureSpace, proportion: float = 1.0
 ) -> dict[str, np.ndarray]:
     """Metrics of each model that depend on that model alone: corr, fnc, fe_max, fe_rms."""
-    fe_max, fe_rms = feature_exposures(ranks.uniform(), space.standardized)
+    fe_max, fe_rms = feature_exposures(ranks.uniform(), space.centred)
     return {
         "corr": numerai_corr(ranks, target),
         "fnc": feature_neutral_corr(ranks, space.basis, target, proportion),
