@@ -235,7 +235,7 @@ def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], inde
     arrays: dict[str, list[np.ndarray]] = {}
     for model, paths in models:
         files = [storage.relative(p) for p in paths]
-        predictions, problems = merge_model_files(model, list(zip(files, (contents[p] for p in paths))))
+        predictions, problems = merge_model_files(model, list(zip(files, (contents[p] for p in paths))), index.usual_ids)
         rejections += problems
         if predictions is None:
             continue
@@ -264,7 +264,8 @@ def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.nd
     name, info = inputs.benchmark_file
     label = f"benchmark/{name}"
     contents = storage.read_many([info.path])
-    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])])
+    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])],
+                                                inputs.index.usual_ids)
     if predictions is None:
         return {}, rejections
     by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.relative(info.path)])

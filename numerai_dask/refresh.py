@@ -287,7 +287,7 @@ def appended_predictions(
     delta, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths])
     if problems or delta is None:
         return None
-    eras, _ = index.locate(delta.index.to_numpy())
+    eras, _ = index.locate(delta.index)
     if np.any(eras < 0):
         return None
     parts = [delta]

@@ -314,7 +314,7 @@ class Storage:
             raise StorageError("no stakes file (stakes.csv or stakes.parquet)")
         name = self.relative(found.path)
         try:
-            frame = read_tabular(name, retrying(lambda: self.fs.cat_file(found.path)), "model")
+            frame = read_tabular(name, retrying(lambda: self.fs.cat_file(found.path)), "model").to_pandas(ignore_metadata=True)
         except SubmissionError as error:
             raise StorageError(f"{name}: {error}") from None
         return _validated_stakes(name, frame)
