@@ -76,20 +76,20 @@ def average_ranks_doubled(values: np.ndarray) -> np.ndarray:
         return average_ranks_doubled(values[:, None])[:, 0]
     n, m = values.shape
     by_model = np.ascontiguousarray(values.T)
-    order = np.argsort(by_model, axis=1)
-    ordered = np.take_along_axis(by_model, order, axis=1)
+    flat_order = (np.argsort(by_model, axis=1) + (np.arange(m) * n)[:, None]).ravel()
+    ordered = by_model.ravel()[flat_order].reshape(m, n)
     starts = np.empty((m, n), dtype=bool)
     starts[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
     if starts.all():  # no ties anywhere: the doubled rank of sorted position f is 2f + 2
-        doubled_sorted = np.broadcast_to(np.arange(2, 2 * n + 2, 2), (m, n))
+        doubled_sorted = np.tile(np.arange(2, 2 * n + 2, 2), m)
     else:
         group_starts = np.flatnonzero(starts)
         group_sizes = np.diff(group_starts, append=m * n)
-        doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes).reshape(m, n)
-    doubled = np.empty((m, n), dtype=np.int64)
-    np.put_along_axis(doubled, order, doubled_sorted, axis=1)
-    return doubled.T
+        doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
+    doubled = np.empty(m * n, dtype=np.int64)
+    doubled[flat_order] = doubled_sorted
+    return doubled.reshape(m, n).T
 
 
 @lru_cache(maxsize=16)

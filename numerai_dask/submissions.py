@@ -209,10 +209,31 @@ def merge_model_files(
             rejections.append(Rejection(model, name, None, str(error)))
     if not frames:
         return None, rejections
-    merged = frames[0] if len(frames) == 1 else (
-        pd.concat(frames, ignore_index=True).drop_duplicates("id", keep="last", ignore_index=True)
-    )
+    merged = frames[0]
+    for later in frames[1:]:
+        merged = apply_reupload(merged, later)
     return pd.Series(merged["prediction"].to_numpy(), index=pd.Index(merged["id"], name="id"), name="prediction"), rejections
+
+
+def apply_reupload(base: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
+    """``base`` with ``later``'s rows replacing its rows of the same ids, and ``later``'s new ids appended.
+
+    1. find each base id among the later file's ids (a hash of the later file
+       only: re-uploads are usually the smaller file);
+    2. replace the predictions of the ids found;
+    3. append the later rows whose ids the base did not have.
+    The base's row order is kept, so a first file in data order stays in data order.
+    """
+    base_ids, later_ids = as_arrow_ids(base["id"]), as_arrow_ids(later["id"])
+    found = pc.index_in(base_ids, value_set=later_ids).fill_null(-1).to_numpy().astype(np.int64)
+    hit = found >= 0
+    values = base["prediction"].to_numpy(copy=True)
+    values[hit] = later["prediction"].to_numpy()[found[hit]]
+    new = np.ones(len(later_ids), dtype=bool)
+    new[found[hit]] = False
+    ids = pa.concat_arrays([base_ids, later_ids.filter(pa.array(new))]) if new.any() else base_ids
+    values = np.concatenate([values, later["prediction"].to_numpy()[new]])
+    return pd.DataFrame({"id": pd.arrays.ArrowStringArray(ids), "prediction": values})
 
 
 # ---------------------------------------------------------------- era index
