@@ -7,11 +7,13 @@ The job runs in four steps:
    submissions, stakes and the benchmark.
 2. **load** (one task per batch of models): read the batch's files
    concurrently, validate them, apply re-uploads, and cut each model's
-   predictions into per-era arrays (rows = the era's resolved ids, sorted).
+   predictions into per-era arrays (rows = the era's resolved ids, sorted),
+   ranked there: the scoring needs only tie-kept ranks, which travel as
+   uint16 — a quarter of the predictions' bytes.
 3. **score** (one task per resolved era): read that era's rows (features kept
    int8, only the columns needed) from the files that hold it, gather the era's
-   slices from every batch, and call :func:`numerai_dask.scoring.score_era` once
-   for all models valid in the era. A worker holds one era's working set.
+   slices from every batch, and call :func:`numerai_dask.scoring.score_ranked_era`
+   once for all models valid in the era. A worker holds one era's working set.
 4. **reduce** (client): the per-era tables become the leaderboard.
 
 Predictions (small) travel to the era's features (large), never the reverse.
@@ -34,7 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
-from numerai_dask.scoring import DegenerateEraError, score_era
+from numerai_dask.scoring import DegenerateEraError, Ranks, score_ranked_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
@@ -96,7 +98,7 @@ class JobInputs:
 
 @dataclass(frozen=True)
 class ModelBatch:
-    """A batch of models cut by era: era label → (model names, predictions as a models × rows array)."""
+    """A batch of models cut by era: era label → (model names, ranked predictions, models × rows; see :func:`compact_ranks`)."""
 
     by_era: dict[str, tuple[list[str], np.ndarray]]
     rejections: list[Rejection]
@@ -115,7 +117,7 @@ class EraScores:
 
 @dataclass(frozen=True)
 class EraCacheFiles:
-    """One era's cached results, relative to the output root: validated predictions and scores."""
+    """One era's cached results, relative to the output root: ranked predictions (see :func:`compact_ranks`) and scores."""
 
     predictions: str
     scores: str
@@ -245,7 +247,12 @@ def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], inde
             label = index.era_label(era)
             names.setdefault(label, []).append(model)
             arrays.setdefault(label, []).append(values)
-    return ModelBatch({label: (names[label], np.vstack(arrays[label])) for label in names}, rejections)
+    return ModelBatch({label: (names[label], compact_ranks(np.vstack(arrays[label]))) for label in names}, rejections)
+
+
+def compact_ranks(by_model: np.ndarray) -> np.ndarray:
+    """Predictions (models × rows) as their tie-kept doubled ranks, compact: all the scoring needs of them."""
+    return Ranks.of(by_model.T).compact()
 
 
 def era_slice(batch: ModelBatch, label: str) -> tuple[list[str], np.ndarray] | None:
@@ -296,10 +303,10 @@ def score_era_task(
 ) -> EraScores:
     """Score every model valid in one era (one Dask task).
 
-    Fresh predictions come from ``slices``; with ``cache``, the cached models it
-    keeps join them and keep their single-model scores when those still hold.
-    Models are scored in name order, as a full run orders them, so the meta
-    model is summed in the same order. With ``write``, the era's validated
+    Fresh ranked predictions come from ``slices``; with ``cache``, the cached
+    models it keeps join them and keep their single-model scores when those
+    still hold. Models are scored in name order, as a full run orders them, so
+    the meta model is summed in the same order. With ``write``, the era's ranked
     predictions and scores are written to the output storage for a later refresh.
     """
     rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target)
@@ -323,8 +330,8 @@ def score_era_task(
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
         with threadpool_limits(1):
-            scores = score_era(
-                by_model.T,
+            scores = score_ranked_era(
+                Ranks(by_model.T),
                 rows[params.target].to_numpy(np.float64),
                 rows[features].to_numpy(),
                 stake,

@@ -115,6 +115,14 @@ class Ranks:
         """Rank each column of ``values`` (ties averaged)."""
         return cls(average_ranks_doubled(values))
 
+    def compact(self) -> np.ndarray:
+        """The doubled ranks models-major, (M, N), as uint16 when N ≤ 32767 (else uint32): for shipping and caching.
+
+        ``Ranks(compact.T)`` scores exactly as these ranks do.
+        """
+        dtype = np.uint16 if 2 * self.n <= np.iinfo(np.uint16).max else np.uint32
+        return np.ascontiguousarray(self.doubled.T, dtype=dtype)
+
     @property
     def n(self) -> int:
         return self.doubled.shape[0]
@@ -388,25 +396,31 @@ class FeatureSpace:
         return cls(basis=_basis_of_centred(centred), centred=centred)
 
 
-def check_era_inputs(predictions: np.ndarray, target: np.ndarray) -> None:
-    """Raise :class:`DegenerateEraError` unless predictions and target are finite and varying."""
-    if predictions.ndim != 2 or target.shape != (predictions.shape[0],):
+def check_era_inputs(ranks: Ranks, target: np.ndarray) -> None:
+    """Raise :class:`DegenerateEraError` unless the target is finite and varying and no model is constant."""
+    if ranks.doubled.ndim != 2 or target.shape != (ranks.n,):
         raise DegenerateEraError(
-            f"predictions must be (N, M) and target (N,), got {predictions.shape} and {target.shape}"
+            f"predictions must be (N, M) and target (N,), got {ranks.doubled.shape} and {target.shape}"
         )
-    if predictions.shape[0] < 2:
-        raise DegenerateEraError(f"an era needs at least 2 rows to correlate, got {predictions.shape[0]}")
+    if ranks.n < 2:
+        raise DegenerateEraError(f"an era needs at least 2 rows to correlate, got {ranks.n}")
     if not np.all(np.isfinite(target)):
         raise DegenerateEraError("target has NaN or infinite values; pass only resolved rows")
     if np.all(target == target[0]):
         raise DegenerateEraError("target is constant in this era: every correlation is undefined")
-    if not np.all(np.isfinite(predictions)):
-        raise DegenerateEraError("predictions have NaN or infinite values")
-    constant = np.flatnonzero(np.all(predictions == predictions[0], axis=0))
+    constant = np.flatnonzero(np.all(ranks.doubled == ranks.doubled[0], axis=0))
     if len(constant):
         raise DegenerateEraError(
             f"prediction columns {constant.tolist()[:10]} are constant: their correlations are undefined"
         )
+
+
+def finite_predictions(predictions: np.ndarray) -> np.ndarray:
+    """``predictions`` as float64, or :class:`DegenerateEraError` when any is NaN or infinite."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if not np.all(np.isfinite(predictions)):
+        raise DegenerateEraError("predictions have NaN or infinite values")
+    return predictions
 
 
 def model_scores(
@@ -472,43 +486,64 @@ def score_era(
     Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
     (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
+
+    Every metric depends on the predictions only through their tie-kept ranks:
+    this ranks them and calls :func:`score_ranked_era`.
     """
-    predictions = np.asarray(predictions, dtype=np.float64)
+    ranks = Ranks.of(finite_predictions(predictions))
+    return score_ranked_era(ranks, target, features, stakes, benchmark, proportion=proportion,
+                            feature_subset=feature_subset, extra_targets=extra_targets, per_model=per_model)
+
+
+def score_ranked_era(
+    ranks: Ranks,
+    target: np.ndarray,
+    features: np.ndarray,
+    stakes: np.ndarray,
+    benchmark: np.ndarray | None = None,
+    *,
+    proportion: float = 1.0,
+    feature_subset: np.ndarray | list[int] | None = None,
+    extra_targets: Mapping[str, np.ndarray] | None = None,
+    per_model: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`score_era` of predictions already ranked (the pipeline ranks where it reads them)."""
     target = np.asarray(target, dtype=np.float64)
     stakes = np.asarray(stakes, dtype=np.float64)
-    check_era_inputs(predictions, target)
-    if stakes.shape != (predictions.shape[1],) or np.any(stakes < 0) or not np.all(np.isfinite(stakes)):
-        raise DegenerateEraError(f"stakes must be {predictions.shape[1]} finite values ≥ 0")
+    check_era_inputs(ranks, target)
+    m = ranks.doubled.shape[1]
+    if stakes.shape != (m,) or np.any(stakes < 0) or not np.all(np.isfinite(stakes)):
+        raise DegenerateEraError(f"stakes must be {m} finite values ≥ 0")
     if benchmark is not None:
-        check_era_inputs(np.asarray(benchmark, dtype=np.float64)[:, None], target)
+        benchmark = finite_predictions(benchmark)
+        check_era_inputs(Ranks.of(benchmark[:, None]), target)
     if feature_subset is not None:
         features = np.asarray(features)[:, feature_subset]
-    ranks = Ranks.of(predictions)
     space = FeatureSpace.of(features)
-    selected = np.ones(predictions.shape[1], dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
+    selected = np.ones(m, dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
     subset = ranks if selected.all() else Ranks(ranks.doubled[:, selected])
     own = model_scores(subset, target, space, proportion)
     for name, values in (extra_targets or {}).items():
-        own[f"corr_{name}"] = corr_with_target(predictions[:, selected], subset, np.asarray(values, dtype=np.float64))
+        own[f"corr_{name}"] = corr_with_target(subset, np.asarray(values, dtype=np.float64))
     scores = ensemble_scores(ranks, target, space, stakes, benchmark)
     for name, values in own.items():
-        scores[name] = np.full(predictions.shape[1], np.nan)
+        scores[name] = np.full(m, np.nan)
         scores[name][selected] = values
     return scores
 
 
-def corr_with_target(predictions: np.ndarray, ranks: Ranks, target: np.ndarray) -> np.ndarray:
+def corr_with_target(ranks: Ranks, target: np.ndarray) -> np.ndarray:
     """CORR against another target of the same rows, for comparing targets.
 
     Rows where that target is unresolved (NaN) are left out, re-ranking the
-    predictions on the rest as numerai-tools' index filtering does. A target
-    with fewer than two resolved rows, or constant on them, cannot be
-    correlated with: NaN for every model.
+    predictions on the rest as numerai-tools' index filtering does (ranking the
+    ranks of a subset gives that subset's ranks). A target with fewer than two
+    resolved rows, or constant on them, cannot be correlated with: NaN for every model.
     """
     resolved = np.isfinite(target)
     values = target[resolved]
     if len(values) < 2 or np.all(values == values[0]):
-        return np.full(predictions.shape[1], np.nan)
+        return np.full(ranks.doubled.shape[1], np.nan)
     if not resolved.all():
-        ranks = Ranks.of(predictions[resolved])
+        ranks = Ranks.of(ranks.doubled[resolved])
     return numerai_corr(ranks, values)

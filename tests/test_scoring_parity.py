@@ -17,6 +17,7 @@ from numerai_dask.scoring import (
     feature_basis,
     neutralize,
     score_era,
+    score_ranked_era,
     tie_kept_rank,
 )
 
@@ -99,6 +100,21 @@ def test_near_collinear_features_keep_an_orthonormal_basis_and_parity(noise):
     np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
     mine = score_era(predictions, target, features, stakes, benchmark)
     assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+def test_compact_ranks_score_exactly_as_the_predictions_they_come_from():
+    """The pipeline ships uint16 ranks instead of predictions: every metric must be bit-identical."""
+    rng = np.random.default_rng(31)
+    predictions, target, features, stakes, benchmark = random_era(rng, 401, 6, 12, tied_models=3)
+    extra = target.copy()
+    extra[rng.choice(401, size=40, replace=False)] = np.nan  # re-ranks a subset for corr_<extra>
+    compact = Ranks.of(predictions).compact()
+    assert compact.dtype == np.uint16 and compact.shape == (6, 401)
+    direct = score_era(predictions, target, features, stakes, benchmark, extra_targets={"x": extra})
+    ranked = score_ranked_era(Ranks(compact.T), target, features, stakes, benchmark, extra_targets={"x": extra})
+    assert set(direct) == set(ranked)
+    for name in direct:
+        np.testing.assert_array_equal(ranked[name], direct[name], err_msg=name)
 
 
 def test_unresolved_rows_dropped_before_scoring_equal_numerai_tools_filtering():
