@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -422,10 +423,20 @@ class Storage:
         """Create ``relpath`` only if nothing is there (O_EXCL locally, a conditional PUT on S3).
 
         Raises FileExistsError when it exists: of two writers racing, exactly one succeeds.
+        Locally the content is written first and then hard-linked to its name, so a
+        reader never sees the file half written.
         """
         path = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            folder = posixpath.dirname(path)
+            self.fs.makedirs(folder, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as staged:
+                staged.write(data)
+            try:
+                os.link(staged.name, path)
+            finally:
+                os.unlink(staged.name)
+            return
         with self.fs.open(path, "xb") as handle:
             handle.write(data)
 
