@@ -26,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import dask
 import numpy as np
@@ -40,6 +41,7 @@ from numerai_dask.scoring import DegenerateEraError, Ranks, score_ranked_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
+T = TypeVar("T")
 PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
 #: A task that fails (a storage error outlasting the read retries) is tried again this often.
@@ -62,12 +64,14 @@ class ScoringParams:
     neutralization: float = 1.0
     payout: PayoutRule = field(default_factory=PayoutRule)
     models_per_task: int = 64
+    #: A load task also stops taking models at this many bytes of their files: its memory stays bounded.
+    bytes_per_task: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutralization <= 1.0:
             raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
-        if self.models_per_task < 1:
-            raise JobError("models_per_task must be at least 1")
+        if self.models_per_task < 1 or self.bytes_per_task < 1:
+            raise JobError("models_per_task and bytes_per_task must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,8 @@ def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], inde
     arrays: dict[str, list[np.ndarray]] = {}
     for model, paths in models:
         files = [storage.relative(p) for p in paths]
-        predictions, problems = merge_model_files(model, list(zip(files, (contents[p] for p in paths))), index.usual_ids)
+        raw = [contents.pop(p) for p in paths]  # each file's bytes are released once parsed
+        predictions, problems = merge_model_files(model, list(zip(files, raw)), index.usual_ids)
         rejections += problems
         if predictions is None:
             continue
@@ -381,10 +386,24 @@ def empty_per_era(params: ScoringParams) -> pd.DataFrame:
 # ------------------------------------------------------------------------- graph
 
 
-def batches(submissions: dict[str, list[FileInfo]], size: int) -> list[list[tuple[str, list[str]]]]:
-    """Models in name order, ``size`` to a batch, each with its file paths in application order."""
-    models = [(name, [f.path for f in files]) for name, files in sorted(submissions.items())]
-    return [models[i : i + size] for i in range(0, len(models), size)]
+def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> list[list[tuple[str, list[str]]]]:
+    """Models in name order, each with its file paths in application order, cut into load tasks' batches."""
+    models = sorted(submissions)
+    sizes = [sum(f.size for f in submissions[m]) for m in models]
+    return [[(m, [f.path for f in submissions[m]]) for m in batch] for batch in chunked(models, sizes, params)]
+
+
+def chunked(items: Sequence[T], sizes: Sequence[int], params: ScoringParams) -> list[list[T]]:
+    """Consecutive runs of ``items`` of at most ``models_per_task`` items and ``bytes_per_task`` bytes (or one item)."""
+    runs: list[list[T]] = []
+    total = 0
+    for item, size in zip(items, sizes):
+        if not runs or len(runs[-1]) >= params.models_per_task or total + size > params.bytes_per_task:
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += size
+    return runs
 
 
 def build_graph(
@@ -399,7 +418,7 @@ def build_graph(
     index = dask.delayed(inputs.index, traverse=False)
     loaded = [
         dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}-{token}")
-        for i, batch in enumerate(batches(inputs.submissions, params.models_per_task))
+        for i, batch in enumerate(batches(inputs.submissions, params))
     ]
     scored = [
         dask.delayed(score_era_task, pure=True)(

@@ -63,6 +63,7 @@ from numerai_dask.pipeline import (
     TASK_RETRIES,
     ScoringParams,
     discover,
+    chunked,
     compact_ranks,
     era_slice,
     input_record,
@@ -422,9 +423,9 @@ def _refresh_under_lease(
     index = client.scatter(inputs.index, broadcast=True)
     paths = {m: [f.path for f in inputs.submissions[m]] for m in plan.full}
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
+    sizes = [sum(f.size for f in inputs.submissions[m]) for m, _ in work]
     batches = []
-    for i in range(0, len(work), params.models_per_task):
-        chunk = work[i : i + params.models_per_task]
+    for chunk in chunked(work, sizes, params):
         batches.append(client.submit(
             load_changed_models, storage,
             [(m, paths[m]) for m, kind in chunk if kind == "full"],
