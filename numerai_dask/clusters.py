@@ -95,7 +95,10 @@ class WorkerSettings:
         unknown = sorted(set(table) - set(known))
         if unknown:
             raise ClusterSpecError(f"{where}: unknown key(s) {unknown} in worker; known: {', '.join(known)}")
-        return cls(**{key: str(value) if key == "memory_limit" else value for key, value in table.items()})
+        try:
+            return cls(**{key: str(value) if key == "memory_limit" else value for key, value in table.items()})
+        except ClusterSpecError as error:
+            raise ClusterSpecError(f"{where}: {error}") from error
 
     def dask_config(self) -> dict[str, float]:
         """The spill thresholds as dask config, for clusters started from this process."""
