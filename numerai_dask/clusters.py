@@ -22,6 +22,7 @@ shell ``export`` lines: ``cluster/start-local.sh`` takes its settings from there
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shlex
 import sys
@@ -327,8 +328,20 @@ def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[C
             log(f"submitted {spec.options.get('jobs', 1)} {spec.options['system']} jobs; tasks start as their "
                 f"workers join · dashboard {client.dashboard_link}")
         else:
-            _log_workers(client, f"started a {spec.kind} cluster from {spec.source}", log)
+            if spec.kind == "ssh":  # started means "printed its address", not yet "joined the scheduler"
+                client.wait_for_workers((len(spec.options["hosts"]) - 1) * spec.options.get("workers_per_host", 1))
+            started = {"ssh": "an SSHCluster", "kubernetes": "a KubeCluster"}[spec.kind]
+            _log_workers(client, f"started {started} from {spec.source}", log)
         yield client
+
+
+def backend(module: str, extra: str) -> Any:
+    """Import an optional backend library, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ClusterSpecError(f"this cluster spec needs {module} ({error}); "
+                               f"install it with: pip install 'numerai-dask[{extra}]'") from error
 
 
 @contextlib.contextmanager
@@ -337,18 +350,15 @@ def _start(spec: ClusterSpec) -> Iterator[Any]:
     if spec.kind == "local":
         cluster: Any = LocalCluster(**local_cluster_arguments(spec))
     elif spec.kind == "ssh":
-        from distributed import SSHCluster  # needs asyncssh: the ssh extra
+        backend("asyncssh", "ssh")  # SSHCluster imports it only once it is starting, behind other errors
+        from distributed import SSHCluster
 
         cluster = SSHCluster(**ssh_cluster_arguments(spec))
     elif spec.kind == "kubernetes":
-        from dask_kubernetes.operator import KubeCluster  # the kubernetes extra
-
-        cluster = KubeCluster(**kubernetes_cluster_arguments(spec))
+        cluster = backend("dask_kubernetes.operator", "kubernetes").KubeCluster(**kubernetes_cluster_arguments(spec))
     else:
-        import dask_jobqueue  # the jobqueue extra
-
         name, arguments = jobqueue_cluster_arguments(spec)
-        cluster = getattr(dask_jobqueue, name)(**arguments)
+        cluster = getattr(backend("dask_jobqueue", "jobqueue"), name)(**arguments)
         cluster.scale(jobs=spec.options.get("jobs", 1))
     with cluster:
         yield cluster

@@ -10,18 +10,22 @@ here; what each check covers is said in ``cluster/README.md``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask_jobqueue
 import pytest
 import yaml
-from conftest import free_port
+from conftest import _accepts_tcp, free_port, start_service, wait_until
+from distributed import Client
 from dask.utils import parse_bytes
 from dask_kubernetes.operator import make_cluster_spec
 from manifests import ManifestError, validate_builtin, validate_custom_resource
@@ -32,7 +36,8 @@ from test_cli import DATASET, Run, assert_frames_close, run_cli, succeeded
 from numerai_dask import clusters
 from numerai_dask.cli import build_parser, main, spec_from_job_file
 from numerai_dask.clusters import ClusterSpecError, WorkerSettings, choose, load_spec
-from numerai_dask.pipeline import JobError
+from numerai_dask.pipeline import JobError, ScoringParams, run_job
+from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,6 +177,12 @@ def test_spec_mistakes_are_errors_naming_the_file(tmp_path: Path, text: str, com
     assert spec in str(raised.value) and complaint in str(raised.value)
 
 
+def test_a_missing_backend_library_names_the_extra_that_installs_it() -> None:
+    assert clusters.backend("dask_jobqueue", "jobqueue") is dask_jobqueue
+    with pytest.raises(ClusterSpecError, match=r"needs no_such_backend .*pip install 'numerai-dask\[ssh\]'"):
+        clusters.backend("no_such_backend", "ssh")
+
+
 def test_worker_environment_is_what_dask_reads_back() -> None:
     """The environment form of the spill thresholds means the same config to a worker that reads it."""
     settings = WorkerSettings(target=0.5, spill=0.6, pause=0.7, terminate=0.9)
@@ -191,6 +202,40 @@ def test_worker_env_command_prints_the_environment_for_the_scripts() -> None:
 
 
 # ------------------------------------------------------------------ ssh, jobqueue: each library's own arguments
+
+
+@pytest.fixture(scope="module")
+def ssh_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real SSH server (asyncssh's, tests/ssh_server.py) on 127.0.0.1; stopped by process group at the end."""
+    port = free_port()
+    server = start_service("ssh-server", [sys.executable, str(Path(__file__).parent / "ssh_server.py"), str(port)],
+                           tmp_path_factory.mktemp("ssh"))
+    try:
+        wait_until(lambda: _accepts_tcp(port), [server], f"SSH server on port {port}")
+        yield port
+    finally:
+        server.stop()
+
+
+def test_ssh_spec_starts_a_cluster_over_ssh_whose_workers_have_the_worker_settings(
+        dataset: Path, dask_cluster: str, ssh_port: int, tmp_path: Path) -> None:
+    """SSHCluster through a real SSH connection to 127.0.0.1 (scheduler and worker host are the same machine)."""
+    spec = spec_file(tmp_path, f"kind: ssh\nhosts: [127.0.0.1, 127.0.0.1]\n"
+                               f"connect_options: {{port: {ssh_port}, known_hosts: null, username: tester}}\n"
+                               f"remote_python: {sys.executable}\nscheduler_port: 0\ndashboard_port: 0\n"
+                               "worker: {memory_limit: 1GiB, spill: 0.75}\n")
+    messages: list[str] = []
+    with clusters.connect(load_spec(spec), log=messages.append) as client:
+        blas = client.run(lambda: {name: os.environ.get(name) for name in clusters.BLAS_VARIABLES})
+        memory = client.run(lambda dask_worker: (dask_worker.memory_manager.memory_limit,
+                                                 dask.config.get("distributed.worker.memory.spill")))
+        on_ssh = run_job(client, Storage(str(dataset)), ScoringParams())
+    assert messages[0].startswith(f"started an SSHCluster from {spec} (1 workers)")
+    assert list(blas.values()) == [WorkerSettings().blas_environment()]
+    assert list(memory.values()) == [(parse_bytes("1GiB"), 0.75)]
+    with Client(dask_cluster) as client:
+        expected = run_job(client, Storage(str(dataset)), ScoringParams())
+    assert_frames_close(on_ssh.per_era, expected.per_era, ["era", "model"])
 
 
 def test_ssh_spec_gives_sshcluster_the_hosts_and_the_worker_settings() -> None:
