@@ -62,17 +62,18 @@ launch() {
   echo "$name $!" >>"$pids"
 }
 
+# Worker names are unique on a scheduler: workers joining one elsewhere are named after this host.
 if [ -n "${SCHEDULER:-}" ]; then
   join=("$SCHEDULER")
+  prefix="$(hostname)-$$-"
 else
+  prefix=""
   launch scheduler "$PYTHON" -m dask scheduler --host "$host" --port "${PORT:-8786}" \
     --dashboard-address "$host:${DASHBOARD_PORT:-8787}" --scheduler-file "$scheduler_file"
   join=(--scheduler-file "$scheduler_file")
 fi
-# Worker names are unique across machines: the scheduler refuses a second worker of the same name.
-prefix="$(hostname)-$$"
 for i in $(seq 1 "$workers"); do
-  launch "worker-$i" "$PYTHON" -m dask worker "${join[@]}" --name "$prefix-worker-$i" \
+  launch "worker-$i" "$PYTHON" -m dask worker "${join[@]}" --name "${prefix}worker-$i" \
     --host "$host" --nthreads 1 --nworkers 1 --memory-limit "${MEMORY_LIMIT:-auto}" \
     --dashboard-address "$host:0"
 done
@@ -93,7 +94,7 @@ while not address and not os.path.exists(scheduler_file):
         sys.exit(f"no {scheduler_file} after {timeout:.0f}s")
     time.sleep(0.1)
 where = {"address": address} if address else {"scheduler_file": scheduler_file}
-mine = {f"{prefix}-worker-{i}" for i in range(1, workers + 1)}
+mine = {f"{prefix}worker-{i}" for i in range(1, workers + 1)}
 with Client(**where, timeout=f"{timeout}s") as client:
     while not mine <= {w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}:
         if time.monotonic() > deadline:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -30,7 +31,7 @@ from dask.utils import parse_bytes
 from dask_kubernetes.operator import make_cluster_spec
 from manifests import ManifestError, validate_builtin, validate_custom_resource
 from packaging.specifiers import SpecifierSet
-from script_cluster import script_cluster
+from script_cluster import read_pids, run_script, script_cluster, script_environment
 from test_cli import DATASET, Run, assert_frames_close, run_cli, succeeded
 
 from numerai_dask import clusters
@@ -64,25 +65,36 @@ def process_environment(pid: int) -> dict[str, str]:
 
 def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_cluster(dataset: Path,
                                                                                        tmp_path: Path) -> None:
-    """The shipped processes spec, named in a job file's [cluster] (which wins over the environment)."""
+    """The shipped processes spec, named in a job file's [cluster] (which wins over the environment), on a
+    scheduler and one worker from start-local.sh plus one worker that start-local.sh adds to it (SCHEDULER=…)."""
     folder = tmp_path / "cluster"
     folder.mkdir()
     spec = Path(shutil.copyfile(CLUSTER / "processes.yaml", folder / "processes.yaml"))  # next to its own run/
     job = tmp_path / "job.toml"
     job.write_text(f'root = "{dataset}"\nout = "{tmp_path / "processes"}"\n[cluster]\ncluster = "{spec}"\n')
     nowhere = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: choosing it would fail the job
-    with script_cluster(folder / "run", workers=2) as cluster:
-        for name in ("worker-1", "worker-2"):
-            worker_env = process_environment(cluster.pids[name])
-            assert {k: worker_env.get(k) for k in WorkerSettings().environment()} == WorkerSettings().environment()
-        on_processes = Run.of(tmp_path / "processes", run_cli("run", str(job),
-                                                              env={"DASK_SCHEDULER_ADDRESS": nowhere}))
+    with script_cluster(folder / "run", workers=1) as cluster:
+        joining = {**script_environment(tmp_path / "joining"), "SCHEDULER": cluster.address}
+        run_script("start-local.sh", joining, "1")
+        try:
+            for pid in (cluster.pids["worker-1"], read_pids(tmp_path / "joining")["worker-1"]):
+                worker_env = process_environment(pid)
+                assert {k: worker_env.get(k) for k in WorkerSettings().environment()} == WorkerSettings().environment()
+            with Client(cluster.address) as client:
+                names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+            joined = [name for name in names if name != "worker-1"]
+            assert len(names) == 2 and joined[0].startswith(f"{socket.gethostname()}-") and joined[0].endswith(
+                "-worker-1")  # unique on the scheduler: named after the host it runs on
+            on_processes = Run.of(tmp_path / "processes", run_cli("run", str(job),
+                                                                  env={"DASK_SCHEDULER_ADDRESS": nowhere}))
+        finally:
+            run_script("stop-local.sh", joining)
     assert f"connected to {cluster.address} (from {folder / 'run' / 'scheduler.json'}) (2 workers)" \
         in on_processes.stdout
 
     local = Run.of(tmp_path / "local", run_cli("score", str(dataset), "--cluster", str(CLUSTER / "local.yaml"),
-                                               "--workers", "2", "--out", str(tmp_path / "local")))
-    assert "started a LocalCluster of 2 workers" in local.stdout
+                                               "--workers", "1", "--out", str(tmp_path / "local")))
+    assert "started a LocalCluster of 1 workers" in local.stdout
     assert_frames_close(on_processes.table("per_era"), local.table("per_era"), ["era", "model"])
     assert_frames_close(on_processes.table("leaderboard"), local.table("leaderboard"), ["model"])
     assert len(local.table("per_era")) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
