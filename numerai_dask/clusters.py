@@ -313,6 +313,9 @@ def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[C
     if spec.kind == "scheduler":
         if "scheduler_file" in spec.options:
             scheduler_file = spec.path("scheduler_file")
+            if not scheduler_file.is_file():  # Client would wait for it to appear, then time out
+                raise ClusterSpecError(f"cluster spec {spec.source}: no scheduler file {scheduler_file}: is the "
+                                       "cluster started (cluster/start-local.sh writes it to RUN_DIR)?")
             with Client(scheduler_file=str(scheduler_file)) as client:
                 _log_workers(client, f"connected to {client.scheduler.address} (from {scheduler_file})", log)
                 yield client

@@ -31,7 +31,7 @@ from dask.utils import parse_bytes
 from dask_kubernetes.operator import make_cluster_spec
 from manifests import ManifestError, validate_builtin, validate_custom_resource
 from packaging.specifiers import SpecifierSet
-from script_cluster import read_pids, run_script, script_cluster, script_environment
+from script_cluster import is_running, read_pids, run_script, script_cluster, script_environment
 from test_cli import DATASET, Run, assert_frames_close, run_cli, succeeded
 
 from numerai_dask import clusters
@@ -66,7 +66,8 @@ def process_environment(pid: int) -> dict[str, str]:
 def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_cluster(dataset: Path,
                                                                                        tmp_path: Path) -> None:
     """The shipped processes spec, named in a job file's [cluster] (which wins over the environment), on a
-    scheduler and one worker from start-local.sh plus one worker that start-local.sh adds to it (SCHEDULER=…)."""
+    scheduler and one worker from start-local.sh plus one worker that start-local.sh adds to it (SCHEDULER=…);
+    stop-local.sh stops every process either started."""
     folder = tmp_path / "cluster"
     folder.mkdir()
     spec = Path(shutil.copyfile(CLUSTER / "processes.yaml", folder / "processes.yaml"))  # next to its own run/
@@ -76,12 +77,15 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
     with script_cluster(folder / "run", workers=1) as cluster:
         joining = {**script_environment(tmp_path / "joining"), "SCHEDULER": cluster.address}
         run_script("start-local.sh", joining, "1")
+        started = {**cluster.pids, "joined": read_pids(tmp_path / "joining")["worker-1"]}
         try:
-            for pid in (cluster.pids["worker-1"], read_pids(tmp_path / "joining")["worker-1"]):
+            assert sorted(cluster.pids) == ["scheduler", "worker-1"] and all(map(is_running, started.values()))
+            for pid in (started["worker-1"], started["joined"]):
                 worker_env = process_environment(pid)
                 assert {k: worker_env.get(k) for k in WorkerSettings().environment()} == WorkerSettings().environment()
             with Client(cluster.address) as client:
                 names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+                assert list(client.nthreads().values()) == [1, 1]
             joined = [name for name in names if name != "worker-1"]
             assert len(names) == 2 and joined[0].startswith(f"{socket.gethostname()}-") and joined[0].endswith(
                 "-worker-1")  # unique on the scheduler: named after the host it runs on
@@ -89,6 +93,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
                                                                   env={"DASK_SCHEDULER_ADDRESS": nowhere}))
         finally:
             run_script("stop-local.sh", joining)
+    assert not [name for name, pid in started.items() if is_running(pid)]
+    assert not (folder / "run" / "pids").exists() and not (tmp_path / "joining" / "pids").exists()
     assert f"connected to {cluster.address} (from {folder / 'run' / 'scheduler.json'}) (2 workers)" \
         in on_processes.stdout
 
@@ -144,12 +150,22 @@ def test_scheduler_and_cluster_together_are_refused(tmp_path: Path, capsys: pyte
         spec_from_job_file(str(job))
 
 
-def test_a_bad_spec_fails_the_job_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = spec_file(tmp_path, "kind: local\nworkerz: 2\n")
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("kind: local\nworkerz: 2\n", "unknown key(s) ['workerz'] for kind local; known: kind, workers, worker"),
+        ("kind: scheduler\nscheduler_file: run/scheduler.json\n",
+         "no scheduler file {folder}/run/scheduler.json: is the cluster started"),
+    ],
+    ids=["unknown-key", "cluster-not-started"],
+)
+def test_a_bad_spec_fails_the_job_with_one_line(text: str, complaint: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    spec = spec_file(tmp_path, text)
     assert main(["score", str(tmp_path), "--cluster", spec]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"numerai-dask: error: cluster spec {spec}: unknown key(s) ['workerz'] for kind local; "
-                   "known: kind, workers, worker"]
+    assert len(err) == 1 and err[0].startswith(f"numerai-dask: error: cluster spec {spec}: ")
+    assert complaint.format(folder=tmp_path) in err[0]
 
 
 # ------------------------------------------------------------------ spec files
