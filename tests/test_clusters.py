@@ -67,7 +67,7 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
                                                                                        tmp_path: Path) -> None:
     """The shipped processes spec, named in a job file's [cluster] (which wins over the environment), on a
     scheduler and one worker from start-local.sh plus one worker that start-local.sh adds to it (SCHEDULER=…);
-    stop-local.sh stops every process either started."""
+    stop-local.sh stops every process either started. The reference: the shipped local spec's LocalCluster."""
     folder = tmp_path / "cluster"
     folder.mkdir()
     spec = Path(shutil.copyfile(CLUSTER / "processes.yaml", folder / "processes.yaml"))  # next to its own run/
@@ -98,12 +98,17 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
     assert f"connected to {cluster.address} (from {folder / 'run' / 'scheduler.json'}) (2 workers)" \
         in on_processes.stdout
 
-    local = Run.of(tmp_path / "local", run_cli("score", str(dataset), "--cluster", str(CLUSTER / "local.yaml"),
-                                               "--workers", "1", "--out", str(tmp_path / "local")))
-    assert "started a LocalCluster of 1 workers" in local.stdout
-    assert_frames_close(on_processes.table("per_era"), local.table("per_era"), ["era", "model"])
-    assert_frames_close(on_processes.table("leaderboard"), local.table("leaderboard"), ["model"])
-    assert len(local.table("per_era")) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
+    messages: list[str] = []
+    with clusters.connect(choose(None, str(CLUSTER / "local.yaml"), 2, {}), log=messages.append) as client:
+        settings = client.run(lambda dask_worker: (
+            {name: os.environ.get(name) for name in clusters.BLAS_VARIABLES}, dask_worker.state.nthreads,
+            {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
+        local = run_job(client, Storage(str(dataset)), ScoringParams())
+    assert messages[0].startswith("started a LocalCluster of 2 workers")
+    assert list(settings.values()) == [(WorkerSettings().blas_environment(), 1, WorkerSettings().dask_config())] * 2
+    assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
+    assert_frames_close(on_processes.table("leaderboard"), local.leaderboard, ["model"])
+    assert len(local.per_era) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
 
 
 def test_the_command_line_wins_over_the_job_file_and_the_environment(dataset: Path, dask_cluster: str,
