@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from distributed import Client, LocalCluster
-
-from numerai_dask.cli import ONE_BLAS_THREAD
+from numerai_dask.clusters import ClusterSpec, connect
 from numerai_dask.pipeline import ScoringParams, run_job
 from numerai_dask.refresh import refresh_once
 from numerai_dask.report import new_run_id, publish_run
@@ -78,8 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     params = ScoringParams()
     with tempfile.TemporaryDirectory() as folder, \
-            LocalCluster(n_workers=args.workers, threads_per_worker=1, env=ONE_BLAS_THREAD,
-                         dashboard_address=":0") as cluster, Client(cluster) as client:
+            connect(ClusterSpec("local", {"workers": args.workers}), log=lambda _: None) as client:
         root, out = Path(folder) / "root", Path(folder) / "out"
         started = time.perf_counter()
         held_rows, predictions, new_model = prepare(root, args.rows_per_era, args.features, args.seed)

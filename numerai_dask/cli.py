@@ -11,17 +11,17 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import os
 import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
+from numerai_dask import clusters
 from numerai_dask.leaderboard import PayoutRule
 from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
 from numerai_dask.refresh import Cron, parse_interval, refresh_once, run_on_schedule
@@ -29,14 +29,11 @@ from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.storage import Storage, StorageError, printable
 from numerai_dask.submissions import redact
 
-#: BLAS and OpenMP pools limited to one thread in every worker process: Dask
-#: already runs one task per core, and two levels of threads fight over cores.
-ONE_BLAS_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 REJECTIONS_SHOWN = 20
 #: The tables and keys a job file may hold; [scoring] takes ScoringParams' fields, [scoring.payout] PayoutRule's.
 JOB_FILE_KEYS = ("root", "out", "scoring", "cluster", "storage_options", "refresh")
 REFRESH_KEYS = ("every", "cron", "keep_runs", "lease_seconds")
-CLUSTER_KEYS = ("scheduler", "workers")
+CLUSTER_KEYS = ("scheduler", "cluster", "workers")
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,7 @@ class JobSpec:
     root: str
     out: str | None = None
     scheduler: str | None = None
+    cluster: str | None = None
     workers: int | None = None
     storage_options: dict = field(default_factory=dict)
     params: ScoringParams = field(default_factory=ScoringParams)
@@ -59,25 +57,9 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-@contextlib.contextmanager
-def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
-    """A client on the given scheduler (or ``DASK_SCHEDULER_ADDRESS``), else on a new LocalCluster.
-
-    The LocalCluster has one single-threaded worker process per core (or
-    ``workers``), each with one BLAS thread.
-    """
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        with Client(address) as client:
-            say(f"connected to {address} ({len(client.scheduler_info()['workers'])} workers)"
-                f" · dashboard {client.dashboard_link}")
-            yield client
-        return
-    n_workers = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env=ONE_BLAS_THREAD) as cluster, Client(cluster) as client:
-        say(f"started a LocalCluster of {n_workers} workers · dashboard {client.dashboard_link}")
-        yield client
+def connect(spec: JobSpec) -> contextlib.AbstractContextManager[Client]:
+    """A client on the job's cluster: see :func:`numerai_dask.clusters.choose` for which one."""
+    return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=say)
 
 
 @dataclass(frozen=True)
@@ -110,7 +92,7 @@ def score(spec: JobSpec) -> int:
     """Run one scoring job and publish it; print the short leaderboard and where the report is."""
     source = Storage(spec.root, spec.storage_options)
     out = Storage(spec.out_url, spec.storage_options)
-    with connect(spec.scheduler, spec.workers) as client:
+    with connect(spec) as client:
         result = run_job(client, source, spec.params, show_progress=sys.stdout.isatty(), log=say)
     folder = publish_run(out, result, new_run_id())
     show_result(out, result, folder)
@@ -122,7 +104,7 @@ def refresh(spec: JobSpec, settings: RefreshSettings) -> int:
     source = Storage(spec.root, spec.storage_options)
     out = Storage(spec.out_url, spec.storage_options)
     schedule = settings.seconds_until_next()
-    with connect(spec.scheduler, spec.workers) as client:
+    with connect(spec) as client:
 
         def once() -> None:
             outcome = refresh_once(client, source, out, spec.params, keep_runs=settings.keep_runs,
@@ -183,7 +165,7 @@ def parse_storage_options(pairs: Sequence[str]) -> dict:
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="where to publish (default ROOT/leaderboard)")
-    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    add_cluster_arguments(parser)
     parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     parser.add_argument("--target", default="target", help="the scoring target column (default: target)")
     parser.add_argument("--extra-target", action="append", default=[], metavar="NAME",
@@ -200,11 +182,21 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="models read and validated per Dask task")
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler`` or ``--cluster``: either wins over a job file's [cluster] and DASK_SCHEDULER_ADDRESS."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of an existing Dask scheduler "
+                                           "(default: DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    where.add_argument("--cluster", metavar="SPEC",
+                       help="a cluster spec file saying how to get a cluster, e.g. cluster/processes.yaml")
+
+
 def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
     return JobSpec(
         root=args.root,
         out=args.out,
         scheduler=args.scheduler,
+        cluster=args.cluster,
         workers=args.workers,
         storage_options=parse_storage_options(args.storage_option),
         params=ScoringParams(
@@ -240,6 +232,8 @@ def spec_from_job_file(path: str) -> JobSpec:
         unknown = sorted(set(table) - set(allowed))
         if unknown:
             raise JobError(f"job file {path}: unknown key(s) {unknown} {where}; known: {', '.join(allowed)}")
+    if cluster.get("scheduler") and cluster.get("cluster"):
+        raise JobError(f"job file {path}: [cluster] takes scheduler or cluster, not both")
     if not all(isinstance(v, (int, float)) for v in payout.values()):
         raise JobError(f"job file {path}: [scoring.payout] values must be numbers")
     extra = scoring.get("extra_targets")
@@ -253,6 +247,7 @@ def spec_from_job_file(path: str) -> JobSpec:
         root=document["root"],
         out=document.get("out"),
         scheduler=cluster.get("scheduler"),
+        cluster=cluster.get("cluster"),
         workers=cluster.get("workers"),
         storage_options=dict(document.get("storage_options", {})),
         params=params,
@@ -298,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = commands.add_parser("run", help="run a job file (see jobs/); a [refresh] table makes it a refresh")
     run_parser.add_argument("job_file")
+    add_cluster_arguments(run_parser)
 
     generate_parser = commands.add_parser("generate", help="write a synthetic Numerai-shaped dataset to ROOT")
     generate_parser.add_argument("root")
@@ -346,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refresh(spec_from_arguments(args), settings)
         if args.command == "run":
             spec, settings = spec_from_job_file(args.job_file), refresh_settings_from_job_file(args.job_file)
+            if args.scheduler or args.cluster:  # the command line wins over the file's [cluster]
+                spec = dataclasses.replace(spec, scheduler=args.scheduler, cluster=args.cluster)
             return score(spec) if settings is None else refresh(spec, settings)
         if args.command == "generate":
             generate(args.root, args, parse_storage_options(args.storage_option))
@@ -355,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate(root, args, {})
             return score(JobSpec(root=root, workers=args.workers,
                                  params=ScoringParams(extra_targets=("target_jerome",))))
-    except (JobError, StorageError) as error:
+    except (JobError, StorageError, clusters.ClusterSpecError) as error:
         print(f"numerai-dask: error: {one_line(error)}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError, ValueError, ImportError) as error:

@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import s3fs
 
+from numerai_dask.clusters import WorkerSettings
+
 STARTUP_TIMEOUT = 60.0
-ONE_BLAS_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
@@ -196,7 +197,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real multi-process Dask cluster on 127.0.0.1; yields the scheduler address ``tcp://127.0.0.1:PORT``.
 
     One ``dask scheduler`` process and two ``dask worker`` processes (one thread,
-    one worker process each, 2 GiB memory limit, one BLAS thread). Ready when a
+    one worker process each, 2 GiB memory limit, the project's worker environment). Ready when a
     Client sees both workers; all three process groups are stopped at the end.
     """
     from distributed import Client
@@ -221,7 +222,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "--memory-limit", "2GiB", "--no-dashboard",
                 ),
                 log_dir,
-                env=ONE_BLAS_THREAD,
+                env=WorkerSettings().environment(),
             )
             for i in range(2)
         ]

@@ -1,8 +1,8 @@
 """The console script end to end: ``python -m numerai_dask.cli`` in a subprocess, on real clusters and real S3.
 
 Jobs go to the shared two-worker cluster (``dask_cluster``) unless a test is
-about another way of finding one (the environment, a LocalCluster, the
-scripts in ``cluster/``). S3 jobs read and publish through moto's HTTP server.
+about another way of finding one (the environment, a LocalCluster; the
+scripts and specs in ``cluster/`` are tested in test_clusters.py). S3 jobs read and publish through moto's HTTP server.
 Every subprocess starts from this environment without any AWS or Dask
 scheduler variable, and gets only those the test gives it.
 """
@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
-from script_cluster import is_running, script_cluster
 
 from numerai_dask.cli import main, spec_from_job_file
 from numerai_dask.leaderboard import build_leaderboard
@@ -376,7 +375,7 @@ def test_one_extra_target_given_as_a_string_is_one_target(tmp_path: Path) -> Non
     assert spec_from_job_file(str(job)).params.extra_targets == ("target_jerome",)
 
 
-# ------------------------------------------------------- demo and the scripts
+# ------------------------------------------------------------------ demo
 
 
 def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) -> None:
@@ -386,18 +385,3 @@ def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) ->
     report = Path(done.stdout.splitlines()[-1].removeprefix("report: "))
     assert report.is_file() and report.is_relative_to(tmp_path / "demo" / "leaderboard" / "runs")
     assert "<h1>Leaderboard</h1>" in report.read_text()
-
-
-def test_cluster_scripts_start_a_cluster_that_scores_and_stop_every_process(dataset: Path, tmp_path: Path) -> None:
-    with script_cluster(tmp_path / "run", workers=1) as cluster:
-        assert all(is_running(pid) for pid in cluster.pids.values())
-        assert sorted(cluster.pids) == ["scheduler", "worker-1"]
-        worker_env = (Path("/proc") / str(cluster.pids["worker-1"]) / "environ").read_bytes().split(b"\0")
-        assert {b"OMP_NUM_THREADS=1", b"OPENBLAS_NUM_THREADS=1", b"MKL_NUM_THREADS=1"} <= set(worker_env)
-        with Client(cluster.address) as client:
-            assert list(client.nthreads().values()) == [1]
-        out = tmp_path / "out"
-        run = Run.of(out, run_cli("score", str(dataset), "--scheduler", cluster.address, "--out", str(out)))
-        assert f"connected to {cluster.address} (1 workers)" in run.stdout
-    assert not [name for name, pid in cluster.pids.items() if is_running(pid)]
-    assert not (tmp_path / "run" / "pids").exists()

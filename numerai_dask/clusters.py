@@ -1,0 +1,382 @@
+"""How a job gets its Dask cluster: a LocalCluster, an existing scheduler, SSH hosts, Kubernetes, a batch queue.
+
+A *cluster spec* is a YAML file (``cluster/*.yaml``) with a ``kind`` and that
+kind's options; :func:`choose` picks one from the command line, a job file and
+the environment (in that order of precedence), :func:`connect` turns it into a
+``Client`` through the backend library's own API. Backends beyond
+``distributed`` (asyncssh, dask-kubernetes, dask-jobqueue) are optional extras,
+imported only when a spec chooses them.
+
+Every backend gives its workers the same settings, defined once here
+(:class:`WorkerSettings`): one BLAS/OpenMP thread per task thread, a memory
+limit, and the spill thresholds as ``distributed.worker.memory.*`` config.
+S3 credentials are never part of a spec, a worker command line or the dask
+config (SSHCluster copies the config into a remote command line): the job
+reads them where it is submitted and ships them with its tasks, and Kubernetes
+workers take them from a Secret (``cluster/kubernetes/``).
+
+``python -m numerai_dask.clusters worker-env`` prints the worker environment as
+shell ``export`` lines: ``cluster/start-local.sh`` takes its settings from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+from distributed import Client, LocalCluster
+
+#: BLAS and OpenMP pools: one thread for each task thread, or the two levels of threads fight over cores.
+BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: The standard AWS environment the job's storage takes its S3 endpoint and credentials from.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                        "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+KINDS = ("local", "scheduler", "ssh", "kubernetes", "jobqueue")
+#: The options each kind takes besides ``kind`` (and ``worker``, for the kinds in WORKER_KINDS).
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "local": ("workers",),
+    "scheduler": ("address", "scheduler_file"),
+    "ssh": ("hosts", "workers_per_host", "connect_options", "remote_python", "scheduler_port", "dashboard_port"),
+    "kubernetes": ("manifest", "namespace", "shutdown_on_close"),
+    "jobqueue": ("system", "jobs", "options"),
+}
+#: Kinds whose workers this module starts, so a spec may set their ``worker`` settings. A scheduler's
+#: workers were started elsewhere (cluster/start-local.sh); Kubernetes workers by the manifest.
+WORKER_KINDS = ("local", "ssh", "jobqueue")
+JOBQUEUE_SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+
+
+class ClusterSpecError(ValueError):
+    """A cluster spec that cannot be used: the message says which file, which key and why."""
+
+
+def config_variable(key: str) -> str:
+    """The environment variable dask reads config ``key`` from: ``a.b-c`` → ``DASK_A__B_C``."""
+    return "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker gets, whatever started it: threads, memory limit, spill thresholds.
+
+    The thresholds are fractions of ``memory_limit``: above ``target`` a worker
+    spills data to disk, above ``spill`` too (by measured process memory), above
+    ``pause`` it stops running tasks, above ``terminate`` its nanny restarts it.
+    """
+
+    threads: int = 1
+    memory_limit: str = "auto"
+    target: float = 0.6
+    spill: float = 0.7
+    pause: float = 0.8
+    terminate: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ClusterSpecError(f"worker threads must be a positive integer, got {self.threads!r}")
+        fractions = [self.target, self.spill, self.pause, self.terminate]
+        if not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions) or fractions != sorted(fractions):
+            raise ClusterSpecError("worker memory fractions must lie in (0, 1] with target ≤ spill ≤ pause ≤ "
+                                   f"terminate, got {fractions}")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], where: str) -> WorkerSettings:
+        """The ``worker:`` table of a spec; unknown keys are errors."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ClusterSpecError(f"{where}: unknown key(s) {unknown} in worker; known: {', '.join(known)}")
+        try:
+            return cls(**{key: str(value) if key == "memory_limit" else value for key, value in table.items()})
+        except ClusterSpecError as error:
+            raise ClusterSpecError(f"{where}: {error}") from error
+
+    def dask_config(self) -> dict[str, float]:
+        """The spill thresholds as dask config, for clusters started from this process."""
+        return {f"distributed.worker.memory.{name}": getattr(self, name)
+                for name in ("target", "spill", "pause", "terminate")}
+
+    def blas_environment(self) -> dict[str, str]:
+        """One BLAS/OpenMP thread per task thread (each task thread runs its own BLAS calls)."""
+        return dict.fromkeys(BLAS_VARIABLES, "1")
+
+    def environment(self) -> dict[str, str]:
+        """BLAS threads and spill thresholds as environment variables: for workers started by a shell,
+        a container or a batch job, which read their dask config from the environment."""
+        config = {config_variable(key): str(value) for key, value in self.dask_config().items()}
+        return {**self.blas_environment(), **config}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """How to get a cluster: ``kind``, that kind's options, the worker settings, and where it came from.
+
+    ``base`` is the folder relative paths in the options (``scheduler_file``,
+    ``manifest``) are relative to: the spec file's own folder.
+    """
+
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    source: str = "default"
+    base: Path = field(default_factory=Path.cwd)
+
+    def path(self, key: str) -> Path:
+        """Option ``key`` as a path, relative to the spec file's folder."""
+        return self.base / str(self.options[key])
+
+
+def load_spec(path: str | os.PathLike) -> ClusterSpec:
+    """Read and check a cluster spec file; every mistake is a :class:`ClusterSpecError` naming the file."""
+    where = str(path)
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ClusterSpecError(f"cannot read cluster spec {where}: {error}") from error
+    if not isinstance(document, dict):
+        raise ClusterSpecError(f"cluster spec {where} is not a YAML mapping")
+    kind = document.get("kind")
+    if kind not in KINDS:
+        raise ClusterSpecError(f"cluster spec {where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    allowed = ("kind", *KIND_KEYS[kind], *(("worker",) if kind in WORKER_KINDS else ()))
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:
+        raise ClusterSpecError(f"cluster spec {where}: unknown key(s) {unknown} for kind {kind}; "
+                               f"known: {', '.join(allowed)}")
+    options = {key: value for key, value in document.items() if key in KIND_KEYS[kind]}
+    spec = ClusterSpec(kind, options, WorkerSettings.from_mapping(document.get("worker") or {}, where), where,
+                       Path(path).resolve().parent)
+    CHECKS[kind](spec)
+    return spec
+
+
+def _require(spec: ClusterSpec, condition: bool, message: str) -> None:
+    if not condition:
+        raise ClusterSpecError(f"cluster spec {spec.source}: {message}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_local(spec: ClusterSpec) -> None:
+    workers = spec.options.get("workers")
+    _require(spec, workers is None or _is_count(workers), f"workers must be a positive integer, got {workers!r}")
+
+
+def _check_scheduler(spec: ClusterSpec) -> None:
+    _require(spec, len(spec.options) == 1, "kind scheduler takes exactly one of address, scheduler_file")
+
+
+def _check_ssh(spec: ClusterSpec) -> None:
+    hosts = spec.options.get("hosts")
+    _require(spec, isinstance(hosts, list) and len(hosts) >= 2 and all(isinstance(h, str) for h in hosts),
+             "hosts must list the scheduler's host, then at least one worker host")
+    _require(spec, _is_count(spec.options.get("workers_per_host", 1)), "workers_per_host must be a positive integer")
+    _require(spec, isinstance(spec.options.get("connect_options", {}), dict),
+             "connect_options must be a mapping (asyncssh.connect's keyword arguments)")
+
+
+def _check_kubernetes(spec: ClusterSpec) -> None:
+    _require(spec, "manifest" in spec.options, "kind kubernetes needs manifest (a DaskCluster file)")
+    _require(spec, spec.path("manifest").is_file(), f"manifest {spec.path('manifest')} does not exist")
+
+
+def _check_jobqueue(spec: ClusterSpec) -> None:
+    _require(spec, spec.options.get("system") in JOBQUEUE_SYSTEMS,
+             f"system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {spec.options.get('system')!r}")
+    _require(spec, _is_count(spec.options.get("jobs", 1)), "jobs must be a positive integer")
+    options = spec.options.get("options", {})
+    _require(spec, isinstance(options, dict) and _is_count(options.get("cores")) and "memory" in options,
+             "options must give at least cores (a positive integer) and memory (per job, e.g. 16GiB)")
+    _require(spec, options["cores"] % spec.worker.threads == 0,
+             f"options.cores ({options['cores']}) must be a multiple of worker threads ({spec.worker.threads})")
+    _require(spec, spec.worker.memory_limit == "auto",
+             "a jobqueue worker's memory limit is options.memory divided among its processes; "
+             "leave worker.memory_limit out")
+    _require(spec, not {"processes", "job_script_prologue", "env_extra"} & set(options),
+             "processes and job_script_prologue are set from the worker settings; leave them out of options")
+
+
+CHECKS: dict[str, Callable[[ClusterSpec], None]] = {
+    "local": _check_local, "scheduler": _check_scheduler, "ssh": _check_ssh, "kubernetes": _check_kubernetes,
+    "jobqueue": _check_jobqueue,
+}
+
+
+def choose(scheduler: str | None = None, cluster: str | None = None, workers: int | None = None,
+           environ: Mapping[str, str] = os.environ) -> ClusterSpec:
+    """The cluster a job uses, by precedence: a scheduler address or a spec file given with the job
+    (not both), else ``DASK_SCHEDULER_ADDRESS`` from ``environ``, else a LocalCluster.
+
+    ``workers`` sizes a LocalCluster the job starts: the default one, or a
+    ``kind: local`` spec's (it wins over the spec's ``workers``).
+    """
+    if scheduler and cluster:
+        raise ClusterSpecError(f"give a scheduler address or a cluster spec, not both (got {scheduler} and {cluster})")
+    if scheduler:
+        return ClusterSpec("scheduler", {"address": scheduler}, source="--scheduler")
+    if cluster:
+        spec = load_spec(cluster)
+        if spec.kind == "local" and workers is not None:
+            return ClusterSpec("local", {**spec.options, "workers": workers}, spec.worker, spec.source, spec.base)
+        return spec
+    if environ.get(SCHEDULER_VARIABLE):
+        return ClusterSpec("scheduler", {"address": environ[SCHEDULER_VARIABLE]}, source=SCHEDULER_VARIABLE)
+    return ClusterSpec("local", {"workers": workers})
+
+
+# ------------------------------------------------------------------ each backend's own arguments
+
+
+def local_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
+    """``LocalCluster`` keyword arguments: single-threaded worker processes (one per core by default)."""
+    return {
+        "n_workers": spec.options.get("workers") or os.cpu_count() or 1,
+        "threads_per_worker": spec.worker.threads,
+        "processes": True,
+        "memory_limit": spec.worker.memory_limit,
+        "dashboard_address": ":0",
+        "env": spec.worker.blas_environment(),
+    }
+
+
+def ssh_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
+    """``distributed.SSHCluster`` keyword arguments: scheduler on the first host, workers on the others.
+
+    The workers are nannies with the BLAS environment; the spill thresholds
+    reach them through the dask config SSHCluster copies to the remote
+    processes (see :func:`connect`). No credential goes on the remote command line.
+    """
+    options = spec.options
+    scheduler_options: dict[str, Any] = {"port": options.get("scheduler_port", 8786)}
+    scheduler_options["dashboard_address"] = f":{options.get('dashboard_port', 8787)}"
+    arguments: dict[str, Any] = {
+        "hosts": list(options["hosts"]),
+        "connect_options": dict(options.get("connect_options", {})),
+        "worker_options": {"n_workers": options.get("workers_per_host", 1), "nthreads": spec.worker.threads,
+                           "memory_limit": spec.worker.memory_limit, "env": spec.worker.blas_environment()},
+        "scheduler_options": scheduler_options,
+        "worker_class": "distributed.Nanny",
+    }
+    if "remote_python" in options:
+        arguments["remote_python"] = options["remote_python"]
+    return arguments
+
+
+def kubernetes_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
+    """``dask_kubernetes.operator.KubeCluster`` keyword arguments: the DaskCluster manifest, as a mapping.
+
+    The operator creates the cluster (or connects to the running one of that
+    name); the manifest carries the number of workers, their environment and the Secret.
+    """
+    manifest = yaml.safe_load(spec.path("manifest").read_text())
+    arguments: dict[str, Any] = {"custom_cluster_spec": manifest,
+                                 "shutdown_on_close": spec.options.get("shutdown_on_close", True)}
+    if "namespace" in spec.options:
+        arguments["namespace"] = spec.options["namespace"]
+    return arguments
+
+
+def jobqueue_cluster_arguments(spec: ClusterSpec) -> tuple[str, dict[str, Any]]:
+    """The dask-jobqueue class name and its keyword arguments.
+
+    Each job runs ``cores / threads`` worker processes of ``threads`` threads;
+    the job script exports the worker environment before it starts them.
+    """
+    options = dict(spec.options["options"])
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in spec.worker.environment().items()]
+    options.update(processes=options["cores"] // spec.worker.threads, job_script_prologue=exports)
+    return JOBQUEUE_SYSTEMS[spec.options["system"]], options
+
+
+# ------------------------------------------------------------------ connecting
+
+
+def _log_workers(client: Client, what: str, log: Callable[[str], None]) -> None:
+    log(f"{what} ({len(client.scheduler_info()['workers'])} workers) · dashboard {client.dashboard_link}")
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[Client]:
+    """A client on the cluster ``spec`` describes; clusters started here are stopped on exit."""
+    if spec.kind == "scheduler":
+        if "scheduler_file" in spec.options:
+            scheduler_file = spec.path("scheduler_file")
+            if not scheduler_file.is_file():  # Client would wait for it to appear, then time out
+                raise ClusterSpecError(f"cluster spec {spec.source}: no scheduler file {scheduler_file}: is the "
+                                       "cluster started (cluster/start-local.sh writes it to RUN_DIR)?")
+            with Client(scheduler_file=str(scheduler_file)) as client:
+                _log_workers(client, f"connected to {client.scheduler.address} (from {scheduler_file})", log)
+                yield client
+        else:
+            with Client(spec.options["address"]) as client:
+                _log_workers(client, f"connected to {spec.options['address']}", log)
+                yield client
+        return
+    with dask.config.set(spec.worker.dask_config()), _start(spec) as cluster, Client(cluster) as client:
+        if spec.kind == "local":
+            log(f"started a LocalCluster of {len(cluster.workers)} workers · dashboard {client.dashboard_link}")
+        elif spec.kind == "jobqueue":
+            log(f"submitted {spec.options.get('jobs', 1)} {spec.options['system']} jobs; tasks start as their "
+                f"workers join · dashboard {client.dashboard_link}")
+        else:
+            if spec.kind == "ssh":  # started means "printed its address", not yet "joined the scheduler"
+                client.wait_for_workers((len(spec.options["hosts"]) - 1) * spec.options.get("workers_per_host", 1))
+            started = {"ssh": "an SSHCluster", "kubernetes": "a KubeCluster"}[spec.kind]
+            _log_workers(client, f"started {started} from {spec.source}", log)
+        yield client
+
+
+def backend(module: str, extra: str) -> Any:
+    """Import an optional backend library, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ClusterSpecError(f"this cluster spec needs {module} ({error}); "
+                               f"install it with: pip install 'numerai-dask[{extra}]'") from error
+
+
+@contextlib.contextmanager
+def _start(spec: ClusterSpec) -> Iterator[Any]:
+    """Start the cluster of a spec that is not a bare scheduler, through its library; close it on exit."""
+    if spec.kind == "local":
+        cluster: Any = LocalCluster(**local_cluster_arguments(spec))
+    elif spec.kind == "ssh":
+        backend("asyncssh", "ssh")  # SSHCluster imports it only once it is starting, behind other errors
+        from distributed import SSHCluster
+
+        cluster = SSHCluster(**ssh_cluster_arguments(spec))
+    elif spec.kind == "kubernetes":
+        cluster = backend("dask_kubernetes.operator", "kubernetes").KubeCluster(**kubernetes_cluster_arguments(spec))
+    else:
+        name, arguments = jobqueue_cluster_arguments(spec)
+        cluster = getattr(backend("dask_jobqueue", "jobqueue"), name)(**arguments)
+        cluster.scale(jobs=spec.options.get("jobs", 1))
+    with cluster:
+        yield cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``worker-env``: the worker environment as ``export`` lines, for shell scripts to ``eval``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["worker-env"]:
+        print("usage: python -m numerai_dask.clusters worker-env", file=sys.stderr)
+        return 2
+    for name, value in WorkerSettings().environment().items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
