@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dask.utils import format_bytes, parse_bytes
-from distributed import Client, LocalCluster
 from threadpoolctl import threadpool_limits
 
-from numerai_dask.cli import ONE_BLAS_THREAD
+from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
 from numerai_dask.pipeline import ScoringParams, read_era_rows, discover, run_job
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.scoring import score_era
@@ -60,7 +59,7 @@ def dataset(folder: Path, args: argparse.Namespace):
     started = time.perf_counter()
     info = generate(str(folder / "root"), n_eras=args.eras, rows_per_era=args.rows_per_era,
                     n_features=args.features, n_models=args.models, n_unresolved=0, seed=args.seed,
-                    n_data_files=4, extra_targets=()) if not _same(marker, shape) else None
+                    n_data_files=min(4, args.eras), extra_targets=()) if not _same(marker, shape) else None
     if info is not None:
         marker.write_text(json.dumps(shape))
         print(f"generated in {time.perf_counter() - started:.0f} s")
@@ -124,8 +123,8 @@ def numerai_dask_way(root: Path, out: Path, workers: int, memory_limit: str) -> 
     peak RSS in bytes, the manifest's timings).
     """
     started = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=ONE_BLAS_THREAD,
-                      memory_limit=memory_limit, dashboard_address=":0") as cluster, Client(cluster) as client:
+    spec = ClusterSpec("local", {"workers": workers}, worker=WorkerSettings(memory_limit=memory_limit))
+    with connect(spec, log=lambda _: None) as client:
         client.wait_for_workers(workers)
         cluster_seconds = time.perf_counter() - started
         started = time.perf_counter()
