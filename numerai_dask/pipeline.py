@@ -38,7 +38,8 @@ from numerai_dask.scoring import DegenerateEraError, score_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
-PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
+#: ``meta_corr`` is the meta model's CORR in the era, repeated on each of its models' rows.
+PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
 #: A task that fails (a storage error outlasting the read retries) is tried again this often.
 TASK_RETRIES = 2

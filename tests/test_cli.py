@@ -44,7 +44,7 @@ LEADERBOARD_COLUMNS = [
     "cwmm_mean", "fe_max_mean", "fe_rms_mean", "payout_mean",
     *[f"{m}_rank" for m in (*METRICS, "payout")],
 ]
-PER_ERA_COLUMNS = ["era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms"]
+PER_ERA_COLUMNS = ["era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr"]
 
 
 def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
