@@ -60,6 +60,8 @@ from numerai_dask.pipeline import (
     JobInputs,
     JobResult,
     ModelBatch,
+    Phase,
+    Progress,
     TASK_RETRIES,
     ScoringParams,
     discover,
@@ -67,7 +69,9 @@ from numerai_dask.pipeline import (
     input_record,
     job_result,
     load_benchmark,
+    follow,
     load_model_batch,
+    prediction_correlations,
     read_parquet,
     score_era_task,
 )
@@ -381,12 +385,16 @@ def refresh_once(
     lease_seconds: float = 2 * 3600.0,
     show_progress: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> RefreshOutcome:
-    """One refresh under the output's lease: plan, read what changed, rescore what it invalidates, publish."""
+    """One refresh under the output's lease: plan, read what changed, rescore what it invalidates, publish.
+
+    ``on_progress`` hears how far reading the changed models and rescoring eras are (see ``run_job``).
+    """
     lease = Lease(out, seconds=lease_seconds)
     lease.acquire()
     try:
-        return _refresh_under_lease(client, storage, out, params, lease, keep_runs, show_progress, log)
+        return _refresh_under_lease(client, storage, out, params, lease, keep_runs, show_progress, log, on_progress)
     finally:
         lease.release()
 
@@ -400,6 +408,7 @@ def _refresh_under_lease(
     keep_runs: int,
     show_progress: bool,
     log: Callable[[str], None],
+    on_progress: Callable[[Progress], None] | None,
 ) -> RefreshOutcome:
     started = time.perf_counter()
     previous = read_previous(out)
@@ -422,14 +431,18 @@ def _refresh_under_lease(
     paths = {m: [f.path for f in inputs.submissions[m]] for m in plan.full}
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
     batches = []
+    sizes = []
     for i in range(0, len(work), params.models_per_task):
         chunk = work[i : i + params.models_per_task]
+        sizes.append(len(chunk))
         batches.append(client.submit(
             load_changed_models, storage, out,
             [(m, paths[m]) for m, kind in chunk if kind == "full"],
             [(m, plan.append[m], [f.path for f in inputs.submissions[m]]) for m, kind in chunk if kind == "append"],
             index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
         ))
+    if on_progress is not None:
+        follow([Phase("read and validate", "models", batches, sizes)], on_progress)
     replaced: dict[str, frozenset[str] | None] = {}
     for part in client.gather(client.map(replaced_models, batches, pure=False)):
         replaced.update(part)
@@ -455,7 +468,9 @@ def _refresh_under_lease(
             score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,
             benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
         )
-    if show_progress and futures:
+    if on_progress is not None:
+        follow([Phase("score", "eras", list(futures.values()))], on_progress)
+    elif show_progress and futures:
         progress(list(futures.values()), notebook=False)
     scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
     rejections = (inputs.rejections + benchmark_rejections
@@ -489,6 +504,7 @@ def _refresh_under_lease(
         "rejections": [r for r in result.rejections.to_dict("records") if r["model"] in inputs.submissions],
         "eras": {**reuse, **{label: era_state(r, plan.data[label]) for label, r in scored.items()}},
     }
+    result.prediction_correlation = prediction_correlations(client, storage, result)
     folder = publish_run(out, result, run_id, extra_files={STATE_FILE: json.dumps(new_state, default=str).encode()},
                          before_latest=lease.check)
     prune_history(out, keep_runs)
