@@ -544,9 +544,10 @@ def follow(phases: Sequence[Phase], report: Callable[[Progress], None], every: f
     """Tell ``report`` how far each phase is as its futures finish: when a phase begins and ends, and in
     between at most every ``every`` seconds.
 
-    Phases run one after another (a phase's clock starts when the one before it
-    ends), and the estimate of the time left assumes the rest goes at the pace so
-    far. Failed futures count as finished: gathering them raises afterwards.
+    Phases run one after another: a phase's clock starts when the one before it
+    ends, unless its own work finished earlier. The estimate of the time left
+    assumes the rest goes at the pace so far. Failed futures count as
+    finished: gathering them raises afterwards.
     """
     phases = [phase for phase in phases if phase.futures]
     if not phases:
@@ -558,7 +559,7 @@ def follow(phases: Sequence[Phase], report: Callable[[Progress], None], every: f
     totals = [sum(phase.weights or [1] * len(phase.futures)) for phase in phases]
     remaining = [len(phase.futures) for phase in phases]
     done = [0] * len(phases)
-    began = [time.perf_counter()] + [0.0] * (len(phases) - 1)
+    began = [time.perf_counter()] * len(phases)
 
     def tell(i: int) -> None:
         elapsed = time.perf_counter() - began[i]
@@ -574,7 +575,8 @@ def follow(phases: Sequence[Phase], report: Callable[[Progress], None], every: f
         if remaining[i] == 0:
             tell(i)
             if i + 1 < len(phases) and remaining[i + 1]:
-                began[i + 1] = time.perf_counter()
+                if not done[i + 1]:
+                    began[i + 1] = time.perf_counter()
                 tell(i + 1)
             last = time.perf_counter()
         elif time.perf_counter() - last >= every:

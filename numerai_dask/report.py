@@ -54,6 +54,8 @@ REASON_CHARACTERS = 500
 SCALE = 10_000
 MISSING = -32768
 SPREAD_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+#: Content types stored with the run's text files on object storage.
+CONTENT_TYPES = {"html": "text/html; charset=utf-8", "json": "application/json", "csv": "text/csv"}
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -303,7 +305,7 @@ def publish_run(
         **(extra_files or {}),
     }
     for name, data in files.items():
-        out.write_bytes(f"{folder}/{name}", data)
+        out.write_bytes(f"{folder}/{name}", data, CONTENT_TYPES.get(name.rsplit(".", 1)[-1]))
     if before_latest is not None:
         before_latest()
     out.write_bytes("latest.json", json.dumps({"run_id": run_id, "path": folder}).encode())
