@@ -112,30 +112,49 @@ def encode_series(values: np.ndarray) -> str:
     return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
-def spread(wide: pd.DataFrame) -> dict[str, list]:
-    """Per era, the quantiles of one metric across every model scored there (eras × SPREAD_QUANTILES)."""
-    quantiles = wide.quantile(list(SPREAD_QUANTILES), axis=1).T
+class Grid:
+    """Where each per-era row goes in a models × eras array (models and eras in the given orders)."""
+
+    def __init__(self, per_era: pd.DataFrame, models: list[str], eras: list[str]) -> None:
+        self.shape = (len(models), len(eras))
+        rows = pd.Categorical(per_era["model"].astype(str), categories=models).codes
+        columns = pd.Categorical(per_era["era"].astype(str), categories=eras).codes
+        self.known = (rows >= 0) & (columns >= 0)
+        self.rows, self.columns = rows[self.known], columns[self.known]
+
+    def matrix(self, values: pd.Series) -> np.ndarray:
+        """One metric as a models × eras array, NaN where a model has no score."""
+        matrix = np.full(self.shape, np.nan)
+        matrix[self.rows, self.columns] = values.to_numpy(np.float64)[self.known]
+        return matrix
+
+
+def spread(matrix: np.ndarray) -> dict[str, list]:
+    """Per era (column), the quantiles of one metric across every model scored there (eras × SPREAD_QUANTILES)."""
+    scored = np.isfinite(matrix).any(axis=0)
+    quantiles = np.full((len(SPREAD_QUANTILES), matrix.shape[1]), np.nan)
+    quantiles[:, scored] = np.nanquantile(matrix[:, scored], SPREAD_QUANTILES, axis=0)
     return {"quantiles": list(SPREAD_QUANTILES),
-            "values": [[plain(v) for v in row] for row in quantiles.to_numpy()],
-            "models": [int(n) for n in wide.notna().sum(axis=1)]}
+            "values": [[plain(v) for v in row] for row in quantiles.T],
+            "models": [int(n) for n in np.isfinite(matrix).sum(axis=0)]}
 
 
 def report_data(result: JobResult, run_id: str) -> dict:
     """Everything the page's script draws: leaderboard, series, spread, meta model, correlations, rejections."""
     per_era, board = result.per_era, result.leaderboard
-    eras = [str(e) for e in era_order(per_era["era"])]
+    eras = [str(e) for e in era_order(per_era["era"].unique())]
     metrics = series_metrics(per_era)
+    ranked = [str(m) for m in board["model"]]
     models = series_models(board, len(eras), len(metrics))
-    keyed = per_era.assign(era=per_era["era"].astype(str))
+    grid = Grid(per_era, ranked, eras)
     series, spreads = {}, {}
     for metric in metrics:
-        wide = keyed.pivot_table(index="era", columns="model", values=metric, aggfunc="first", dropna=False)
-        wide = wide.reindex(index=eras)
-        series[metric] = encode_series(wide.reindex(columns=models).to_numpy(np.float64).T)
-        spreads[metric] = spread(wide)
+        matrix = grid.matrix(per_era[metric])
+        series[metric] = encode_series(matrix[: len(models)])
+        spreads[metric] = spread(matrix)
     meta = None
     if "meta_corr" in per_era:
-        meta = [plain(v) for v in keyed.groupby("era")["meta_corr"].first().reindex(eras)]
+        meta = [plain(v) for v in per_era.groupby(per_era["era"].astype(str))["meta_corr"].first().reindex(eras)]
     correlation = result.prediction_correlation
     rejections = result.rejections.head(REJECTIONS_EMBEDDED).assign(
         reason=lambda r: r["reason"].astype(str).str.slice(0, REASON_CHARACTERS))
