@@ -187,8 +187,9 @@
       else if (value < 0) { td.textContent = `▼ ${-value}`; td.className = "down"; }
       else td.textContent = "=";
     } else {
-      td.textContent = fmt(value);
-      if (isNumber(value) && value < 0 && !key.endsWith("_rank")) td.className = "neg";
+      const counted = key.endsWith("_rank") || key === "n_eras";
+      td.textContent = counted || !isNumber(value) ? fmt(value) : value.toFixed(4);
+      if (isNumber(value) && value < 0 && !counted) td.className = "neg";
     }
   }
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,46 @@ def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str
     assert "LocalCluster" not in done.stdout
 
 
+def test_json_prints_one_object_on_stdout_and_progress_on_stderr(dataset: Path, dask_cluster: str,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = succeeded(run_cli("score", str(dataset), "--scheduler", dask_cluster, "--out", str(out), "--json"))
+    [line] = done.stdout.splitlines()
+    summary = json.loads(line)
+    run = Run.of(out, done)
+    board = run.table("leaderboard")
+    assert summary["status"] == "published" and summary["run_id"] == run.folder.name
+    assert summary["outputs"]["folder"] == str(run.folder)
+    assert summary["outputs"]["report.html"] == str(run.folder / "report.html")
+    assert summary["outputs"]["latest"] == str(out / "latest.json")
+    assert all(Path(path).is_file() for name, path in summary["outputs"].items() if name != "folder")
+    assert [m["model"] for m in summary["top_models"]] == board["model"].head(10).tolist()
+    assert summary["top_models"][0]["corr_mean"] == board["corr_mean"].iloc[0]
+    assert (summary["models_scored"], summary["eras_scored"], summary["rejections"]) == (4, 4, 0)
+    assert summary["previous_run"] is None
+    assert set(summary["timings_seconds"]) == {"discover", "score", "reduce"}
+    assert f"connected to {dask_cluster} (2 workers) · dashboard http" in done.stderr
+    assert "read and validate: 4/4 models (100%)" in done.stderr
+    assert "score: 4/4 eras (100%)" in done.stderr
+
+
+def test_json_failure_is_one_object_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", str(tmp_path), "--neutralization", "1.5", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"status": "failed",
+                                        "error": "--neutralization must be between 0 and 1, got 1.5"}
+    assert captured.err.startswith("numerai-dask: error: --neutralization")
+
+
+def test_quiet_prints_nothing_and_still_publishes(dataset: Path, dask_cluster: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = tmp_path / "job.toml"
+    job.write_text(f'root = "{dataset}"\nout = "{out}"\n\n[cluster]\nscheduler = "{dask_cluster}"\n')
+    done = succeeded(run_cli("run", str(job), "--quiet"))
+    assert (done.stdout, done.stderr) == ("", "")
+    assert (Run.of(out, done).folder / "report.html").is_file()
+
+
 def test_scoring_options_reach_the_job(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:
     """--extra-target, --feature-set and --neutralization give exactly what run_job gives with them."""
     out = tmp_path / "out"
@@ -247,9 +288,43 @@ def test_bad_submissions_are_listed_and_change_no_other_score(dataset: Path, das
     # rejected files never reach the meta model: every other score is the clean run's
     assert_frames_close(run.table("per_era"), scored.table("per_era"), ["era", "model"])
     page = (run.folder / "report.html").read_text()
-    assert "<script" not in page.lower()
+    assert_only_own_scripts(page)
+    assert "<script>alert" not in page.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "submissions/&lt;script&gt;.csv" in page
+
+
+class ScriptElements(HTMLParser):
+    """The attributes and text of every ``<script>`` element of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict, str]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._inside = True
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False if tag == "script" else self._inside
+
+
+def assert_only_own_scripts(page: str) -> None:
+    """The page's scripts are its own two: the JSON data (no raw ``<``, ``>``, ``&``) and the code."""
+    parser = ScriptElements()
+    parser.feed(page)
+    assert page.lower().count("<script") == 2
+    (data_attrs, data), (code_attrs, _) = parser.scripts
+    assert data_attrs == {"type": "application/json", "id": "report-data"} and code_attrs == {}
+    assert not set("<>&") & set(data)
+    json.loads(data)
 
 
 def test_report_escapes_every_name_and_reason_from_storage() -> None:
@@ -266,7 +341,8 @@ def test_report_escapes_every_name_and_reason_from_storage() -> None:
         manifest={"root": "/data/<root>", "parameters": {"target": "<target>"}, "eras": {"scored": ["1", "2"]}},
     )
     page = render_html(result, "<run>")
-    for markup in ("<script", "<b>", "<i>", "<img", "<u>", "<svg onload", "<root>", "<target>", "<run>"):
+    assert_only_own_scripts(page)
+    for markup in ("<script>alert", "<b>", "<i>", "<img", "<u>", "<svg onload", "<root>", "<target>", "<run>"):
         assert markup not in page, markup
     for escaped in ("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", "&lt;b&gt;m&lt;/b&gt;",
                     "submissions/&lt;i&gt;.csv", "&lt;img src=x onerror=alert(1)&gt;", "&lt;svg onload=alert(1)&gt;",

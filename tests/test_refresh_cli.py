@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def test_refresh_once_then_nothing_to_do(tmp_path, dask_cluster):
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout
     assert len(list((tmp_path / "leaderboard" / "runs").iterdir())) == 1
+
+
+def test_refresh_json_reports_each_refresh(tmp_path, dask_cluster):
+    small_dataset(tmp_path)
+    first = cli("refresh", str(tmp_path), "--scheduler", dask_cluster, "--json")
+    assert first.returncode == 0, first.stderr
+    [line] = first.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["status"] == "published" and summary["models_scored"] == 3
+    assert summary["outputs"]["folder"] == str(tmp_path / "leaderboard" / "runs" / summary["run_id"])
+    assert "score: 3/3 eras (100%)" in first.stderr
+    second = cli("refresh", str(tmp_path), "--scheduler", dask_cluster, "--json")
+    assert json.loads(second.stdout) == {"status": "unchanged", "message": "nothing to do: no input or parameter "
+                                         f"changed since runs/{summary['run_id']}"}
 
 
 def test_refresh_against_a_held_lease_exits_non_zero_with_one_line(tmp_path, dask_cluster):
