@@ -139,7 +139,7 @@ def spread(matrix: np.ndarray) -> dict[str, list]:
             "models": [int(n) for n in np.isfinite(matrix).sum(axis=0)]}
 
 
-def report_data(result: JobResult, run_id: str) -> dict:
+def report_data(result: JobResult) -> dict:
     """Everything the page's script draws: leaderboard, series, spread, meta model, correlations, rejections."""
     per_era, board = result.per_era, result.leaderboard
     eras = [str(e) for e in era_order(per_era["era"].unique())]
@@ -158,10 +158,7 @@ def report_data(result: JobResult, run_id: str) -> dict:
     correlation = result.prediction_correlation
     rejections = result.rejections.head(REJECTIONS_EMBEDDED).assign(
         reason=lambda r: r["reason"].astype(str).str.slice(0, REASON_CHARACTERS))
-    manifest = result.manifest
     return {
-        "run": {"id": run_id, "root": str(manifest.get("root", "")), "previous": previous_run(manifest),
-                "timings": manifest.get("timings_seconds", {}), "parameters": manifest.get("parameters", {})},
         "leaderboard": columns_json(board),
         "defaultColumns": table_columns(board),
         "eras": eras,
@@ -232,7 +229,7 @@ def render_html(result: JobResult, run_id: str) -> str:
     """The page a person opens: summary cards, the leaderboard, charts, rejections, skipped eras, parameters."""
     manifest = result.manifest
     board = result.leaderboard
-    data = report_data(result, run_id)
+    data = report_data(result)
     top = board.iloc[0] if len(board) else None
     skipped = pd.DataFrame(sorted(result.skipped_eras.items()), columns=["era", "reason"])
     parameters = json.dumps(manifest.get("parameters", {}), sort_keys=True)

@@ -119,7 +119,7 @@ def test_a_report_of_5000_models_stays_small() -> None:
                        {}, {"root": "r", "eras": {"scored": []}})
     page = render_html(result, "big")
     assert len(page.encode()) < 20e6
-    data = report_data(result, "big")
+    data = report_data(result)
     assert len(data["series"]["models"]) == models  # 5000 × 80 × 5 values fit the budget
     assert len(data["leaderboard"]["model"]) == models
 
