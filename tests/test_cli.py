@@ -164,44 +164,12 @@ def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str
     assert "LocalCluster" not in done.stdout
 
 
-def test_json_prints_one_object_on_stdout_and_progress_on_stderr(dataset: Path, dask_cluster: str,
-                                                                 tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = succeeded(run_cli("score", str(dataset), "--scheduler", dask_cluster, "--out", str(out), "--json"))
-    [line] = done.stdout.splitlines()
-    summary = json.loads(line)
-    run = Run.of(out, done)
-    board = run.table("leaderboard")
-    assert summary["status"] == "published" and summary["run_id"] == run.folder.name
-    assert summary["outputs"]["folder"] == str(run.folder)
-    assert summary["outputs"]["report.html"] == str(run.folder / "report.html")
-    assert summary["outputs"]["latest"] == str(out / "latest.json")
-    assert all(Path(path).is_file() for name, path in summary["outputs"].items() if name != "folder")
-    assert [m["model"] for m in summary["top_models"]] == board["model"].head(10).tolist()
-    assert summary["top_models"][0]["corr_mean"] == board["corr_mean"].iloc[0]
-    assert (summary["models_scored"], summary["eras_scored"], summary["rejections"]) == (4, 4, 0)
-    assert summary["previous_run"] is None
-    assert set(summary["timings_seconds"]) == {"discover", "score", "reduce"}
-    assert f"connected to {dask_cluster} (2 workers) · dashboard http" in done.stderr
-    assert "read and validate: 4/4 models (100%)" in done.stderr
-    assert "score: 4/4 eras (100%)" in done.stderr
-
-
 def test_json_failure_is_one_object_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["score", str(tmp_path), "--neutralization", "1.5", "--json"]) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"status": "failed",
                                         "error": "--neutralization must be between 0 and 1, got 1.5"}
     assert captured.err.startswith("numerai-dask: error: --neutralization")
-
-
-def test_quiet_prints_nothing_and_still_publishes(dataset: Path, dask_cluster: str, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    job = tmp_path / "job.toml"
-    job.write_text(f'root = "{dataset}"\nout = "{out}"\n\n[cluster]\nscheduler = "{dask_cluster}"\n')
-    done = succeeded(run_cli("run", str(job), "--quiet"))
-    assert (done.stdout, done.stderr) == ("", "")
-    assert (Run.of(out, done).folder / "report.html").is_file()
 
 
 def test_scoring_options_reach_the_job(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:

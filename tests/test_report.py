@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,11 @@ BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 @dataclass(frozen=True)
 class Published:
-    """The dataset, the two runs' leaderboards and the second run's report and --json summary."""
+    """The dataset, the two runs' console output and leaderboards, the second run's report and --json summary."""
 
     root: Path
+    quiet: subprocess.CompletedProcess
+    verbose: subprocess.CompletedProcess
     first_run: str
     first: pd.DataFrame
     second: pd.DataFrame
@@ -67,20 +70,51 @@ def published(dask_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Pu
     submissions = root / "submissions"
     pd.DataFrame({"id": ids, HOSTILE_COLUMN: 0.5}).to_csv(submissions / "hostile.csv", index=False)
     shutil.copy(submissions / "model_001.csv", submissions / HOSTILE_FILE)
-    out = root / "leaderboard"
-    args = ("score", str(root), "--scheduler", dask_cluster, "--extra-target", "target_jerome", "--json")
-    first = json.loads(succeeded(run_cli(*args)).stdout)
-    board = pd.read_parquet(first["outputs"]["leaderboard.parquet"])
+    job = root / "job.toml"
+    job.write_text(f'root = "{root}"\n\n[scoring]\nextra_targets = ["target_jerome"]\n\n'
+                   f'[cluster]\nscheduler = "{dask_cluster}"\n')
+    quiet = succeeded(run_cli("run", str(job), "--quiet"))
+    first = json.loads((root / "leaderboard" / "latest.json").read_text())["run_id"]
+    board = pd.read_parquet(root / "leaderboard" / "runs" / first / "leaderboard.parquet")
     # the first run's best model leaves: every other model rises
     leaver = board["model"].iloc[0]
     for path in [submissions / f"{leaver}.csv", submissions / leaver]:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    second = json.loads(succeeded(run_cli(*args)).stdout)
-    return Published(root, first["run_id"], board, pd.read_parquet(second["outputs"]["leaderboard.parquet"]),
+    verbose = succeeded(run_cli("score", str(root), "--scheduler", dask_cluster, "--extra-target", "target_jerome",
+                                "--json"))
+    second = json.loads(verbose.stdout)
+    return Published(root, quiet, verbose, first, board, pd.read_parquet(second["outputs"]["leaderboard.parquet"]),
                      Path(second["outputs"]["report.html"]), second)
 
 
-# ------------------------------------------------------------------ without a browser
+# ------------------------------------------------------------------ the console
+
+
+def test_quiet_prints_nothing(published: Published) -> None:
+    assert (published.quiet.stdout, published.quiet.stderr) == ("", "")
+
+
+def test_json_is_one_object_on_stdout_and_progress_goes_to_stderr(published: Published, dask_cluster: str) -> None:
+    [line] = published.verbose.stdout.splitlines()
+    summary = json.loads(line)
+    folder = published.report.parent
+    assert summary["status"] == "published" and summary["run_id"] == folder.name
+    assert json.loads((folder.parent.parent / "latest.json").read_text())["run_id"] == folder.name
+    assert summary["outputs"]["folder"] == str(folder)
+    assert all(Path(path).is_file() for name, path in summary["outputs"].items() if name != "folder")
+    board = published.second
+    assert [m["model"] for m in summary["top_models"]] == board["model"].head(10).tolist()
+    assert summary["top_models"][0]["corr_mean"] == board["corr_mean"].iloc[0]
+    assert summary["top_models"][0]["rank_change"] == board["rank_change"].iloc[0]
+    assert (summary["models_scored"], summary["eras_scored"], summary["rejections"]) == (59, 6, 2)
+    assert set(summary["timings_seconds"]) == {"discover", "score", "reduce"}
+    log = published.verbose.stderr
+    assert f"connected to {dask_cluster} (2 workers) · dashboard http" in log
+    assert "read and validate: 60/60 models (100%)" in log  # 59 scored and "hostile"
+    assert "score: 6/6 eras (100%)" in log
+
+
+# ------------------------------------------------------------------ the page, without a browser
 
 
 def test_script_json_cannot_end_the_script_element_and_round_trips() -> None:
