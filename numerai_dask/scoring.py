@@ -461,8 +461,9 @@ def score_era(
     fnc, exposures, extra corr) to those models, NaN for the others — the
     cross-model metrics always use every model (an incremental refresh keeps
     the per-model scores of unchanged models).
-    Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
-    and ``meta_corr`` (the meta model's CORR, repeated) (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
+    Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``,
+    ``meta_corr`` (the meta model's CORR, repeated) (+ ``bmc`` with a
+    benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
     """
     predictions = np.asarray(predictions, dtype=np.float64)
