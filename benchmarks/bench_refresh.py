@@ -29,17 +29,7 @@ from numerai_dask.refresh import refresh_once
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
-
-
-def read_predictions(root: Path, files: list[str]) -> pd.Series:
-    """A generated model's predictions with its re-uploads applied (later files win)."""
-    merged = None
-    for name in files:
-        path = root / name
-        frame = pd.read_csv(path, dtype={"id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
-        series = frame.set_index("id")["prediction"]
-        merged = series if merged is None else series.combine_first(merged)
-    return merged
+from reference import read_predictions
 
 
 def prepare(root: Path, rows: int, features: int, seed: int) -> tuple[pd.DataFrame, dict[str, pd.Series], str]:

@@ -1,3 +1,3 @@
 """numerai-dask: score a Numerai-style tournament at scale on Dask."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -7,11 +7,13 @@ The job runs in four steps:
    submissions, stakes and the benchmark.
 2. **load** (one task per batch of models): read the batch's files
    concurrently, validate them, apply re-uploads, and cut each model's
-   predictions into per-era arrays (rows = the era's resolved ids, sorted).
+   predictions into per-era arrays (rows = the era's resolved ids, sorted),
+   ranked there: the scoring needs only tie-kept ranks, which travel as
+   uint16 — a quarter of the predictions' bytes.
 3. **score** (one task per resolved era): read that era's rows (features kept
    int8, only the columns needed) from the files that hold it, gather the era's
-   slices from every batch, and call :func:`numerai_dask.scoring.score_era` once
-   for all models valid in the era. A worker holds one era's working set.
+   slices from every batch, and call :func:`numerai_dask.scoring.score_ranked_era`
+   once for all models valid in the era. A worker holds one era's working set.
 4. **reduce** (client): the per-era tables become the leaderboard.
 
 Predictions (small) travel to the era's features (large), never the reverse.
@@ -24,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import dask
 import numpy as np
@@ -35,10 +38,11 @@ from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
-from numerai_dask.scoring import DegenerateEraError, score_era
+from numerai_dask.scoring import DegenerateEraError, Ranks, score_ranked_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
+T = TypeVar("T")
 #: ``meta_corr`` is the meta model's CORR in the era, repeated on each of its models' rows.
 PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
@@ -64,12 +68,14 @@ class ScoringParams:
     neutralization: float = 1.0
     payout: PayoutRule = field(default_factory=PayoutRule)
     models_per_task: int = 64
+    #: A load task also stops taking models at this many bytes of their files: its memory stays bounded.
+    bytes_per_task: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutralization <= 1.0:
             raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
-        if self.models_per_task < 1:
-            raise JobError("models_per_task must be at least 1")
+        if self.models_per_task < 1 or self.bytes_per_task < 1:
+            raise JobError("models_per_task and bytes_per_task must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class JobInputs:
 
 @dataclass(frozen=True)
 class ModelBatch:
-    """A batch of models cut by era: era label → (model names, predictions as a models × rows array)."""
+    """A batch of models cut by era: era label → (model names, ranked predictions, models × rows; see :func:`compact_ranks`)."""
 
     by_era: dict[str, tuple[list[str], np.ndarray]]
     rejections: list[Rejection]
@@ -119,7 +125,7 @@ class EraScores:
 
 @dataclass(frozen=True)
 class EraCacheFiles:
-    """One era's cached results, relative to the output root: validated predictions and scores."""
+    """One era's cached results, relative to the output root: ranked predictions (see :func:`compact_ranks`) and scores."""
 
     predictions: str
     scores: str
@@ -268,7 +274,8 @@ def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], inde
     arrays: dict[str, list[np.ndarray]] = {}
     for model, paths in models:
         files = [storage.relative(p) for p in paths]
-        predictions, problems = merge_model_files(model, list(zip(files, (contents[p] for p in paths))))
+        raw = [contents.pop(p) for p in paths]  # each file's bytes are released once parsed
+        predictions, problems = merge_model_files(model, list(zip(files, raw)), index.usual_ids)
         rejections += problems
         if predictions is None:
             continue
@@ -278,7 +285,12 @@ def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], inde
             label = index.era_label(era)
             names.setdefault(label, []).append(model)
             arrays.setdefault(label, []).append(values)
-    return ModelBatch({label: (names[label], np.vstack(arrays[label])) for label in names}, rejections)
+    return ModelBatch({label: (names[label], compact_ranks(np.vstack(arrays[label]))) for label in names}, rejections)
+
+
+def compact_ranks(by_model: np.ndarray) -> np.ndarray:
+    """Predictions (models × rows) as their tie-kept doubled ranks, compact: all the scoring needs of them."""
+    return Ranks.of(by_model.T).compact()
 
 
 def era_slice(batch: ModelBatch, label: str) -> tuple[list[str], np.ndarray] | None:
@@ -297,7 +309,8 @@ def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.nd
     name, info = inputs.benchmark_file
     label = f"benchmark/{name}"
     contents = storage.read_many([info.path])
-    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])])
+    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])],
+                                                inputs.index.usual_ids)
     if predictions is None:
         return {}, rejections
     by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.relative(info.path)])
@@ -328,10 +341,10 @@ def score_era_task(
 ) -> EraScores:
     """Score every model valid in one era (one Dask task).
 
-    Fresh predictions come from ``slices``; with ``cache``, the cached models it
-    keeps join them and keep their single-model scores when those still hold.
-    Models are scored in name order, as a full run orders them, so the meta
-    model is summed in the same order. With ``write``, the era's validated
+    Fresh ranked predictions come from ``slices``; with ``cache``, the cached
+    models it keeps join them and keep their single-model scores when those
+    still hold. Models are scored in name order, as a full run orders them, so
+    the meta model is summed in the same order. With ``write``, the era's ranked
     predictions and scores are written to the output storage for a later refresh.
     """
     rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target)
@@ -355,8 +368,8 @@ def score_era_task(
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
         with threadpool_limits(1):
-            scores = score_era(
-                by_model.T,
+            scores = score_ranked_era(
+                Ranks(by_model.T),
                 rows[params.target].to_numpy(np.float64),
                 rows[features].to_numpy(),
                 stake,
@@ -406,10 +419,24 @@ def empty_per_era(params: ScoringParams) -> pd.DataFrame:
 # ------------------------------------------------------------------------- graph
 
 
-def batches(submissions: dict[str, list[FileInfo]], size: int) -> list[list[tuple[str, list[str]]]]:
-    """Models in name order, ``size`` to a batch, each with its file paths in application order."""
-    models = [(name, [f.path for f in files]) for name, files in sorted(submissions.items())]
-    return [models[i : i + size] for i in range(0, len(models), size)]
+def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> list[list[tuple[str, list[str]]]]:
+    """Models in name order, each with its file paths in application order, cut into load tasks' batches."""
+    models = sorted(submissions)
+    sizes = [sum(f.size for f in submissions[m]) for m in models]
+    return [[(m, [f.path for f in submissions[m]]) for m in batch] for batch in chunked(models, sizes, params)]
+
+
+def chunked(items: Sequence[T], sizes: Sequence[int], params: ScoringParams) -> list[list[T]]:
+    """Consecutive runs of ``items`` of at most ``models_per_task`` items and ``bytes_per_task`` bytes (or one item)."""
+    runs: list[list[T]] = []
+    total = 0
+    for item, size in zip(items, sizes):
+        if not runs or len(runs[-1]) >= params.models_per_task or total + size > params.bytes_per_task:
+            runs.append([])
+            total = 0
+        runs[-1].append(item)
+        total += size
+    return runs
 
 
 def build_graph(
@@ -424,7 +451,7 @@ def build_graph(
     index = dask.delayed(inputs.index, traverse=False)
     loaded = [
         dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}-{token}")
-        for i, batch in enumerate(batches(inputs.submissions, params.models_per_task))
+        for i, batch in enumerate(batches(inputs.submissions, params))
     ]
     scored = [
         dask.delayed(score_era_task, pure=True)(
@@ -485,7 +512,7 @@ def run_job(
     scored, rejected = build_graph(storage, inputs, params, benchmark)
     futures = client.compute(scored + rejected, retries=TASK_RETRIES)
     if on_progress is not None:
-        sizes = [len(batch) for batch in batches(inputs.submissions, params.models_per_task)]
+        sizes = [len(batch) for batch in batches(inputs.submissions, params)]
         follow([Phase("read and validate", "models", futures[len(scored):], sizes),
                 Phase("score", "eras", futures[: len(scored)])], on_progress)
     elif show_progress:

@@ -3,7 +3,7 @@
 State lives with the outputs. A refreshed run's folder holds ``state.json``:
 every input seen (path, size, version), the scoring fingerprint, the stakes,
 and per era the models scored there and that era's cached validated
-predictions and scores (``cache/eras/<era>/<run_id>.{predictions,scores}.parquet``).
+predictions, ranked, and scores (``cache/eras/<era>/<run_id>.{ranks,scores}.parquet``).
 ``latest.json`` points at the run, so leaderboard, state and caches switch
 together in one PUT.
 
@@ -18,7 +18,7 @@ files appended to a model      only the new files are read; only the eras they t
 deleted model                  cross-model metrics of the eras it was scored in
 stakes                         cross-model metrics of the eras holding a model whose stake changed
 benchmark                      cross-model metrics of every era
-a data file added/rewritten    its eras: every metric, from cached predictions
+a data file added/rewritten    its eras: every metric, from cached ranked predictions
 an era's ids changed, an era   every submission is read again (those predictions were never cached)
 removed, or newly resolved
 target, features, neutraliz-   everything
@@ -65,6 +65,8 @@ from numerai_dask.pipeline import (
     TASK_RETRIES,
     ScoringParams,
     discover,
+    chunked,
+    compact_ranks,
     era_slice,
     follow,
     input_record,
@@ -278,46 +280,46 @@ class ChangedModels:
 
 
 def appended_predictions(
-    storage: Storage, out: Storage, model: str, paths: list[str], index: EraIndex, previous_eras: dict[str, dict]
+    storage: Storage, model: str, appended: list[str], every_file: list[str], index: EraIndex,
+    previous_eras: dict[str, dict],
 ) -> dict[str, np.ndarray] | None:
-    """A model's predictions for the eras its appended files touch, or None when only a full read can tell.
+    """A model's ranked predictions for the eras its appended files touch, or None when only a full read can tell.
 
-    The new files are applied over the model's cached predictions of each
-    resolved era they touch. Any rejection, an unknown id, or a touched era
-    without a complete cached copy sends the model to a full read, where the
-    same rules as a full run decide.
+    1. read and merge the appended files: the eras they touch;
+    2. when the model was already scored in one of those eras (a re-upload of
+       part of it), merge all of its files instead: the cache holds ranks, to
+       which part of an era cannot be applied; the earlier files are unchanged,
+       so every other era keeps its cached ranks;
+    3. cut by era and rank the touched eras.
+    Any rejection, an unknown id or an incomplete era sends the model to a
+    full read, where the same rules as a full run decide.
     """
-    contents = storage.read_many(paths)
-    delta, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths])
-    if problems or delta is None:
+    delta = merged_predictions(storage, model, appended, index)
+    if delta is None:
         return None
-    eras, _ = index.locate(delta.index.to_numpy())
+    eras, _ = index.locate(delta.index)
     if np.any(eras < 0):
         return None
-    parts = [delta]
-    for era in {index.eras[i] for i in np.unique(eras)}:
-        label = index.era_label(era)
-        if not index.resolved_of(era).any():
-            continue
-        before = previous_eras.get(label)
-        if before is None or model not in before["models"]:
-            # The model has no rejections, so absence means its earlier files had no rows in this era.
-            continue
-        if not index.resolved_of(era).all():
-            return None  # the cache holds resolved rows only; coverage needs every row
-        cached = read_parquet(out, before["predictions"], ["id", model])
-        parts.append(cached.set_index("id")[model])
-    merged = pd.concat(parts)
-    merged = merged[~merged.index.duplicated(keep="first")].sort_index()
-    by_era, problems = split_by_era(model, merged, index, files=[storage.relative(p) for p in paths])
+    touched = [index.eras[i] for i in np.unique(eras) if index.resolved_of(index.eras[i]).any()]
+    if any(model in previous_eras.get(index.era_label(era), {}).get("models", ()) for era in touched):
+        delta = merged_predictions(storage, model, every_file, index)
+        if delta is None:
+            return None
+    by_era, problems = split_by_era(model, delta, index, files=[storage.relative(p) for p in every_file])
     if problems:
         return None
-    return {index.era_label(e): v for e, v in by_era.items()}
+    return {index.era_label(e): compact_ranks(by_era[e][None, :])[0] for e in touched if e in by_era}
+
+
+def merged_predictions(storage: Storage, model: str, paths: list[str], index: EraIndex) -> pd.Series | None:
+    """The model's predictions from ``paths`` in order, or None when any file is rejected."""
+    contents = storage.read_many(paths)
+    merged, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths], index.usual_ids)
+    return None if problems else merged
 
 
 def load_changed_models(
     storage: Storage,
-    out: Storage,
     full: list[tuple[str, list[str]]],
     append: list[tuple[str, list[str], list[str]]],
     index: EraIndex,
@@ -332,7 +334,7 @@ def load_changed_models(
     names: dict[str, list[str]] = {}
     arrays: dict[str, list[np.ndarray]] = {}
     for model, appended, every_file in append:
-        by_era = appended_predictions(storage, out, model, appended, index, previous_eras)
+        by_era = appended_predictions(storage, model, appended, every_file, index, previous_eras)
         if by_era is None:
             full = [*full, (model, every_file)]
             continue
@@ -430,19 +432,19 @@ def _refresh_under_lease(
     index = client.scatter(inputs.index, broadcast=True)
     paths = {m: [f.path for f in inputs.submissions[m]] for m in plan.full}
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
+    sizes = [sum(f.size for f in inputs.submissions[m]) for m, _ in work]
     batches = []
-    sizes = []
-    for i in range(0, len(work), params.models_per_task):
-        chunk = work[i : i + params.models_per_task]
-        sizes.append(len(chunk))
+    counts = []
+    for chunk in chunked(work, sizes, params):
+        counts.append(len(chunk))
         batches.append(client.submit(
-            load_changed_models, storage, out,
+            load_changed_models, storage,
             [(m, paths[m]) for m, kind in chunk if kind == "full"],
             [(m, plan.append[m], [f.path for f in inputs.submissions[m]]) for m, kind in chunk if kind == "append"],
             index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
         ))
     if on_progress is not None:
-        follow([Phase("read and validate", "models", batches, sizes)], on_progress)
+        follow([Phase("read and validate", "models", batches, counts)], on_progress)
     replaced: dict[str, frozenset[str] | None] = {}
     for part in client.gather(client.map(replaced_models, batches, pure=False)):
         replaced.update(part)
@@ -462,7 +464,7 @@ def _refresh_under_lease(
         if before is not None and before.get("predictions") and keep:
             cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep), keep_scores)
         folder = era_directory(era.label)
-        write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.predictions.parquet", f"{folder}/{run_id}.scores.parquet"))
+        write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet", f"{folder}/{run_id}.scores.parquet"))
         slices = [client.submit(changed_slice, b, era.label, pure=False) for b in batches]
         futures[era.label] = client.submit(
             score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,

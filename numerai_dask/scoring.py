@@ -36,8 +36,10 @@ from scipy.special import ndtri
 #: numerai-tools' ``neutralize``.
 BASIS_RCOND = 1e-6
 
-#: A basis whose Gram matrix is this close to the identity needs no second pass.
-ORTHONORMAL_TOLERANCE = 1e-10
+#: A Gram-route basis is orthonormal to about 1e-16 × the spread of the kept
+#: eigenvalues (largest / smallest, the squared condition number); above this
+#: spread a second pass is taken, which restores orthonormality to machine precision.
+SINGLE_PASS_SPREAD = 1e4
 
 #: ``meta_portfolio_contribution`` divides the gradient by this constant.
 TC_SCALE = 50.0
@@ -74,16 +76,19 @@ def average_ranks_doubled(values: np.ndarray) -> np.ndarray:
         return average_ranks_doubled(values[:, None])[:, 0]
     n, m = values.shape
     by_model = np.ascontiguousarray(values.T)
-    order = np.argsort(by_model, axis=1)
-    ordered = np.take_along_axis(by_model, order, axis=1)
+    flat_order = (np.argsort(by_model, axis=1) + (np.arange(m) * n)[:, None]).ravel()
+    ordered = by_model.ravel()[flat_order].reshape(m, n)
     starts = np.empty((m, n), dtype=bool)
     starts[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
-    group_starts = np.flatnonzero(starts)
-    group_sizes = np.diff(group_starts, append=m * n)
-    doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
+    if starts.all():  # no ties anywhere: the doubled rank of sorted position f is 2f + 2
+        doubled_sorted = np.tile(np.arange(2, 2 * n + 2, 2), m)
+    else:
+        group_starts = np.flatnonzero(starts)
+        group_sizes = np.diff(group_starts, append=m * n)
+        doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
     doubled = np.empty(m * n, dtype=np.int64)
-    doubled[(order + (np.arange(m) * n)[:, None]).ravel()] = doubled_sorted
+    doubled[flat_order] = doubled_sorted
     return doubled.reshape(m, n).T
 
 
@@ -109,6 +114,14 @@ class Ranks:
     def of(cls, values: np.ndarray) -> Ranks:
         """Rank each column of ``values`` (ties averaged)."""
         return cls(average_ranks_doubled(values))
+
+    def compact(self) -> np.ndarray:
+        """The doubled ranks models-major, (M, N), as uint16 when N ≤ 32767 (else uint32): for shipping and caching.
+
+        ``Ranks(compact.T)`` scores exactly as these ranks do.
+        """
+        dtype = np.uint16 if 2 * self.n <= np.iinfo(np.uint16).max else np.uint32
+        return np.ascontiguousarray(self.doubled.T, dtype=dtype)
 
     @property
     def n(self) -> int:
@@ -163,24 +176,32 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return v - np.outer(u, (v.T @ u) / (u @ u))
 
 
-def _orthonormal_columns(a: np.ndarray, rcond: float) -> np.ndarray:
-    """An orthonormal basis of the column space of ``a``, from its Gram matrix.
+def _orthonormal_columns(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float]:
+    """An orthonormal basis of the column space of ``a``, from its Gram matrix, and its eigenvalue spread.
 
     1. eigendecompose ``aᵀa``;
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
-    3. return ``a V Λ^-½`` over the kept directions.
+    3. return ``a V Λ^-½`` over the kept directions, and the largest kept
+       eigenvalue over the smallest (the squared condition number of what is kept).
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
     """
     if a.shape[1] == 0:
-        return a
+        return a, 1.0
     eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
     largest = eigenvalues[-1]
     if largest <= 0:
-        return a[:, :0]
+        return a[:, :0], 1.0
     keep = eigenvalues > (rcond**2) * largest
-    return a @ (eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]))
+    kept = eigenvalues[keep]
+    return a @ (eigenvectors[:, keep] / np.sqrt(kept)), float(largest / kept[0])
+
+
+def centred_columns(features: np.ndarray) -> np.ndarray:
+    """The feature columns as float64, each minus its mean."""
+    x = np.asarray(features, dtype=np.float64)
+    return x - x.mean(axis=0)
 
 
 def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
@@ -188,16 +209,20 @@ def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarra
 
     1. convert the features to float64 and centre each column;
     2. orthonormalize the centred columns, dropping constant and collinear directions;
-    3. orthonormalize once more when the first pass is not orthonormal to 1e-10
-       (the Gram route squares the condition number; a second pass restores
-       orthogonality to machine precision);
+    3. orthonormalize once more when the kept eigenvalues spread over more than
+       :data:`SINGLE_PASS_SPREAD` (the Gram route squares the condition number;
+       a second pass restores orthogonality to machine precision);
     4. append the constant column ``1/√N`` (orthogonal to every centred column).
     """
-    x = np.asarray(features, dtype=np.float64)
-    n = x.shape[0]
-    basis = _orthonormal_columns(x - x.mean(axis=0), rcond)
-    if basis.shape[1] and np.abs(basis.T @ basis - np.eye(basis.shape[1])).max() > ORTHONORMAL_TOLERANCE:
-        basis = _orthonormal_columns(basis, rcond)
+    return _basis_of_centred(centred_columns(features), rcond)
+
+
+def _basis_of_centred(centred: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
+    """:func:`feature_basis` from step 2 on, for columns already centred."""
+    n = centred.shape[0]
+    basis, spread = _orthonormal_columns(centred, rcond)
+    if spread > SINGLE_PASS_SPREAD:
+        basis, _ = _orthonormal_columns(basis, rcond)
     return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
 
 
@@ -210,15 +235,6 @@ def neutralize(values: np.ndarray, basis: np.ndarray, proportion: float = 1.0) -
     coefficients = basis.T @ values
     # (Cᵀ Qᵀ)ᵀ keeps the result column-major, so ranking it needs no transposing copy.
     return values - proportion * (coefficients.T @ basis.T).T
-
-
-def standardized_features(features: np.ndarray) -> np.ndarray:
-    """Non-constant feature columns, centred and scaled to unit norm (for exposures)."""
-    x = np.asarray(features, dtype=np.float64)
-    centred = x - x.mean(axis=0)
-    norms = np.sqrt(np.einsum("ij,ij->j", centred, centred))
-    varying = norms > 0
-    return centred[:, varying] / norms[varying]
 
 
 # ---------------------------------------------------------------------- metrics
@@ -335,20 +351,23 @@ def meta_portfolio_contribution(
     return (z @ pow15) / (n * np.sqrt(v @ v) * TC_SCALE)
 
 
-def feature_exposures(ranked: np.ndarray, standardized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_exposures(ranked: np.ndarray, centred_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Max and root-mean-square over features of ``|Pearson(tie_kept_rank(P), feature)|``.
 
     1. centre each ranked prediction column and scale it to unit norm;
-    2. correlations = standardized featuresᵀ × standardized predictions (F × M);
+    2. covariances = centred featuresᵀ × those columns (F × M), each row divided
+       by its feature's norm: the correlations; constant features are left out;
     3. per model: the largest absolute correlation and the RMS of the correlations.
     With no varying feature both are NaN.
     """
-    if standardized.shape[1] == 0:
+    norms = np.sqrt(np.einsum("ij,ij->j", centred_features, centred_features))
+    varying = norms > 0
+    if not varying.any():
         nan = np.full(ranked.shape[1], np.nan)
         return nan, nan.copy()
     centred = ranked - ranked.mean(axis=0)
     centred /= np.sqrt(np.einsum("ij,ij->j", centred, centred))
-    correlations = standardized.T @ centred
+    correlations = (centred_features.T @ centred)[varying] / norms[varying, None]
     return np.abs(correlations).max(axis=0), np.sqrt((correlations**2).mean(axis=0))
 
 
@@ -369,40 +388,46 @@ class FeatureSpace:
     """What one era's features contribute to scoring, computed once and shared by every model."""
 
     basis: np.ndarray  # (N, k) orthonormal basis of [X, 1]
-    standardized: np.ndarray  # (N, F') non-constant features, centred, unit norm
+    centred: np.ndarray  # (N, F) the features as float64, centred
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureSpace:
-        x = np.asarray(features, dtype=np.float64)
-        return cls(basis=feature_basis(x), standardized=standardized_features(x))
+        centred = centred_columns(features)
+        return cls(basis=_basis_of_centred(centred), centred=centred)
 
 
-def check_era_inputs(predictions: np.ndarray, target: np.ndarray) -> None:
-    """Raise :class:`DegenerateEraError` unless predictions and target are finite and varying."""
-    if predictions.ndim != 2 or target.shape != (predictions.shape[0],):
+def check_era_inputs(ranks: Ranks, target: np.ndarray) -> None:
+    """Raise :class:`DegenerateEraError` unless the target is finite and varying and no model is constant."""
+    if ranks.doubled.ndim != 2 or target.shape != (ranks.n,):
         raise DegenerateEraError(
-            f"predictions must be (N, M) and target (N,), got {predictions.shape} and {target.shape}"
+            f"predictions must be (N, M) and target (N,), got {ranks.doubled.shape} and {target.shape}"
         )
-    if predictions.shape[0] < 2:
-        raise DegenerateEraError(f"an era needs at least 2 rows to correlate, got {predictions.shape[0]}")
+    if ranks.n < 2:
+        raise DegenerateEraError(f"an era needs at least 2 rows to correlate, got {ranks.n}")
     if not np.all(np.isfinite(target)):
         raise DegenerateEraError("target has NaN or infinite values; pass only resolved rows")
     if np.all(target == target[0]):
         raise DegenerateEraError("target is constant in this era: every correlation is undefined")
-    if not np.all(np.isfinite(predictions)):
-        raise DegenerateEraError("predictions have NaN or infinite values")
-    constant = np.flatnonzero(np.all(predictions == predictions[0], axis=0))
+    constant = np.flatnonzero(np.all(ranks.doubled == ranks.doubled[0], axis=0))
     if len(constant):
         raise DegenerateEraError(
             f"prediction columns {constant.tolist()[:10]} are constant: their correlations are undefined"
         )
 
 
+def finite_predictions(predictions: np.ndarray) -> np.ndarray:
+    """``predictions`` as float64, or :class:`DegenerateEraError` when any is NaN or infinite."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if not np.all(np.isfinite(predictions)):
+        raise DegenerateEraError("predictions have NaN or infinite values")
+    return predictions
+
+
 def model_scores(
     ranks: Ranks, target: np.ndarray, space: FeatureSpace, proportion: float = 1.0
 ) -> dict[str, np.ndarray]:
     """Metrics of each model that depend on that model alone: corr, fnc, fe_max, fe_rms."""
-    fe_max, fe_rms = feature_exposures(ranks.uniform(), space.standardized)
+    fe_max, fe_rms = feature_exposures(ranks.uniform(), space.centred)
     return {
         "corr": numerai_corr(ranks, target),
         "fnc": feature_neutral_corr(ranks, space.basis, target, proportion),
@@ -465,43 +490,64 @@ def score_era(
     ``meta_corr`` (the meta model's CORR, repeated) (+ ``bmc`` with a
     benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
+
+    Every metric depends on the predictions only through their tie-kept ranks:
+    this ranks them and calls :func:`score_ranked_era`.
     """
-    predictions = np.asarray(predictions, dtype=np.float64)
+    ranks = Ranks.of(finite_predictions(predictions))
+    return score_ranked_era(ranks, target, features, stakes, benchmark, proportion=proportion,
+                            feature_subset=feature_subset, extra_targets=extra_targets, per_model=per_model)
+
+
+def score_ranked_era(
+    ranks: Ranks,
+    target: np.ndarray,
+    features: np.ndarray,
+    stakes: np.ndarray,
+    benchmark: np.ndarray | None = None,
+    *,
+    proportion: float = 1.0,
+    feature_subset: np.ndarray | list[int] | None = None,
+    extra_targets: Mapping[str, np.ndarray] | None = None,
+    per_model: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`score_era` of predictions already ranked (the pipeline ranks where it reads them)."""
     target = np.asarray(target, dtype=np.float64)
     stakes = np.asarray(stakes, dtype=np.float64)
-    check_era_inputs(predictions, target)
-    if stakes.shape != (predictions.shape[1],) or np.any(stakes < 0) or not np.all(np.isfinite(stakes)):
-        raise DegenerateEraError(f"stakes must be {predictions.shape[1]} finite values ≥ 0")
+    check_era_inputs(ranks, target)
+    m = ranks.doubled.shape[1]
+    if stakes.shape != (m,) or np.any(stakes < 0) or not np.all(np.isfinite(stakes)):
+        raise DegenerateEraError(f"stakes must be {m} finite values ≥ 0")
     if benchmark is not None:
-        check_era_inputs(np.asarray(benchmark, dtype=np.float64)[:, None], target)
+        benchmark = finite_predictions(benchmark)
+        check_era_inputs(Ranks.of(benchmark[:, None]), target)
     if feature_subset is not None:
         features = np.asarray(features)[:, feature_subset]
-    ranks = Ranks.of(predictions)
     space = FeatureSpace.of(features)
-    selected = np.ones(predictions.shape[1], dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
+    selected = np.ones(m, dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
     subset = ranks if selected.all() else Ranks(ranks.doubled[:, selected])
     own = model_scores(subset, target, space, proportion)
     for name, values in (extra_targets or {}).items():
-        own[f"corr_{name}"] = corr_with_target(predictions[:, selected], subset, np.asarray(values, dtype=np.float64))
+        own[f"corr_{name}"] = corr_with_target(subset, np.asarray(values, dtype=np.float64))
     scores = ensemble_scores(ranks, target, space, stakes, benchmark)
     for name, values in own.items():
-        scores[name] = np.full(predictions.shape[1], np.nan)
+        scores[name] = np.full(m, np.nan)
         scores[name][selected] = values
     return scores
 
 
-def corr_with_target(predictions: np.ndarray, ranks: Ranks, target: np.ndarray) -> np.ndarray:
+def corr_with_target(ranks: Ranks, target: np.ndarray) -> np.ndarray:
     """CORR against another target of the same rows, for comparing targets.
 
     Rows where that target is unresolved (NaN) are left out, re-ranking the
-    predictions on the rest as numerai-tools' index filtering does. A target
-    with fewer than two resolved rows, or constant on them, cannot be
-    correlated with: NaN for every model.
+    predictions on the rest as numerai-tools' index filtering does (ranking the
+    ranks of a subset gives that subset's ranks). A target with fewer than two
+    resolved rows, or constant on them, cannot be correlated with: NaN for every model.
     """
     resolved = np.isfinite(target)
     values = target[resolved]
     if len(values) < 2 or np.all(values == values[0]):
-        return np.full(predictions.shape[1], np.nan)
+        return np.full(ranks.doubled.shape[1], np.nan)
     if not resolved.all():
-        ranks = Ranks.of(predictions[resolved])
+        ranks = Ranks.of(ranks.doubled[resolved])
     return numerai_corr(ranks, values)

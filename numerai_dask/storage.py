@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -314,7 +315,7 @@ class Storage:
             raise StorageError("no stakes file (stakes.csv or stakes.parquet)")
         name = self.relative(found.path)
         try:
-            frame = read_tabular(name, retrying(lambda: self.fs.cat_file(found.path)), "model")
+            frame = read_tabular(name, retrying(lambda: self.fs.cat_file(found.path)), "model").to_pandas(ignore_metadata=True)
         except SubmissionError as error:
             raise StorageError(f"{name}: {error}") from None
         return _validated_stakes(name, frame)
@@ -423,10 +424,20 @@ class Storage:
         """Create ``relpath`` only if nothing is there (O_EXCL locally, a conditional PUT on S3).
 
         Raises FileExistsError when it exists: of two writers racing, exactly one succeeds.
+        Locally the content is written first and then hard-linked to its name, so a
+        reader never sees the file half written.
         """
         path = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            folder = posixpath.dirname(path)
+            self.fs.makedirs(folder, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as staged:
+                staged.write(data)
+            try:
+                os.link(staged.name, path)
+            finally:
+                os.unlink(staged.name)
+            return
         with self.fs.open(path, "xb") as handle:
             handle.write(data)
 

@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 EXAMPLES_SHOWN = 2
 COLUMNS_SHOWN = 10
+#: Ids are Arrow strings from file to era index: hashing and comparing them never touches Python objects.
+ID_TYPE = pa.large_string()
 
 
 class SubmissionError(Exception):
@@ -75,12 +79,14 @@ def file_kind(file_name: str) -> str | None:
     return None
 
 
-def read_tabular(file_name: str, raw: bytes, text_column: str) -> pd.DataFrame:
-    """A csv or parquet file's rows as a DataFrame, ``text_column`` kept as text.
+def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
+    """A csv or parquet file's rows as an Arrow table, ``text_column`` kept as text.
 
     Parquet index columns (pandas stores a named index as a column) come back as
-    ordinary columns. Nothing is ever unpickled. Raises :class:`SubmissionError`
-    when the bytes cannot be read as the format the extension names.
+    ordinary columns. Nothing is ever unpickled. Empty CSV fields and the usual
+    missing-value words (``NA``, ``nan``…) are missing values. Raises
+    :class:`SubmissionError` when the bytes cannot be read as the format the
+    extension names.
     """
     kind = file_kind(file_name)
     if kind is None:
@@ -89,10 +95,11 @@ def read_tabular(file_name: str, raw: bytes, text_column: str) -> pd.DataFrame:
         raise SubmissionError("the file is empty")
     try:
         if kind == "csv":
-            return pd.read_csv(io.BytesIO(raw), dtype={text_column: str}, engine="pyarrow")
-        return pq.read_table(io.BytesIO(raw)).to_pandas(ignore_metadata=True)
-    except pd.errors.EmptyDataError:
-        raise SubmissionError("the file is empty") from None
+            options = pa_csv.ConvertOptions(column_types={text_column: pa.string()}, strings_can_be_null=True)
+            table = pa_csv.read_csv(io.BytesIO(raw), convert_options=options)
+            table.column_names  # noqa: B018 — the header is decoded here, so a binary file fails inside the try
+            return table
+        return pq.read_table(io.BytesIO(raw))
     except (ValueError, pa.ArrowException, UnicodeDecodeError) as error:
         raise SubmissionError(f"unreadable as {kind}: {describe_error(error)}") from None
 
@@ -108,12 +115,13 @@ def _column_list(columns: Sequence) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "none"
 
 
-def _numeric_predictions(values: pd.Series) -> np.ndarray:
-    """The prediction column as float64, or a SubmissionError naming the non-numeric rows."""
-    if pd.api.types.is_bool_dtype(values):
+def _numeric_predictions(column: pa.ChunkedArray) -> np.ndarray:
+    """The prediction column as float64 (missing values NaN), or a SubmissionError naming the non-numeric rows."""
+    if pa.types.is_boolean(column.type):
         raise SubmissionError("'prediction' holds true/false values, not numbers")
-    if pd.api.types.is_numeric_dtype(values):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+        return np.asarray(column.to_numpy(), dtype=np.float64)
+    values = column.to_pandas()
     coerced = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & coerced.isna()
     if bad.any():
@@ -123,29 +131,51 @@ def _numeric_predictions(values: pd.Series) -> np.ndarray:
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def parse_prediction_file(file_name: str, raw: bytes) -> pd.DataFrame:
-    """One prediction file → DataFrame with ``id`` (str) and ``prediction`` (float64), sorted by id.
+def _text_ids(column: pa.ChunkedArray) -> pa.Array:
+    """The id column as one Arrow array of :data:`ID_TYPE` (numbers become their text)."""
+    return pc.cast(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column, ID_TYPE)
+
+
+def as_arrow_ids(ids: Sequence[str] | pd.Index | pa.Array) -> pa.Array:
+    """Ids as one Arrow array of :data:`ID_TYPE`; Arrow-backed pandas ids convert without a copy."""
+    if isinstance(ids, (pd.Index, pd.Series)) and isinstance(ids.array, pd.arrays.ArrowStringArray):
+        ids = pa.array(ids.array)
+    elif not isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        ids = pa.array(np.asarray(ids, dtype=object), type=ID_TYPE)
+    return _text_ids(ids)
+
+
+def _repeated(ids: pa.Array) -> list[str]:
+    """The ids that appear more than once, sorted."""
+    counts = pc.value_counts(ids)
+    return sorted(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+
+
+def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None = None) -> pd.DataFrame:
+    """One prediction file → DataFrame with ``id`` (text) and ``prediction`` (float64), in file order.
 
     Raises :class:`SubmissionError` with a person-readable reason when the file is
-    unreadable or empty, lacks ``id``/``prediction``, repeats ids, has rows without
-    an id, non-numeric, NaN or infinite predictions, or predictions outside [0, 1].
+    unreadable or empty, lacks ``id``/``prediction``, has rows without an id,
+    repeats ids, has non-numeric, NaN or infinite predictions, or predictions
+    outside [0, 1]. ``usual_ids`` are ids known to be unique (the data's, in
+    data order): a file listing exactly those, in that order, needs no search
+    for repeats — the common case costs one comparison of buffers.
     """
-    frame = read_tabular(file_name, raw, "id")
-    missing = [c for c in ("id", "prediction") if c not in frame.columns]
+    table = read_tabular(file_name, raw, "id")
+    missing = [c for c in ("id", "prediction") if c not in table.column_names]
     if missing:
         raise SubmissionError(
-            f"missing column(s) {_column_list(missing)}; the file has columns {_column_list(frame.columns)}"
+            f"missing column(s) {_column_list(missing)}; the file has columns {_column_list(table.column_names)}"
         )
-    if frame.empty:
+    if table.num_rows == 0:
         raise SubmissionError("the file has a header but no rows")
-    if frame["id"].isna().any():
-        raise SubmissionError(f"{int(frame['id'].isna().sum())} rows have no id")
-    frame = frame.assign(id=frame["id"].astype(str)).sort_values("id", kind="stable", ignore_index=True)
-    ids = frame["id"].to_numpy(dtype=object)
-    repeated = pd.unique(ids[1:][ids[1:] == ids[:-1]])
-    if len(repeated):
+    ids = _text_ids(table.column("id"))
+    if ids.null_count:
+        raise SubmissionError(f"{ids.null_count} rows have no id")
+    if not (usual_ids is not None and ids.equals(usual_ids)) and pc.count_distinct(ids).as_py() < len(ids):
+        repeated = _repeated(ids)
         raise SubmissionError(f"{len(repeated)} ids appear more than once in this file, e.g. {_examples(repeated)}")
-    predictions = _numeric_predictions(frame["prediction"])
+    predictions = _numeric_predictions(table.column("prediction"))
     not_finite = ~np.isfinite(predictions)
     if not_finite.any():
         raise SubmissionError(f"{int(not_finite.sum())} rows have a missing (NaN) or infinite prediction")
@@ -155,18 +185,18 @@ def parse_prediction_file(file_name: str, raw: bytes) -> pd.DataFrame:
             f"{int(outside.sum())} predictions are outside [0, 1] "
             f"(min {predictions.min():.6g}, max {predictions.max():.6g})"
         )
-    return pd.DataFrame({"id": ids, "prediction": predictions})
+    return pd.DataFrame({"id": pd.arrays.ArrowStringArray(ids), "prediction": predictions})
 
 
 def merge_model_files(
-    model: str, files: list[tuple[str, bytes | Exception]]
+    model: str, files: list[tuple[str, bytes | Exception]], usual_ids: pa.Array | None = None
 ) -> tuple[pd.Series | None, list[Rejection]]:
     """Parse a model's files in the given (lexicographic) order and apply re-uploads.
 
     Each bad file is rejected on its own; the good ones are applied in order, a
     later file's rows replacing earlier rows for the same ids. Returns the
-    predictions as a Series id → prediction with a sorted index (None when no
-    file survived) and the rejections.
+    predictions as a Series id → prediction (None when no file survived) and
+    the rejections. ``usual_ids`` as for :func:`parse_prediction_file`.
     """
     frames: list[pd.DataFrame] = []
     rejections: list[Rejection] = []
@@ -174,15 +204,36 @@ def merge_model_files(
         try:
             if isinstance(content, Exception):
                 raise SubmissionError(f"unreadable: {describe_error(content)}")
-            frames.append(parse_prediction_file(name, content))
+            frames.append(parse_prediction_file(name, content, usual_ids))
         except SubmissionError as error:
             rejections.append(Rejection(model, name, None, str(error)))
     if not frames:
         return None, rejections
-    merged = frames[0] if len(frames) == 1 else (
-        pd.concat(frames, ignore_index=True).drop_duplicates("id", keep="last").sort_values("id", ignore_index=True)
-    )
+    merged = frames[0]
+    for later in frames[1:]:
+        merged = apply_reupload(merged, later)
     return pd.Series(merged["prediction"].to_numpy(), index=pd.Index(merged["id"], name="id"), name="prediction"), rejections
+
+
+def apply_reupload(base: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
+    """``base`` with ``later``'s rows replacing its rows of the same ids, and ``later``'s new ids appended.
+
+    1. find each base id among the later file's ids (a hash of the later file
+       only: re-uploads are usually the smaller file);
+    2. replace the predictions of the ids found;
+    3. append the later rows whose ids the base did not have.
+    The base's row order is kept, so a first file in data order stays in data order.
+    """
+    base_ids, later_ids = as_arrow_ids(base["id"]), as_arrow_ids(later["id"])
+    found = pc.index_in(base_ids, value_set=later_ids).fill_null(-1).to_numpy().astype(np.int64)
+    hit = found >= 0
+    values = base["prediction"].to_numpy(copy=True)
+    values[hit] = later["prediction"].to_numpy()[found[hit]]
+    new = np.ones(len(later_ids), dtype=bool)
+    new[found[hit]] = False
+    ids = pa.concat_arrays([base_ids, later_ids.filter(pa.array(new))]) if new.any() else base_ids
+    values = np.concatenate([values, later["prediction"].to_numpy()[new]])
+    return pd.DataFrame({"id": pd.arrays.ArrowStringArray(ids), "prediction": values})
 
 
 # ---------------------------------------------------------------- era index
@@ -195,24 +246,30 @@ class EraIndex:
     Rows are held era by era (eras in sorted order), ids sorted within an era:
     era ``k`` is ``ids[starts[k]:starts[k + 1]]``. ``resolved`` marks rows whose
     target is not NaN; ``resolved_numbers`` (derived) are the numbers of the eras
-    with at least one resolved row. Built once per job and shipped to every load
-    task, it turns "which era and position is this id?" into one hash lookup for
-    all ids of a submission at once.
+    with at least one resolved row. ``data_rows[i]`` is the row of the data's
+    ``i``-th id in data order (empty when unknown); ``usual_ids`` (derived) are the
+    ids in that order. Built once per job and shipped to every load task, it
+    turns "which era and position is this id?" into one comparison of buffers
+    for a submission listing the data's ids in data order (how predictions are
+    usually written), and one Arrow hash lookup otherwise.
     """
 
     eras: list
     ids: np.ndarray
     starts: np.ndarray
     resolved: np.ndarray
-    _lookup: pd.Index = field(init=False, repr=False, compare=False)
+    data_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _arrow_ids: pa.Array = field(init=False, repr=False, compare=False)
+    usual_ids: pa.Array | None = field(init=False, repr=False, compare=False)
     _number: dict = field(init=False, repr=False, compare=False)
     resolved_numbers: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._lookup = pd.Index(self.ids, dtype=object)
-        if not self._lookup.is_unique:
-            repeated = self._lookup[self._lookup.duplicated()]
+        self._arrow_ids = pa.array(self.ids, type=ID_TYPE)
+        if pc.count_distinct(self._arrow_ids).as_py() < len(self.ids):
+            repeated = _repeated(self._arrow_ids)
             raise ValueError(f"{len(repeated)} ids appear more than once in the data, e.g. {_examples(repeated)}")
+        self.usual_ids = self._arrow_ids.take(pa.array(self.data_rows)) if len(self.data_rows) else None
         self._number = {era: k for k, era in enumerate(self.eras)}
         counts = np.add.reduceat(self.resolved.astype(np.int64), self.starts[:-1]) if len(self.eras) else np.zeros(0)
         self.resolved_numbers = np.flatnonzero(counts > 0)
@@ -222,7 +279,9 @@ class EraIndex:
         """Build from a DataFrame with columns ``id``, ``era`` and ``target`` (NaN = unresolved)."""
         rows = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(dtype=object), "era": frame["era"].to_numpy(),
                              "resolved": frame["target"].notna().to_numpy()})
-        rows = rows.sort_values(["era", "id"], kind="stable", ignore_index=True)
+        rows = rows.sort_values(["era", "id"], kind="stable")
+        data_rows = np.empty(len(rows), dtype=np.int64)
+        data_rows[rows.index.to_numpy()] = np.arange(len(rows))
         codes, eras = pd.factorize(rows["era"], sort=False)
         starts = np.flatnonzero(np.diff(codes, prepend=-1, append=-2)).astype(np.int64)
         return cls(
@@ -230,6 +289,7 @@ class EraIndex:
             ids=rows["id"].to_numpy(dtype=object),
             starts=starts,
             resolved=rows["resolved"].to_numpy(dtype=bool),
+            data_rows=data_rows,
         )
 
     @staticmethod
@@ -256,9 +316,18 @@ class EraIndex:
         k = self._number[era]
         return self.resolved[self.starts[k] : self.starts[k + 1]]
 
-    def locate(self, ids: Sequence[str] | pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    def rows_of(self, ids: Sequence[str] | pd.Index | pa.Array) -> np.ndarray:
+        """For each id, its row (era ``k``'s rows are ``starts[k]:starts[k + 1]``); -1 if unknown."""
+        ids = as_arrow_ids(ids)
+        if self.usual_ids is not None and ids.equals(self.usual_ids):
+            return self.data_rows
+        if ids.equals(self._arrow_ids):
+            return np.arange(len(self.ids))
+        return pc.index_in(ids, value_set=self._arrow_ids).fill_null(-1).to_numpy().astype(np.int64)
+
+    def locate(self, ids: Sequence[str] | pd.Index | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each id: its era's number (position in :attr:`eras`) and its position in that era; -1, -1 if unknown."""
-        rows = self._lookup.get_indexer(pd.Index(ids, dtype=object))
+        rows = self.rows_of(ids)
         known = rows >= 0
         numbers = np.where(known, np.searchsorted(self.starts, rows, side="right") - 1, -1)
         positions = np.where(known, rows - self.starts[np.maximum(numbers, 0)], -1)
@@ -283,15 +352,15 @@ def split_by_era(
     ``files`` names where the predictions came from, for the rejections.
     """
     source = ", ".join(files)
-    numbers, positions = index.locate(predictions.index)
-    unknown = numbers < 0
+    rows = index.rows_of(predictions.index)
+    unknown = rows < 0
     if unknown.any():
         examples = _examples(sorted(predictions.index[unknown]))
         reason = (f"{int(unknown.sum())} of {len(predictions)} ids are not in the data, e.g. {examples}; "
                   "the model is not scored until its ids match the data")
         return {}, [Rejection(model, source, None, reason)]
     values = np.full(len(index.ids), np.nan)
-    values[index.starts[numbers] + positions] = predictions.to_numpy(dtype=np.float64)
+    values[rows] = predictions.to_numpy(dtype=np.float64)
     eras = index.resolved_numbers
     if not len(eras):
         return {}, []

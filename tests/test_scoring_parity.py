@@ -10,12 +10,14 @@ from numerai_tools import scoring as nt
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.scoring import (
+    SINGLE_PASS_SPREAD,
     DegenerateEraError,
     Ranks,
     average_ranks_doubled,
     feature_basis,
     neutralize,
     score_era,
+    score_ranked_era,
     tie_kept_rank,
 )
 
@@ -80,6 +82,39 @@ def test_neutralize_equals_numerai_tools_neutralize():
     features = rng.integers(0, 5, size=(200, 9)).astype(np.int8)
     theirs = nt.neutralize(pd.DataFrame(values), pd.DataFrame(features.astype(float)), 0.6).values
     np.testing.assert_allclose(neutralize(values, feature_basis(features), 0.6), theirs, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", [1.0, 1e-3])
+def test_near_collinear_features_keep_an_orthonormal_basis_and_parity(noise):
+    """Float features that copy others up to ``noise``: at 1e-3 the Gram route's
+    eigenvalues spread past SINGLE_PASS_SPREAD (a second pass is taken), at 1 not;
+    the basis stays orthonormal and every metric equal to numerai-tools either way."""
+    rng = np.random.default_rng(21)
+    predictions, target, base, stakes, benchmark = random_era(rng, 600, 5, 30, tied_models=2)
+    copies = base[:, :10] + noise * rng.normal(size=(600, 10))
+    features = np.hstack([base.astype(np.float64), copies])
+    centred = features - features.mean(axis=0)
+    eigenvalues = np.linalg.eigvalsh(centred.T @ centred)
+    assert (eigenvalues[-1] / eigenvalues[0] > SINGLE_PASS_SPREAD) == (noise < 0.1)
+    basis = feature_basis(features)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+def test_compact_ranks_score_exactly_as_the_predictions_they_come_from():
+    """The pipeline ships uint16 ranks instead of predictions: every metric must be bit-identical."""
+    rng = np.random.default_rng(31)
+    predictions, target, features, stakes, benchmark = random_era(rng, 401, 6, 12, tied_models=3)
+    extra = target.copy()
+    extra[rng.choice(401, size=40, replace=False)] = np.nan  # re-ranks a subset for corr_<extra>
+    compact = Ranks.of(predictions).compact()
+    assert compact.dtype == np.uint16 and compact.shape == (6, 401)
+    direct = score_era(predictions, target, features, stakes, benchmark, extra_targets={"x": extra})
+    ranked = score_ranked_era(Ranks(compact.T), target, features, stakes, benchmark, extra_targets={"x": extra})
+    assert set(direct) == set(ranked)
+    for name in direct:
+        np.testing.assert_array_equal(ranked[name], direct[name], err_msg=name)
 
 
 def test_unresolved_rows_dropped_before_scoring_equal_numerai_tools_filtering():

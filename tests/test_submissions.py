@@ -107,7 +107,7 @@ def test_a_later_file_replaces_earlier_rows_for_the_same_ids() -> None:
     ])
     assert rejections == []
     assert predictions.to_dict() == {"n1": 0.7, "n2": 0.2, "n3": 0.9, "n4": 0.4}
-    assert predictions.index.is_monotonic_increasing and predictions.dtype == np.float64
+    assert predictions.index.is_unique and predictions.dtype == np.float64
 
 
 def test_a_bad_file_is_rejected_alone_and_the_others_still_apply() -> None:

@@ -1,0 +1,281 @@
+"""The whole job against numerai-tools era by era and against the machine's floor, in one run.
+
+    .venv/bin/python benchmarks/bench_job.py [--eras 20 --rows-per-era 5000 --features 705 --models 500]
+                                             [--workers 2] [--memory-limit 2GiB] [--reference-eras K]
+
+On one generated dataset (every model predicting every era, no unresolved era):
+
+(a) numerai-tools, the way a user would today: pandas reads the data and every
+    submission, then ``reference.py`` computes every metric era by era (one
+    BLAS thread). With ``--reference-eras K`` only K eras are computed and the
+    scoring time is scaled to all eras (printed as such).
+(b) ``numerai-dask score`` end to end — read, validate, score, reduce, publish —
+    on a LocalCluster of ``--workers`` single-threaded processes that is
+    already running (its start-up is printed apart). With ``--scaling`` also
+    on one worker, for the throughput ratio.
+(c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
+    reading every input file's bytes, one argsort per model column per ranking
+    (two rankings: predictions and FNC residuals), one Gram-route basis per
+    era, and the GEMMs that project and measure exposures — on one core, divided
+    by the number of workers (both cores busy all the time doing only that).
+
+Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory and
+one era's working set (the peak of NumPy allocations while one era is scored,
+traced in this process), and the largest difference between (a)'s and (b)'s
+numbers. Then a model of Numerai scale from measured per-era costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dask.utils import format_bytes, parse_bytes
+from distributed import Client, LocalCluster
+from threadpoolctl import threadpool_limits
+
+from numerai_dask.cli import ONE_BLAS_THREAD
+from numerai_dask.pipeline import ScoringParams, read_era_rows, discover, run_job
+from numerai_dask.report import new_run_id, publish_run
+from numerai_dask.scoring import score_era
+from numerai_dask.storage import Storage
+from numerai_dask.synthetic import generate, make_era
+from reference import read_predictions, reference
+
+METRICS = ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
+
+
+def dataset(folder: Path, args: argparse.Namespace):
+    """Generate the dataset into ``folder`` (reused when a previous run left the same one there)."""
+    shape = {"eras": args.eras, "rows_per_era": args.rows_per_era, "features": args.features,
+             "models": args.models, "seed": args.seed}
+    marker = folder / "bench-dataset.json"
+    started = time.perf_counter()
+    info = generate(str(folder / "root"), n_eras=args.eras, rows_per_era=args.rows_per_era,
+                    n_features=args.features, n_models=args.models, n_unresolved=0, seed=args.seed,
+                    n_data_files=4, extra_targets=()) if not _same(marker, shape) else None
+    if info is not None:
+        marker.write_text(json.dumps(shape))
+        print(f"generated in {time.perf_counter() - started:.0f} s")
+    return folder / "root"
+
+
+def _same(marker: Path, shape: dict) -> bool:
+    return marker.exists() and json.loads(marker.read_text()) == shape
+
+
+def input_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- (a)
+
+
+def numerai_tools_way(root: Path, reference_eras: int | None) -> tuple[float, float, pd.DataFrame, int]:
+    """Read everything with pandas, then score era by era with numerai-tools.
+
+    Returns (read seconds, scoring seconds for all eras — scaled when only some
+    were computed, per-era table of what was computed, eras computed).
+    """
+    started = time.perf_counter()
+    data = pd.concat([pd.read_parquet(p) for p in sorted((root / "data").glob("*.parquet"))])
+    models = sorted(p.name.split(".")[0] for p in (root / "submissions").iterdir())
+    predictions = pd.DataFrame({m: read_predictions(root, _files_of(root, m)) for m in models})
+    stakes = pd.read_csv(root / "stakes.csv").set_index("model")["stake"].reindex(models).fillna(0.0)
+    benchmark = pd.read_parquet(root / "benchmark" / "benchmark.parquet").set_index("id")["prediction"]
+    read_seconds = time.perf_counter() - started
+
+    features = [c for c in data.columns if c.startswith("feature_")]
+    eras = list(pd.unique(data["era"]))
+    computed = eras[:reference_eras] if reference_eras else eras
+    tables, seconds = [], 0.0
+    with threadpool_limits(1):
+        for era in computed:
+            rows = data[data["era"] == era].sort_index()
+            ids = rows.index
+            scores, took = reference(predictions.loc[ids].to_numpy(), rows["target"].to_numpy(),
+                                     rows[features].to_numpy(), stakes.to_numpy(), benchmark.loc[ids].to_numpy())
+            seconds += sum(took.values())
+            tables.append(pd.DataFrame({"era": str(era), "model": models, **scores}))
+    return read_seconds, seconds * len(eras) / len(computed), pd.concat(tables), len(computed)
+
+
+def _files_of(root: Path, model: str) -> list[str]:
+    folder = root / "submissions" / model
+    if folder.is_dir():
+        return [str(p.relative_to(root)) for p in sorted(folder.iterdir())]
+    return [str(p.relative_to(root)) for p in (root / "submissions").glob(f"{model}.*")]
+
+
+# --------------------------------------------------------------------------- (b)
+
+
+def numerai_dask_way(root: Path, out: Path, workers: int, memory_limit: str) -> tuple[float, float, pd.DataFrame, list[int], dict]:
+    """Start a LocalCluster, then time the job end to end on it.
+
+    Returns (cluster start seconds, job seconds, per-era table, each worker's
+    peak RSS in bytes, the manifest's timings).
+    """
+    started = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=ONE_BLAS_THREAD,
+                      memory_limit=memory_limit, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        cluster_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        result = run_job(client, Storage(str(root)), ScoringParams())
+        publish_run(Storage(str(out)), result, new_run_id())
+        job_seconds = time.perf_counter() - started
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return cluster_seconds, job_seconds, result.per_era, list(peaks.values()), result.manifest["timings_seconds"]
+
+
+# --------------------------------------------------------------------------- (c)
+
+
+def floor(root: Path, workers: int, eras: int, rows: int, features: int, models: int, seed: int) -> tuple[float, float]:
+    """Seconds to read every input file's bytes, and to do one era's unavoidable arithmetic × eras.
+
+    Both are divided by ``workers`` (perfect use of every core).
+    """
+    started = time.perf_counter()
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+    read_seconds = time.perf_counter() - started
+    era = make_era(rows, features, models, seed=seed)
+    with threadpool_limits(1):
+        started = time.perf_counter()
+        for _ in range(2):  # predictions, then FNC's residuals
+            np.argsort(np.ascontiguousarray(era.predictions.T), axis=1)
+        x = era.features.astype(np.float64)
+        a = x - x.mean(axis=0)
+        eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
+        basis = a @ (eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-300)))
+        residual = era.predictions - basis @ (basis.T @ era.predictions)
+        a.T @ residual  # exposures: one more F × N × M product
+        compute_seconds = time.perf_counter() - started
+    return read_seconds / workers, compute_seconds * eras / workers
+
+
+# ---------------------------------------------------------------------- memory
+
+
+def era_working_set(root: Path) -> int:
+    """Peak bytes NumPy allocates while one era is read and scored (traced in this process)."""
+    storage = Storage(str(root))
+    params = ScoringParams()
+    inputs = discover(storage, params)
+    era = inputs.eras[0]
+    tracemalloc.start()
+    rows = read_era_rows(storage, era, ["era", *inputs.features, params.target], params.target)
+    n, m = len(rows), len(inputs.submissions)
+    predictions = np.random.default_rng(0).random((n, m))
+    with threadpool_limits(1):
+        score_era(predictions, rows[params.target].to_numpy(np.float64), rows[inputs.features].to_numpy(),
+                  np.ones(m), np.random.default_rng(1).random(n))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+# ------------------------------------------------------------------ Numerai scale
+
+
+def numerai_scale(workers: list[int], rows: int = 5000, features: int = 2376, eras: int = 600,
+                  models: int = 10_000) -> list[str]:
+    """Time ``score_era`` at Numerai's feature count for two model counts; extrapolate linearly in models.
+
+    An era costs a fixed part (its feature basis) plus a part per model (sorts
+    and GEMM columns): two measurements give both.
+    """
+    costs = {}
+    with threadpool_limits(1):
+        for m in (250, 1000):
+            era = make_era(rows, features, m, seed=m)
+            started = time.perf_counter()
+            score_era(era.predictions, era.target, era.features, era.stakes, era.benchmark)
+            costs[m] = time.perf_counter() - started
+    per_model = (costs[1000] - costs[250]) / 750
+    fixed = max(costs[250] - 250 * per_model, 0.0)
+    era_seconds = fixed + models * per_model
+    lines = [f"score_era at {rows} rows × {features} features: {costs[250]:.2f} s for 250 models, "
+             f"{costs[1000]:.2f} s for 1000 → {fixed:.2f} s per era + {per_model * 1000:.2f} s per 1000 models",
+             f"Numerai scale ({models} models × {eras} eras × {features} features): "
+             f"{era_seconds:.1f} s per era on one core"]
+    lines += [f"  on {k:4d} workers: {era_seconds * eras / k / 3600:7.2f} h (scoring only)" for k in workers]
+    return lines
+
+
+# ------------------------------------------------------------------------ main
+
+
+def largest_difference(theirs: pd.DataFrame, ours: pd.DataFrame) -> float:
+    joined = theirs.merge(ours, on=["era", "model"], suffixes=("_a", "_b"))
+    return max(float(np.nanmax(np.abs(joined[f"{m}_a"] - joined[f"{m}_b"]))) for m in METRICS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eras", type=int, default=20)
+    parser.add_argument("--rows-per-era", type=int, default=5000)
+    parser.add_argument("--features", type=int, default=705)
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 600MiB (default: share of the machine)")
+    parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
+    parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
+    parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
+    parser.add_argument("--numerai-scale", action="store_true", help="model the time at Numerai scale")
+    parser.add_argument("--dir", help="keep the generated dataset here and reuse it (default: a temporary folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(args.dir or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        root = dataset(folder, args)
+        size = input_bytes(root)
+        print(f"dataset: {args.eras} eras × {args.rows_per_era} rows × {args.features} features × "
+              f"{args.models} models, {format_bytes(size)} of input files; {args.workers} workers")
+        cluster_seconds, job_seconds, ours, peaks, stages = numerai_dask_way(
+            root, Path(scratch) / "out", args.workers, args.memory_limit)
+        print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {stages}; "
+              f"LocalCluster start {cluster_seconds:.1f} s apart")
+        floor_read, floor_compute = floor(root, args.workers, args.eras, args.rows_per_era, args.features,
+                                          args.models, args.seed)
+        floor_seconds = floor_read + floor_compute
+        print(f"(c) floor                       {floor_seconds:8.2f} s   (read bytes {floor_read:.2f} s + "
+              f"arithmetic {floor_compute:.2f} s, per core)")
+        if args.scaling:
+            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, args.memory_limit)
+            print(f"(b) on one worker               {one_worker:8.2f} s   → {args.workers} workers are "
+                  f"{one_worker / job_seconds:.2f}× the throughput of one")
+        working_set = era_working_set(root)
+        limit = parse_bytes(args.memory_limit) if args.memory_limit != "auto" else None
+        print(f"peak memory per worker          {', '.join(format_bytes(p) for p in peaks)}; "
+              f"one era's working set {format_bytes(working_set)}"
+              + (f"; memory limit {format_bytes(limit)} per worker, input files "
+                 f"{size / (limit * args.workers):.1f}× the workers' total" if limit else ""))
+        print(f"(b)/(c)                         {job_seconds / floor_seconds:8.2f}    (goal ≤ 2)")
+        if not args.skip_reference:
+            read_seconds, score_seconds, theirs, computed = numerai_tools_way(root, args.reference_eras)
+            scaled = "" if computed == args.eras else f", scaled from {computed} eras"
+            total = read_seconds + score_seconds
+            print(f"(a) numerai-tools era by era    {total:8.2f} s   (pandas reads {read_seconds:.2f} s + "
+                  f"scoring {score_seconds:.2f} s{scaled})")
+            print(f"(a)/(b)                         {total / job_seconds:8.1f}×   (goal ≥ 25)")
+            print(f"largest difference (a) vs (b)   {largest_difference(theirs, ours):.2e}")
+        if args.numerai_scale:
+            for line in numerai_scale([1, 2, 16, 64, 256]):
+                print(line)
+
+
+if __name__ == "__main__":
+    main()
