@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import signal
 import sys
 import threading
@@ -19,17 +20,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from distributed import Client
 
 from numerai_dask import clusters
-from numerai_dask.leaderboard import PayoutRule
-from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
-from numerai_dask.refresh import Cron, parse_interval, refresh_once, run_on_schedule
+from numerai_dask.leaderboard import PayoutRule, with_rank_change
+from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
+from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.storage import Storage, StorageError, printable
 from numerai_dask.submissions import redact
 
 REJECTIONS_SHOWN = 20
+#: Models listed in the final summary (--json's top_models).
+TOP_MODELS = 10
+OUTPUT_MODES = ("text", "quiet", "json")
 #: The tables and keys a job file may hold; [scoring] takes ScoringParams' fields, [scoring.payout] PayoutRule's.
 JOB_FILE_KEYS = ("root", "out", "scoring", "cluster", "storage_options", "refresh")
 REFRESH_KEYS = ("every", "cron", "keep_runs", "lease_seconds")
@@ -57,9 +62,54 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def connect(spec: JobSpec) -> contextlib.AbstractContextManager[Client]:
+@dataclass(frozen=True)
+class Console:
+    """Where the command's words go, by ``mode``.
+
+    ``text``: messages and the final summary on stdout, progress on stderr.
+    ``quiet``: nothing but errors. ``json``: one JSON object per published run
+    (or per refresh) on stdout and nothing else there; messages and progress on
+    stderr, for a scheduler's log.
+    """
+
+    mode: str = "text"
+
+    def say(self, message: str) -> None:
+        if self.mode == "text":
+            say(message)
+        elif self.mode == "json":
+            print(message, file=sys.stderr, flush=True)
+
+    def progress(self, progress: Progress) -> None:
+        if self.mode != "quiet":
+            print(progress_line(progress), file=sys.stderr, flush=True)
+
+    def document(self, document: dict) -> None:
+        if self.mode == "json":
+            print(json.dumps(document, default=str), flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h10m``: short enough for a progress line."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(progress: Progress) -> str:
+    """``score: 120/500 eras (24%) · 1m05s · ETA 3m26s``."""
+    share = 100 * progress.done // progress.total if progress.total else 100
+    eta = "" if progress.eta is None or progress.done == progress.total else f" · ETA {duration(progress.eta)}"
+    return (f"{progress.phase}: {progress.done:,}/{progress.total:,} {progress.unit} ({share}%)"
+            f" · {duration(progress.elapsed)}{eta}")
+
+
+def connect(spec: JobSpec, log: Callable[[str], None] = say) -> contextlib.AbstractContextManager[Client]:
     """A client on the job's cluster: see :func:`numerai_dask.clusters.choose` for which one."""
-    return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=say)
+    return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=log)
 
 
 @dataclass(frozen=True)
@@ -88,30 +138,43 @@ class RefreshSettings:
         return None
 
 
-def score(spec: JobSpec) -> int:
-    """Run one scoring job and publish it; print the short leaderboard and where the report is."""
+def score(spec: JobSpec, console: Console = Console()) -> int:
+    """Run one scoring job and publish it; print the short leaderboard and where the report is.
+
+    When the output already holds a run, the leaderboard's ``rank_change`` is against it.
+    """
     source = Storage(spec.root, spec.storage_options)
     out = Storage(spec.out_url, spec.storage_options)
-    with connect(spec) as client:
-        result = run_job(client, source, spec.params, show_progress=sys.stdout.isatty(), log=say)
+    previous = read_previous(out)
+    with connect(spec, console.say) as client:
+        console.say(f"reading {source.display_url}: the data's eras and ids, submissions, stakes")
+        result = run_job(client, source, spec.params, log=console.say, on_progress=console.progress)
+        console.say("correlating the top models' predictions")
+        result.prediction_correlation = prediction_correlations(client, source, result)
+    if previous is not None and previous.leaderboard is not None:
+        result.leaderboard = with_rank_change(result.leaderboard, previous.leaderboard)
+        result.manifest["previous_run"] = previous.folder
     folder = publish_run(out, result, new_run_id())
-    show_result(out, result, folder)
+    show_result(out, result, folder, console)
     return 0
 
 
-def refresh(spec: JobSpec, settings: RefreshSettings) -> int:
+def refresh(spec: JobSpec, settings: RefreshSettings, console: Console = Console()) -> int:
     """Refresh once, or on a schedule until SIGTERM/SIGINT (a refresh under way finishes first)."""
     source = Storage(spec.root, spec.storage_options)
     out = Storage(spec.out_url, spec.storage_options)
     schedule = settings.seconds_until_next()
-    with connect(spec) as client:
+    with connect(spec, console.say) as client:
 
         def once() -> None:
             outcome = refresh_once(client, source, out, spec.params, keep_runs=settings.keep_runs,
-                                   lease_seconds=settings.lease_seconds, show_progress=sys.stdout.isatty(), log=say)
+                                   lease_seconds=settings.lease_seconds, log=console.say,
+                                   on_progress=console.progress)
             if outcome.result is not None:
-                show_result(out, outcome.result, outcome.run_folder)
-            say(outcome.message)
+                show_result(out, outcome.result, outcome.run_folder, console)
+            else:
+                console.document({"status": "unchanged", "message": outcome.message})
+            console.say(outcome.message)
 
         if schedule is None:
             once()
@@ -119,26 +182,65 @@ def refresh(spec: JobSpec, settings: RefreshSettings) -> int:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        run_on_schedule(once, schedule, stop, say)
-        say("stopped")
+        run_on_schedule(once, schedule, stop, console.say)
+        console.say("stopped")
     return 0
 
 
-def show_result(out: Storage, result: JobResult, folder: str) -> None:
-    """The short leaderboard, skipped eras, rejections and where the report is."""
-    say("")
-    say(summary_table(result.leaderboard))
+def show_result(out: Storage, result: JobResult, folder: str, console: Console) -> None:
+    """The final summary of the run published in ``folder``: top models, skipped eras, rejections, timings
+    and where the outputs are. As text, or as one JSON document with ``--json``.
+    """
+    if console.mode == "json":
+        console.document(result_document(out, result, folder))
+        return
+    console.say("")
+    console.say(summary_table(result.leaderboard, TOP_MODELS))
     for era, reason in sorted(result.skipped_eras.items()):
-        say(f"skipped era {era}: {reason}")
+        console.say(f"skipped era {era}: {reason}")
     rejections = result.rejections
     if len(rejections):
-        say(f"\n{len(rejections)} rejections:")
+        console.say(f"\n{len(rejections)} rejections:")
         for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
             where = f" era {row.era}" if row.era else ""
-            say(f"  {row.model} · {printable(row.file)}{where}: {row.reason}")
+            console.say(f"  {row.model} · {printable(row.file)}{where}: {row.reason}")
         if len(rejections) > REJECTIONS_SHOWN:
-            say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
-    say(f"\nreport: {out.display(folder + '/report.html')}")
+            console.say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
+    timings = result.manifest.get("timings_seconds", {})
+    console.say(f"\n{len(result.leaderboard):,} models scored over {len(result.manifest['eras']['scored']):,} eras · "
+                f"{len(rejections):,} rejections · {len(result.skipped_eras):,} eras skipped · "
+                + " · ".join(f"{name} {duration(seconds)}" for name, seconds in timings.items()))
+    console.say(f"outputs: {out.display(folder)}")
+    console.say(f"report: {out.display(folder + '/report.html')}")
+
+
+def result_document(out: Storage, result: JobResult, folder: str) -> dict:
+    """The ``--json`` summary of the run published in ``folder``: id, output paths, top models, counts, timings."""
+    top = result.leaderboard.head(TOP_MODELS)
+    columns = [c for c in ("model", "payout_rank", "payout_mean", "corr_mean", "mmc_mean", "tc_mean", "rank_change")
+               if c in top.columns]
+    files = ("report.html", "leaderboard.parquet", "leaderboard.csv", "per_era.parquet", "rejections.parquet",
+             "manifest.json")
+    return {
+        "status": "published",
+        "run_id": folder.rsplit("/", 1)[-1],
+        "outputs": {"folder": out.display(folder), **{name: out.display(f"{folder}/{name}") for name in files},
+                    "latest": out.display("latest.json")},
+        "models_scored": len(result.leaderboard),
+        "eras_scored": len(result.manifest["eras"]["scored"]),
+        "eras_skipped": dict(sorted(result.skipped_eras.items())),
+        "rejections": len(result.rejections),
+        "top_models": [{c: json_value(v) for c, v in zip(columns, row)} for row in top[columns].itertuples(index=False)],
+        "previous_run": result.manifest.get("previous_run") or result.manifest.get("refresh", {}).get("previous"),
+        "timings_seconds": result.manifest.get("timings_seconds", {}),
+    }
+
+
+def json_value(value: object) -> object:
+    """A leaderboard cell as JSON: NaN/NA become null, numpy numbers Python ones."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 # ------------------------------------------------------------------ arguments
@@ -180,6 +282,19 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip)
     parser.add_argument("--models-per-task", type=int, default=ScoringParams.models_per_task,
                         help="models read and validated per Dask task")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON object per run on stdout (run id, outputs, top models, rejections, "
+                             "timings) and nothing else there; progress and messages go to stderr")
+
+
+def console_from_arguments(args: argparse.Namespace) -> Console:
+    return Console("json" if args.json else "quiet" if args.quiet else "text")
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="run a job file (see jobs/); a [refresh] table makes it a refresh")
     run_parser.add_argument("job_file")
     add_cluster_arguments(run_parser)
+    add_output_arguments(run_parser)
 
     generate_parser = commands.add_parser("generate", help="write a synthetic Numerai-shaped dataset to ROOT")
     generate_parser.add_argument("root")
@@ -333,18 +449,19 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console = console_from_arguments(args) if args.command in ("score", "refresh", "run") else Console()
     try:
         if args.command == "score":
-            return score(spec_from_arguments(args))
+            return score(spec_from_arguments(args), console)
         if args.command == "refresh":
             settings = RefreshSettings(every=parse_interval(args.every) if args.every else None, cron=args.cron,
                                        keep_runs=args.keep_runs, lease_seconds=args.lease_seconds)
-            return refresh(spec_from_arguments(args), settings)
+            return refresh(spec_from_arguments(args), settings, console)
         if args.command == "run":
             spec, settings = spec_from_job_file(args.job_file), refresh_settings_from_job_file(args.job_file)
             if args.scheduler or args.cluster:  # the command line wins over the file's [cluster]
                 spec = dataclasses.replace(spec, scheduler=args.scheduler, cluster=args.cluster)
-            return score(spec) if settings is None else refresh(spec, settings)
+            return score(spec, console) if settings is None else refresh(spec, settings, console)
         if args.command == "generate":
             generate(args.root, args, parse_storage_options(args.storage_option))
             return 0
@@ -354,13 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return score(JobSpec(root=root, workers=args.workers,
                                  params=ScoringParams(extra_targets=("target_jerome",))))
     except (JobError, StorageError, clusters.ClusterSpecError) as error:
-        print(f"numerai-dask: error: {one_line(error)}", file=sys.stderr)
-        return 1
+        return failed(one_line(error), console)
     except (OSError, TimeoutError, ValueError, ImportError) as error:
         # Unreachable scheduler or storage, unknown protocol, unreadable data file, bad generator sizes…
-        print(f"numerai-dask: error: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
-        return 1
+        return failed(f"{type(error).__name__}: {one_line(error)}", console)
     return 2
+
+
+def failed(cause: str, console: Console) -> int:
+    """Exit status 1: the cause on one stderr line (and, with ``--json``, as ``{"status": "failed"}`` on stdout)."""
+    print(f"numerai-dask: error: {cause}", file=sys.stderr)
+    console.document({"status": "failed", "error": cause})
+    return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 #: Metrics summarised with mean, std, sharpe and max drawdown.
@@ -93,7 +92,16 @@ def build_leaderboard(
     for metric in [m for m in SUMMARISED if f"{m}_mean" in board] + ["payout"]:
         board[f"{metric}_rank"] = board[f"{metric}_mean"].rank(ascending=False, method="min").astype("Int64")
     board = board.reset_index().rename(columns={"index": "model"})
-    if previous is not None and "payout_rank" in previous:
-        before = previous.set_index("model")["payout_rank"]
-        board["rank_change"] = board["model"].map(before).astype("Int64") - board["payout_rank"]
-    return board.sort_values(["payout_rank", "model"], kind="stable").reset_index(drop=True)
+    board = board.sort_values(["payout_rank", "model"], kind="stable").reset_index(drop=True)
+    return with_rank_change(board, previous) if previous is not None else board
+
+
+def with_rank_change(board: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with ``rank_change``: how many payout places each model rose since ``previous`` (new: NaN).
+
+    A ``previous`` leaderboard without ``payout_rank`` (none to compare with) leaves ``board`` as it is.
+    """
+    if "payout_rank" not in previous:
+        return board
+    before = previous.set_index("model")["payout_rank"]
+    return board.assign(rank_change=board["model"].map(before).astype("Int64") - board["payout_rank"])

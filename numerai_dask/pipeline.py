@@ -32,7 +32,8 @@ import dask
 import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
-from distributed import Client, futures_of, progress
+from distributed import Client, Future, as_completed
+from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
@@ -42,10 +43,13 @@ from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
 T = TypeVar("T")
-PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
+#: ``meta_corr`` is the meta model's CORR in the era, repeated on each of its models' rows.
+PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
 #: A task that fails (a storage error outlasting the read retries) is tried again this often.
 TASK_RETRIES = 2
+#: Models of the top of the leaderboard whose predictions the report correlates with each other.
+CORRELATED_MODELS = 16
 #: Per-era metrics that depend on one model alone (plus every ``corr_<target>``).
 SINGLE_MODEL_METRICS = ("corr", "fnc", "fe_max", "fe_rms")
 
@@ -152,13 +156,42 @@ class CacheWrite:
 
 @dataclass
 class JobResult:
-    """The scored job, ready to publish."""
+    """The scored job, ready to publish.
+
+    ``inputs`` is what the job discovered (a later pass reads the top models'
+    files through it); ``prediction_correlation`` is that pass's models × models
+    table (see :func:`prediction_correlations`), when it was made.
+    """
 
     per_era: pd.DataFrame
     leaderboard: pd.DataFrame
     rejections: pd.DataFrame
     skipped_eras: dict[str, str]
     manifest: dict
+    inputs: JobInputs | None = field(default=None, repr=False)
+    prediction_correlation: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one phase of a job is: ``done`` of ``total`` units, seconds since it began, seconds left (estimated)."""
+
+    phase: str
+    unit: str
+    done: int
+    total: int
+    elapsed: float
+    eta: float | None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase to follow: its futures and how many units (models, eras) each one stands for."""
+
+    name: str
+    unit: str
+    futures: list[Future]
+    weights: list[int] | None = None
 
 
 # ---------------------------------------------------------------------- discover
@@ -407,7 +440,8 @@ def chunked(items: Sequence[T], sizes: Sequence[int], params: ScoringParams) -> 
 
 
 def build_graph(
-    storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray]
+    storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray],
+    model_batches: list[list[tuple[str, list[str]]]],
 ) -> tuple[list[Delayed], list[Delayed]]:
     """One load task per batch of models, one slice per (batch, era), one score task per era.
 
@@ -418,7 +452,7 @@ def build_graph(
     index = dask.delayed(inputs.index, traverse=False)
     loaded = [
         dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}-{token}")
-        for i, batch in enumerate(batches(inputs.submissions, params))
+        for i, batch in enumerate(model_batches)
     ]
     scored = [
         dask.delayed(score_era_task, pure=True)(
@@ -460,10 +494,13 @@ def run_job(
     storage: Storage,
     params: ScoringParams,
     *,
-    show_progress: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> JobResult:
-    """Discover, load, score and reduce on ``client``'s cluster: the whole job short of publishing."""
+    """Discover, load, score and reduce on ``client``'s cluster: the whole job short of publishing.
+
+    ``on_progress`` hears how far reading and validating (models) and scoring (eras) are.
+    """
     started = time.perf_counter()
     inputs = discover(storage, params)
     log(f"{len(inputs.data_files)} data files, {len(inputs.eras)} resolved eras "
@@ -471,10 +508,12 @@ def run_job(
         f"{len(inputs.submissions)} models")
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
-    scored, rejected = build_graph(storage, inputs, params, benchmark)
+    model_batches = batches(inputs.submissions, params)
+    scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches)
     futures = client.compute(scored + rejected, retries=TASK_RETRIES)
-    if show_progress:
-        progress(futures_of(futures), notebook=False)
+    if on_progress is not None:
+        follow([Phase("read and validate", "models", futures[len(scored):], [len(b) for b in model_batches]),
+                Phase("score", "eras", futures[: len(scored)])], on_progress)
     results = client.gather(futures)
     era_results: list[EraScores] = results[: len(scored)]
     rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
@@ -514,7 +553,7 @@ def job_result(
                      "numpy": np.__version__, "pandas": pd.__version__, "dask": dask.__version__},
         "timings_seconds": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
-    return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest)
+    return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest, inputs)
 
 
 def era_sort_key(column: pd.Series) -> pd.Series:
@@ -523,3 +562,95 @@ def era_sort_key(column: pd.Series) -> pd.Series:
         return column
     position = {era: i for i, era in enumerate(era_order(column))}
     return column.astype(str).map(position)
+
+
+def follow(phases: Sequence[Phase], report: Callable[[Progress], None], every: float = 2.0) -> None:
+    """Tell ``report`` how far each phase is as its futures finish: when a phase begins and ends, and in
+    between at most every ``every`` seconds.
+
+    Phases run one after another: a phase's clock starts when the one before it
+    ends, unless its own work finished earlier. The estimate of the time left
+    assumes the rest goes at the pace so far. Failed futures count as
+    finished: gathering them raises afterwards.
+    """
+    phases = [phase for phase in phases if phase.futures]
+    if not phases:
+        return
+    owner = {}
+    for i, phase in enumerate(phases):
+        for future, weight in zip(phase.futures, phase.weights or [1] * len(phase.futures)):
+            owner[future.key] = (i, weight)
+    totals = [sum(phase.weights or [1] * len(phase.futures)) for phase in phases]
+    remaining = [len(phase.futures) for phase in phases]
+    done = [0] * len(phases)
+    began = [time.perf_counter()] * len(phases)
+
+    def tell(i: int) -> None:
+        elapsed = time.perf_counter() - began[i]
+        eta = elapsed / done[i] * (totals[i] - done[i]) if done[i] else None
+        report(Progress(phases[i].name, phases[i].unit, done[i], totals[i], elapsed, eta))
+
+    tell(0)
+    last = time.perf_counter()
+    for future in as_completed([f for phase in phases for f in phase.futures]):
+        i, weight = owner[future.key]
+        done[i] += weight
+        remaining[i] -= 1
+        if remaining[i] == 0:
+            tell(i)
+            if i + 1 < len(phases) and remaining[i + 1]:
+                if not done[i + 1]:
+                    began[i + 1] = time.perf_counter()
+                tell(i + 1)
+            last = time.perf_counter()
+        elif time.perf_counter() - last >= every:
+            tell(i)
+            last = time.perf_counter()
+
+
+# ------------------------------------------------- a second pass for the report
+
+
+def prediction_correlations(
+    client: Client, storage: Storage, result: JobResult, models: int = CORRELATED_MODELS
+) -> pd.DataFrame:
+    """How alike the top models' predictions are: the mean over eras of their per-era Spearman correlation.
+
+    A small second pass after the reduce: one Dask task reads the files of the
+    leaderboard's first ``models`` models again, validated and cut by era
+    exactly as for scoring. Each pair is averaged over the eras both models
+    were scored in. An empty table when fewer than two models are available.
+    """
+    inputs = result.inputs
+    if inputs is None:
+        raise JobError("prediction_correlations needs the job's inputs (a JobResult from run_job or a refresh)")
+    top = [m for m in result.leaderboard["model"].head(models) if m in inputs.submissions]
+    if len(top) < 2:
+        return pd.DataFrame(dtype=np.float64)
+    paths = [(m, [f.path for f in inputs.submissions[m]]) for m in top]
+    index = dask.delayed(inputs.index, traverse=False)
+    task = dask.delayed(rank_correlation_task, pure=True)(storage, paths, index)
+    return client.compute(task, retries=TASK_RETRIES).result()
+
+
+def rank_correlation_task(storage: Storage, models: list[tuple[str, list[str]]], index: EraIndex) -> pd.DataFrame:
+    """Read ``models`` (one Dask task) and average their per-era rank correlations."""
+    return mean_rank_correlation(load_model_batch(storage, models, index), [m for m, _ in models])
+
+
+def mean_rank_correlation(batch: ModelBatch, names: list[str]) -> pd.DataFrame:
+    """Mean over eras of the Spearman correlation (Pearson of average ranks) of every pair of ``names``."""
+    position = {name: i for i, name in enumerate(names)}
+    total = np.zeros((len(names), len(names)))
+    count = np.zeros((len(names), len(names)))
+    for era_models, matrix in batch.by_era.values():
+        if len(era_models) < 2:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            correlation = np.corrcoef(rankdata(matrix, axis=1))
+        at = np.ix_([position[m] for m in era_models], [position[m] for m in era_models])
+        finite = np.isfinite(correlation)
+        total[at] += np.where(finite, correlation, 0.0)
+        count[at] += finite
+    mean = np.divide(total, count, out=np.full_like(total, np.nan), where=count > 0)
+    return pd.DataFrame(mean, index=names, columns=names)

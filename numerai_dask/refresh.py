@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from distributed import Client, progress
+from distributed import Client
 
 from numerai_dask import __version__
 from numerai_dask.pipeline import (
@@ -60,16 +60,20 @@ from numerai_dask.pipeline import (
     JobInputs,
     JobResult,
     ModelBatch,
+    Phase,
+    Progress,
     TASK_RETRIES,
     ScoringParams,
     discover,
     chunked,
     compact_ranks,
     era_slice,
+    follow,
     input_record,
     job_result,
     load_benchmark,
     load_model_batch,
+    prediction_correlations,
     read_parquet,
     score_era_task,
 )
@@ -381,14 +385,17 @@ def refresh_once(
     *,
     keep_runs: int = 10,
     lease_seconds: float = 2 * 3600.0,
-    show_progress: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> RefreshOutcome:
-    """One refresh under the output's lease: plan, read what changed, rescore what it invalidates, publish."""
+    """One refresh under the output's lease: plan, read what changed, rescore what it invalidates, publish.
+
+    ``on_progress`` hears how far reading the changed models and rescoring eras are (see ``run_job``).
+    """
     lease = Lease(out, seconds=lease_seconds)
     lease.acquire()
     try:
-        return _refresh_under_lease(client, storage, out, params, lease, keep_runs, show_progress, log)
+        return _refresh_under_lease(client, storage, out, params, lease, keep_runs, log, on_progress)
     finally:
         lease.release()
 
@@ -400,8 +407,8 @@ def _refresh_under_lease(
     params: ScoringParams,
     lease: Lease,
     keep_runs: int,
-    show_progress: bool,
     log: Callable[[str], None],
+    on_progress: Callable[[Progress], None] | None,
 ) -> RefreshOutcome:
     started = time.perf_counter()
     previous = read_previous(out)
@@ -425,13 +432,17 @@ def _refresh_under_lease(
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
     sizes = [sum(f.size for f in inputs.submissions[m]) for m, _ in work]
     batches = []
+    counts = []
     for chunk in chunked(work, sizes, params):
+        counts.append(len(chunk))
         batches.append(client.submit(
             load_changed_models, storage,
             [(m, paths[m]) for m, kind in chunk if kind == "full"],
             [(m, plan.append[m], [f.path for f in inputs.submissions[m]]) for m, kind in chunk if kind == "append"],
             index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
         ))
+    if on_progress is not None:
+        follow([Phase("read and validate", "models", batches, counts)], on_progress)
     replaced: dict[str, frozenset[str] | None] = {}
     for part in client.gather(client.map(replaced_models, batches, pure=False)):
         replaced.update(part)
@@ -457,8 +468,8 @@ def _refresh_under_lease(
             score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,
             benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
         )
-    if show_progress and futures:
-        progress(list(futures.values()), notebook=False)
+    if on_progress is not None:
+        follow([Phase("score", "eras", list(futures.values()))], on_progress)
     scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
     rejections = (inputs.rejections + benchmark_rejections
                   + [r for part in client.gather(client.map(changed_rejections, batches, pure=False)) for r in part]
@@ -491,6 +502,7 @@ def _refresh_under_lease(
         "rejections": [r for r in result.rejections.to_dict("records") if r["model"] in inputs.submissions],
         "eras": {**reuse, **{label: era_state(r, plan.data[label]) for label, r in scored.items()}},
     }
+    result.prediction_correlation = prediction_correlations(client, storage, result)
     folder = publish_run(out, result, run_id, extra_files={STATE_FILE: json.dumps(new_state, default=str).encode()},
                          before_latest=lease.check)
     prune_history(out, keep_runs)

@@ -1,16 +1,30 @@
 """Presentation and publishing: the HTML report, the terminal table, and the run folder.
 
-Every model name, file name, reason and parameter shown in HTML is escaped:
-they come from storage and are not trusted.
+``report.html`` is one self-contained file: no network request, it opens from
+a disk or from object storage. The server side writes the page's text
+(header, first page of the leaderboard, rejections) HTML-escaped, and the
+data for the interactive parts as one JSON document inside
+``<script type="application/json">`` with ``<``, ``>``, ``&`` and U+2028/9
+escaped, so no string from storage can close the script element. The
+browser-side code (``report.js``, inlined) draws every chart as SVG and puts
+every name into the page as text (``textContent``), never as markup.
+
+Size: the leaderboard (every model, every column) and the per-era spread are
+always embedded; the per-era series behind the cumulative and per-era charts
+are embedded as base64 int16 (1e-4 resolution) for the leaderboard's first
+models up to ``SERIES_BUDGET`` values (every model when they fit), so 5,000
+models × 500 eras stays under ~10 MB.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -19,18 +33,29 @@ from numerai_dask.leaderboard import era_order
 from numerai_dask.pipeline import JobResult
 from numerai_dask.storage import Storage
 
-#: Leaderboard columns shown in the terminal and at the top of the report.
+#: Leaderboard columns shown in the terminal.
 SUMMARY_COLUMNS = ("model", "n_eras", "corr_mean", "fnc_mean", "mmc_mean", "bmc_mean", "tc_mean",
                    "corr_sharpe", "payout_mean", "payout_rank", "rank_change")
-CHART_MODELS = 8
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#1b1f24}
-table{border-collapse:collapse;font-size:.85rem;margin-bottom:1.5rem}
-th,td{border-bottom:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f3f4f6;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
-.meta{color:#555}.bad{color:#a40000}
-"""
+#: Leaderboard columns the HTML table shows until "all columns" is ticked (those present).
+TABLE_COLUMNS = ("payout_rank", "rank_change", "model", "n_eras", "payout_mean", "corr_mean", "mmc_mean", "tc_mean",
+                 "fnc_mean", "bmc_mean", "corr_sharpe", "mmc_sharpe", "corr_max_drawdown", "cwmm_mean", "fe_max_mean")
+#: Per-era metrics whose series the charts draw (plus every ``corr_<target>``).
+SERIES_METRICS = ("corr", "mmc", "tc", "fnc", "bmc")
+#: Per-era values (models × eras × metrics) embedded at most: 3e6 int16 in base64 ≈ 8 MB.
+SERIES_BUDGET = 3_000_000
+#: Models the cumulative chart shows before anyone picks others.
+CHART_TOP = 5
+#: Rows the page shows before its script runs (the script paginates everything).
+FIRST_PAGE = 50
+#: Rejections embedded at most, and characters of a reason (they quote file contents).
+REJECTIONS_EMBEDDED = 10_000
+REASON_CHARACTERS = 500
+#: int16 quantization of per-era scores: the value times SCALE, MISSING where a model has no score.
+SCALE = 10_000
+MISSING = -32768
+SPREAD_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+#: Content types stored with the run's text files on object storage.
+CONTENT_TYPES = {"html": "text/html; charset=utf-8", "json": "application/json", "csv": "text/csv"}
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -49,68 +74,222 @@ def summary_table(leaderboard: pd.DataFrame, rows: int = 10) -> str:
     return head.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
-def _table_html(frame: pd.DataFrame) -> str:
+# ------------------------------------------------------------------ the data the page's script reads
+
+
+def plain(value: object) -> object:
+    """A table cell as JSON: floats to 6 decimals, NaN/NA as null, numpy scalars as Python ones."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else round(float(value), 6)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return str(value)
+
+
+def columns_json(frame: pd.DataFrame) -> dict[str, list]:
+    """A table column by column (compact for thousands of rows)."""
+    return {str(c): [plain(v) for v in frame[c].tolist()] for c in frame.columns}
+
+
+def series_metrics(per_era: pd.DataFrame) -> list[str]:
+    """The per-era metrics worth charting: SERIES_METRICS and ``corr_<target>`` columns that hold a value."""
+    candidates = [m for m in SERIES_METRICS if m in per_era] + [c for c in per_era if c.startswith("corr_")]
+    return [m for m in candidates if per_era[m].notna().any()]
+
+
+def series_models(leaderboard: pd.DataFrame, n_eras: int, n_metrics: int, budget: int = SERIES_BUDGET) -> list[str]:
+    """The models whose per-era series are embedded: the leaderboard's first ones, within ``budget`` values."""
+    fits = max(budget // max(n_eras * n_metrics, 1), CHART_TOP)
+    return [str(m) for m in leaderboard["model"].head(fits)]
+
+
+def encode_series(values: np.ndarray) -> str:
+    """Per-era scores (models × eras, NaN where missing) as base64 of little-endian int16 (value × SCALE)."""
+    scaled = np.clip(np.round(values * SCALE), MISSING + 1, 32767)
+    packed = np.where(np.isfinite(values), scaled, MISSING).astype("<i2")
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+class Grid:
+    """Where each per-era row goes in a models × eras array (models and eras in the given orders)."""
+
+    def __init__(self, per_era: pd.DataFrame, models: list[str], eras: list[str]) -> None:
+        self.shape = (len(models), len(eras))
+        rows = pd.Categorical(per_era["model"].astype(str), categories=models).codes
+        columns = pd.Categorical(per_era["era"].astype(str), categories=eras).codes
+        self.known = (rows >= 0) & (columns >= 0)
+        self.rows, self.columns = rows[self.known], columns[self.known]
+
+    def matrix(self, values: pd.Series) -> np.ndarray:
+        """One metric as a models × eras array, NaN where a model has no score."""
+        matrix = np.full(self.shape, np.nan)
+        matrix[self.rows, self.columns] = values.to_numpy(np.float64)[self.known]
+        return matrix
+
+
+def spread(matrix: np.ndarray) -> dict[str, list]:
+    """Per era (column), the quantiles of one metric across every model scored there (eras × SPREAD_QUANTILES)."""
+    scored = np.isfinite(matrix).any(axis=0)
+    quantiles = np.full((len(SPREAD_QUANTILES), matrix.shape[1]), np.nan)
+    quantiles[:, scored] = np.nanquantile(matrix[:, scored], SPREAD_QUANTILES, axis=0)
+    return {"quantiles": list(SPREAD_QUANTILES),
+            "values": [[plain(v) for v in row] for row in quantiles.T],
+            "models": [int(n) for n in np.isfinite(matrix).sum(axis=0)]}
+
+
+def report_data(result: JobResult) -> dict:
+    """Everything the page's script draws: leaderboard, series, spread, meta model, correlations, rejections."""
+    per_era, board = result.per_era, result.leaderboard
+    eras = [str(e) for e in era_order(per_era["era"].unique())]
+    metrics = series_metrics(per_era)
+    ranked = [str(m) for m in board["model"]]
+    models = series_models(board, len(eras), len(metrics))
+    grid = Grid(per_era, ranked, eras)
+    series, spreads = {}, {}
+    for metric in metrics:
+        matrix = grid.matrix(per_era[metric])
+        series[metric] = encode_series(matrix[: len(models)])
+        spreads[metric] = spread(matrix)
+    meta = None
+    if "meta_corr" in per_era:
+        meta = [plain(v) for v in per_era.groupby(per_era["era"].astype(str))["meta_corr"].first().reindex(eras)]
+    correlation = result.prediction_correlation
+    rejections = result.rejections.head(REJECTIONS_EMBEDDED).assign(
+        reason=lambda r: r["reason"].astype(str).str.slice(0, REASON_CHARACTERS))
+    return {
+        "leaderboard": columns_json(board),
+        "defaultColumns": table_columns(board),
+        "eras": eras,
+        "series": {"models": models, "metrics": metrics, "scale": SCALE, "missing": MISSING, "data": series},
+        "spread": spreads,
+        "meta": meta,
+        "correlation": None if correlation is None or correlation.empty else {
+            "models": [str(m) for m in correlation.columns],
+            "values": [[plain(v) for v in row] for row in correlation.to_numpy()]},
+        "targets": ["corr", *[c for c in metrics if c.startswith("corr_")]],
+        "chartTop": CHART_TOP,
+        "rejections": columns_json(rejections),
+        "rejectionCount": len(result.rejections),
+    }
+
+
+def table_columns(board: pd.DataFrame) -> list[str]:
+    """The leaderboard columns shown first: TABLE_COLUMNS, then each extra target's mean CORR."""
+    shown = [c for c in TABLE_COLUMNS if c in board.columns]
+    return shown + [c for c in board.columns if c.startswith("corr_") and c.endswith("_mean") and c not in shown]
+
+
+def previous_run(manifest: dict) -> str | None:
+    """The run the rank change compares with: a refresh's previous run, or the one a score found in its output."""
+    return manifest.get("previous_run") or manifest.get("refresh", {}).get("previous")
+
+
+def script_json(data: dict) -> str:
+    """JSON that is safe inside a ``<script>`` element: nothing in it can end the element or the line."""
+    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+# ------------------------------------------------------------------ the page
+
+
+def _format(value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "–" if np.isnan(value) else f"{value:.4f}"
+    return "–" if value is None or value is pd.NA else str(value)
+
+
+def table_html(frame: pd.DataFrame, table_id: str) -> str:
+    """A plain escaped table (the page before its script runs, and the whole page without scripts)."""
     header = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
         cells = "".join(f"<td>{html.escape(_format(v))}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"<div class='table-wrap'><table id='{table_id}'><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _format(value: object) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "-" if np.isnan(value) else f"{value:.4f}"
-    return "-" if value is None else str(value)
+def card(label: str, value: str, note: str = "") -> str:
+    return (f"<div class='card'><div class='label'>{html.escape(label)}</div>"
+            f"<div class='value'>{html.escape(value)}</div><div class='note'>{html.escape(note)}</div></div>")
 
 
-def cumulative_corr_svg(per_era: pd.DataFrame, models: Sequence[str], width: int = 720, height: int = 260) -> str:
-    """An inline SVG of cumulative CORR over eras for the given models."""
-    order = era_order(per_era["era"])
-    wide = per_era.pivot_table(index="era", columns="model", values="corr").reindex(order)
-    wide = wide[[m for m in models if m in wide.columns]].fillna(0.0).cumsum()
-    if wide.empty or len(order) < 2:
-        return ""
-    low, high = float(min(wide.min().min(), 0.0)), float(max(wide.max().max(), 0.0))
-    span = (high - low) or 1.0
-    x = np.linspace(10, width - 10, len(order))
-    lines = []
-    for i, model in enumerate(wide.columns):
-        y = height - 10 - (wide[model].to_numpy() - low) / span * (height - 20)
-        points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y))
-        hue = (i * 360 // max(len(wide.columns), 1)) % 360
-        lines.append(f'<polyline fill="none" stroke="hsl({hue},70%,40%)" stroke-width="1.5" points="{points}">'
-                     f"<title>{html.escape(str(model))}</title></polyline>")
-    zero = height - 10 - (0.0 - low) / span * (height - 20)
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="cumulative corr">'
-            f'<line x1="0" x2="{width}" y1="{zero:.1f}" y2="{zero:.1f}" stroke="#999" stroke-dasharray="4"/>'
-            f"{''.join(lines)}</svg>")
+def chart(chart_id: str, title: str, note: str, controls: str = "") -> str:
+    return (f"<section class='panel'><div class='panel-head'><h3>{html.escape(title)}</h3>{controls}</div>"
+            f"<p class='note'>{html.escape(note)}</p><div class='chart' id='{chart_id}'></div></section>")
 
 
 def render_html(result: JobResult, run_id: str) -> str:
-    """The page a person opens: parameters, leaderboard, chart, skipped eras and rejections."""
+    """The page a person opens: summary cards, the leaderboard, charts, rejections, skipped eras, parameters."""
     manifest = result.manifest
     board = result.leaderboard
-    columns = [c for c in SUMMARY_COLUMNS if c in board.columns]
-    top = list(board["model"].head(CHART_MODELS))
+    data = report_data(result)
+    top = board.iloc[0] if len(board) else None
     skipped = pd.DataFrame(sorted(result.skipped_eras.items()), columns=["era", "reason"])
     parameters = json.dumps(manifest.get("parameters", {}), sort_keys=True)
+    previous = previous_run(manifest) if "rank_change" in board else None
+    n_series = len(data["series"]["models"])
+    columns = table_columns(board)
+    cards = "".join([
+        card("models scored", f"{len(board):,}", f"{manifest.get('models', {}).get('submitted', len(board)):,} submitted"),
+        card("eras scored", f"{len(data['eras']):,}", f"{len(result.skipped_eras)} skipped"),
+        card("rejections", f"{len(result.rejections):,}", "see below" if len(result.rejections) else "none"),
+        card("top model", str(top["model"]) if top is not None else "–",
+             f"payout {_format(top['payout_mean'])} · corr {_format(top['corr_mean'])}" if top is not None else ""),
+    ])
+    metric_select = "<select id='metric' aria-label='metric'></select>"
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>numerai-dask leaderboard {html.escape(run_id)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>Leaderboard</h1><p class='meta'>run {html.escape(run_id)} · root {html.escape(str(manifest.get('root', '')))}"
-        f" · {len(board)} models · {len(manifest.get('eras', {}).get('scored', []))} eras scored</p>",
-        f"<p class='meta'>parameters: <code>{html.escape(parameters)}</code></p>",
-        "<h2>Cumulative CORR, top models</h2>",
-        cumulative_corr_svg(result.per_era, top),
-        "<h2>All models</h2>",
-        _table_html(board[columns]),
-        f"<h2>Skipped eras ({len(skipped)})</h2>",
-        _table_html(skipped) if len(skipped) else "<p>none</p>",
-        f"<h2 class='bad'>Rejections ({len(result.rejections)})</h2>",
-        _table_html(result.rejections) if len(result.rejections) else "<p>none</p>",
-        "<h2>Full leaderboard columns</h2>",
-        _table_html(board),
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        f"<title>numerai-dask leaderboard {html.escape(run_id)}</title>",
+        f"<style>{resources.files('numerai_dask').joinpath('report.css').read_text()}</style></head><body>",
+        "<header><h1>Leaderboard</h1>",
+        f"<p class='meta'>run <code>{html.escape(run_id)}</code> · root <code>"
+        f"{html.escape(str(manifest.get('root', '')))}</code>"
+        + (f" · rank change against run <code>{html.escape(str(previous))}</code>" if previous else
+           " · first run in this output: no rank change") + "</p></header>",
+        f"<div class='cards'>{cards}</div>",
+        "<section class='panel wide'><div class='panel-head'><h2>Models</h2>"
+        "<div class='controls'><input id='filter' type='search' placeholder='filter by model name' "
+        "aria-label='filter by model name'> <label><input id='all-columns' type='checkbox'> all columns</label>"
+        "</div></div>",
+        f"<p class='note'>Click a column to sort, a model to chart it. Per-era series are embedded for the "
+        f"{n_series:,} first models of {len(board):,}.</p>",
+        table_html(board[columns].head(FIRST_PAGE), "leaderboard"),
+        "<div class='pager' id='pager'></div></section>",
+        "<div class='grid'>",
+        chart("cumulative", "Cumulative score", "Sum over eras of the per-era score: the top models and any you pick.",
+              f"<div class='controls'>{metric_select} <input id='pick' list='pickable' placeholder='add a model' "
+              f"aria-label='add a model'><datalist id='pickable'></datalist></div>"),
+        chart("per-era", "Per-era score", "The first picked model's score in each era."),
+        chart("spread", "Spread across models", "Per era: median, 25–75 % and 10–90 % of every model's score; "
+              "a bad era pulls the whole band down."),
+        chart("meta", "Meta model CORR per era", "The stake-weighted meta model's own CORR in each era."),
+        chart("correlation", "Correlation of the top models' predictions",
+              "Mean over eras of the per-era Spearman correlation between two models' predictions."),
+        chart("targets", "Per-target CORR", "Mean CORR of the top models against each target scored."),
+        "</div>",
+        f"<section class='panel wide'><div class='panel-head'><h2 class='bad'>Rejections ({len(result.rejections):,})"
+        "</h2><div class='controls'><input id='rejection-filter' type='search' placeholder='filter rejections' "
+        "aria-label='filter rejections'></div></div>",
+        table_html(result.rejections.head(FIRST_PAGE), "rejections") if len(result.rejections) else "<p>none</p>",
+        "<div class='pager' id='rejection-pager'></div></section>",
+        f"<section class='panel wide'><h2>Skipped eras ({len(skipped)})</h2>",
+        table_html(skipped, "skipped") if len(skipped) else "<p>none</p>",
+        f"</section><section class='panel wide'><h2>Parameters</h2><p><code>{html.escape(parameters)}</code></p>"
+        f"<p class='note'>timings (s): <code>{html.escape(json.dumps(manifest.get('timings_seconds', {})))}"
+        "</code></p></section>",
+        "<div id='tooltip' role='tooltip'></div>",
+        f"<script type='application/json' id='report-data'>{script_json(data)}</script>",
+        f"<script>{resources.files('numerai_dask').joinpath('report.js').read_text()}</script>",
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -142,7 +321,7 @@ def publish_run(
         **(extra_files or {}),
     }
     for name, data in files.items():
-        out.write_bytes(f"{folder}/{name}", data)
+        out.write_bytes(f"{folder}/{name}", data, CONTENT_TYPES.get(name.rsplit(".", 1)[-1]))
     if before_latest is not None:
         before_latest()
     out.write_bytes("latest.json", json.dumps({"run_id": run_id, "path": folder}).encode())

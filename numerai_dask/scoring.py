@@ -443,9 +443,11 @@ def ensemble_scores(
     stakes: np.ndarray,
     benchmark: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Metrics that depend on the era's whole set of models and stakes: mmc, tc, cwmm (+ bmc).
+    """Metrics that depend on the era's whole set of models and stakes: mmc, tc, cwmm, meta_corr (+ bmc).
 
-    The meta model is the stake-weighted mean of the models' tie-kept ranks.
+    The meta model is the stake-weighted mean of the models' tie-kept ranks;
+    ``meta_corr`` is its own CORR, the same for every model of the era (the
+    report charts it per era).
     """
     ranked = ranks.uniform()
     meta = stake_weight(ranked, stakes)
@@ -453,6 +455,7 @@ def ensemble_scores(
         "mmc": correlation_contribution(ranks, meta, target),
         "tc": meta_portfolio_contribution(ranks, stakes, space.basis, target),
         "cwmm": pearson(ranked, tie_kept_rank(meta)),
+        "meta_corr": np.full(ranked.shape[1], numerai_corr(Ranks.of(meta[:, None]), target)[0]),
     }
     if benchmark is not None:
         scores["bmc"] = correlation_contribution(ranks, np.asarray(benchmark, dtype=np.float64), target)
@@ -483,8 +486,9 @@ def score_era(
     fnc, exposures, extra corr) to those models, NaN for the others — the
     cross-model metrics always use every model (an incremental refresh keeps
     the per-model scores of unchanged models).
-    Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``
-    (+ ``bmc`` with a benchmark). Raises :class:`DegenerateEraError` when the
+    Returns arrays of shape (M,) under ``corr fnc mmc tc cwmm fe_max fe_rms``,
+    ``meta_corr`` (the meta model's CORR, repeated) (+ ``bmc`` with a
+    benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
 
     Every metric depends on the predictions only through their tie-kept ranks:

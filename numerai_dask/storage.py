@@ -396,10 +396,11 @@ class Storage:
 
     # ---------------------------------------------------------------- writes
 
-    def write_bytes(self, relpath: str, data: bytes) -> None:
+    def write_bytes(self, relpath: str, data: bytes, content_type: str | None = None) -> None:
         """Write one object in one request (a single PUT on object stores), so readers never see it half-written.
 
         Locally the bytes go to a temporary sibling first, then replace the target atomically.
+        ``content_type`` is stored with an object (a browser then shows an HTML report rather than download it).
         """
         target = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
@@ -413,7 +414,7 @@ class Storage:
                 if os.path.exists(temporary):
                     os.remove(temporary)
         else:
-            self.fs.pipe_file(target, data)
+            self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
 
     def write_text(self, relpath: str, text: str) -> None:
         """Write UTF-8 text as one object."""

@@ -59,6 +59,7 @@ def oracle(predictions, target, features, stakes, benchmark=None, proportion=1.0
     ranked = nt.tie_kept_rank(p)
     meta_rank = nt.tie_kept_rank(meta.to_frame()).iloc[:, 0]
     out["cwmm"] = np.array([ranked[c].corr(meta_rank) for c in models])
+    out["meta_corr"] = np.repeat(nt.numerai_corr(meta.to_frame(), y).values, m)
     varying = x.loc[:, x.std() > 0]
     exposures = np.array(
         [[abs(nt.pearson_correlation(varying[f], ranked[c])) for f in varying] for c in models]

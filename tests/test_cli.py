@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ LEADERBOARD_COLUMNS = [
     "cwmm_mean", "fe_max_mean", "fe_rms_mean", "payout_mean",
     *[f"{m}_rank" for m in (*METRICS, "payout")],
 ]
-PER_ERA_COLUMNS = ["era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms"]
+PER_ERA_COLUMNS = ["era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr"]
 
 
 def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -162,6 +163,14 @@ def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str
     assert "LocalCluster" not in done.stdout
 
 
+def test_json_failure_is_one_object_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", str(tmp_path), "--neutralization", "1.5", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"status": "failed",
+                                        "error": "--neutralization must be between 0 and 1, got 1.5"}
+    assert captured.err.startswith("numerai-dask: error: --neutralization")
+
+
 def test_scoring_options_reach_the_job(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:
     """--extra-target, --feature-set and --neutralization give exactly what run_job gives with them."""
     out = tmp_path / "out"
@@ -246,9 +255,43 @@ def test_bad_submissions_are_listed_and_change_no_other_score(dataset: Path, das
     # rejected files never reach the meta model: every other score is the clean run's
     assert_frames_close(run.table("per_era"), scored.table("per_era"), ["era", "model"])
     page = (run.folder / "report.html").read_text()
-    assert "<script" not in page.lower()
+    assert_only_own_scripts(page)
+    assert "<script>alert" not in page.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "submissions/&lt;script&gt;.csv" in page
+
+
+class ScriptElements(HTMLParser):
+    """The attributes and text of every ``<script>`` element of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict, str]] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+            self._inside = True
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False if tag == "script" else self._inside
+
+
+def assert_only_own_scripts(page: str) -> None:
+    """The page's scripts are its own two: the JSON data (no raw ``<``, ``>``, ``&``) and the code."""
+    parser = ScriptElements()
+    parser.feed(page)
+    assert page.lower().count("<script") == 2
+    (data_attrs, data), (code_attrs, _) = parser.scripts
+    assert data_attrs == {"type": "application/json", "id": "report-data"} and code_attrs == {}
+    assert not set("<>&") & set(data)
+    json.loads(data)
 
 
 def test_report_escapes_every_name_and_reason_from_storage() -> None:
@@ -265,7 +308,8 @@ def test_report_escapes_every_name_and_reason_from_storage() -> None:
         manifest={"root": "/data/<root>", "parameters": {"target": "<target>"}, "eras": {"scored": ["1", "2"]}},
     )
     page = render_html(result, "<run>")
-    for markup in ("<script", "<b>", "<i>", "<img", "<u>", "<svg onload", "<root>", "<target>", "<run>"):
+    assert_only_own_scripts(page)
+    for markup in ("<script>alert", "<b>", "<i>", "<img", "<u>", "<svg onload", "<root>", "<target>", "<run>"):
         assert markup not in page, markup
     for escaped in ("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", "&lt;b&gt;m&lt;/b&gt;",
                     "submissions/&lt;i&gt;.csv", "&lt;img src=x onerror=alert(1)&gt;", "&lt;svg onload=alert(1)&gt;",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import subprocess
 import sys
@@ -35,9 +36,11 @@ def test_refresh_once_then_nothing_to_do(tmp_path, dask_cluster):
     first = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
     assert first.returncode == 0, first.stderr
     assert "published runs/" in first.stdout and "report:" in first.stdout
-    second = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
+    second = cli("refresh", str(tmp_path), "--scheduler", dask_cluster, "--json")
     assert second.returncode == 0, second.stderr
-    assert "nothing to do" in second.stdout
+    run_id = json.loads((tmp_path / "leaderboard" / "latest.json").read_text())["run_id"]
+    assert json.loads(second.stdout) == {"status": "unchanged",
+                                         "message": f"nothing to do: no input or parameter changed since runs/{run_id}"}
     assert len(list((tmp_path / "leaderboard" / "runs").iterdir())) == 1
 
 

@@ -161,7 +161,7 @@ def test_without_benchmark_there_is_no_bmc():
     rng = np.random.default_rng(17)
     predictions, target, features, stakes, _ = random_era(rng, 120, 3, 4)
     mine = score_era(predictions, target, features, stakes)
-    assert set(mine) == {"corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms"}
+    assert set(mine) == {"corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr"}
     assert all(v.shape == (3,) and v.dtype == np.float64 for v in mine.values())
 
 
