@@ -12,7 +12,7 @@ The job runs in four steps:
    uint16 — a quarter of the predictions' bytes.
 3. **score** (one task per resolved era): read that era's rows (features kept
    int8, only the columns needed) from the files that hold it, gather the era's
-   slices from every batch, and call :func:`numerai_dask.scoring.score_ranked_era`
+   slices from every batch, and call :func:`numerai_dask.scoring.score_era`
    once for all models valid in the era. A worker holds one era's working set.
 4. **reduce** (client): the per-era tables become the leaderboard.
 
@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
-from numerai_dask.scoring import DegenerateEraError, Ranks, score_ranked_era
+from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
@@ -368,7 +368,7 @@ def score_era_task(
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
         with threadpool_limits(1):
-            scores = score_ranked_era(
+            scores = score_era(
                 Ranks(by_model.T),
                 rows[params.target].to_numpy(np.float64),
                 rows[features].to_numpy(),

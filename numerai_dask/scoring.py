@@ -463,7 +463,7 @@ def ensemble_scores(
 
 
 def score_era(
-    predictions: np.ndarray,
+    predictions: np.ndarray | Ranks,
     target: np.ndarray,
     features: np.ndarray,
     stakes: np.ndarray,
@@ -491,27 +491,11 @@ def score_era(
     benchmark). Raises :class:`DegenerateEraError` when the
     era cannot be scored (see the module docstring).
 
-    Every metric depends on the predictions only through their tie-kept ranks:
-    this ranks them and calls :func:`score_ranked_era`.
+    Every metric depends on the predictions only through their tie-kept ranks,
+    so ``predictions`` may also come ranked already, as :class:`Ranks` (the
+    pipeline ranks where it reads them and ships compact ranks).
     """
-    ranks = Ranks.of(finite_predictions(predictions))
-    return score_ranked_era(ranks, target, features, stakes, benchmark, proportion=proportion,
-                            feature_subset=feature_subset, extra_targets=extra_targets, per_model=per_model)
-
-
-def score_ranked_era(
-    ranks: Ranks,
-    target: np.ndarray,
-    features: np.ndarray,
-    stakes: np.ndarray,
-    benchmark: np.ndarray | None = None,
-    *,
-    proportion: float = 1.0,
-    feature_subset: np.ndarray | list[int] | None = None,
-    extra_targets: Mapping[str, np.ndarray] | None = None,
-    per_model: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """:func:`score_era` of predictions already ranked (the pipeline ranks where it reads them)."""
+    ranks = predictions if isinstance(predictions, Ranks) else Ranks.of(finite_predictions(predictions))
     target = np.asarray(target, dtype=np.float64)
     stakes = np.asarray(stakes, dtype=np.float64)
     check_era_inputs(ranks, target)

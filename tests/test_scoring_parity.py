@@ -17,7 +17,6 @@ from numerai_dask.scoring import (
     feature_basis,
     neutralize,
     score_era,
-    score_ranked_era,
     tie_kept_rank,
 )
 
@@ -111,7 +110,7 @@ def test_compact_ranks_score_exactly_as_the_predictions_they_come_from():
     compact = Ranks.of(predictions).compact()
     assert compact.dtype == np.uint16 and compact.shape == (6, 401)
     direct = score_era(predictions, target, features, stakes, benchmark, extra_targets={"x": extra})
-    ranked = score_ranked_era(Ranks(compact.T), target, features, stakes, benchmark, extra_targets={"x": extra})
+    ranked = score_era(Ranks(compact.T), target, features, stakes, benchmark, extra_targets={"x": extra})
     assert set(direct) == set(ranked)
     for name in direct:
         np.testing.assert_array_equal(ranked[name], direct[name], err_msg=name)
