@@ -15,6 +15,7 @@ understands. Three steps, each a pure function:
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Hashable, Sequence
@@ -29,6 +30,8 @@ import pyarrow.parquet as pq
 
 EXAMPLES_SHOWN = 2
 COLUMNS_SHOWN = 10
+#: Fewer ids than the data's over this factor are looked up in a kept hash table (Arrow would hash all the data's).
+SMALL_LOOKUP = 8
 #: Ids are Arrow strings from file to era index: hashing and comparing them never touches Python objects.
 ID_TYPE = pa.large_string()
 
@@ -323,7 +326,14 @@ class EraIndex:
             return self.data_rows
         if ids.equals(self._arrow_ids):
             return np.arange(len(self.ids))
+        if len(ids) * SMALL_LOOKUP < len(self.ids):  # a few ids: probe a hash table built once, not a new one
+            return self._hashed.get_indexer(ids.to_numpy(zero_copy_only=False)).astype(np.int64)
         return pc.index_in(ids, value_set=self._arrow_ids).fill_null(-1).to_numpy().astype(np.int64)
+
+    @functools.cached_property
+    def _hashed(self) -> pd.Index:
+        """The ids as a pandas Index: its hash table is built on first lookup and kept with this object."""
+        return pd.Index(self.ids, dtype=object)
 
     def locate(self, ids: Sequence[str] | pd.Index | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each id: its era's number (position in :attr:`eras`) and its position in that era; -1, -1 if unknown."""

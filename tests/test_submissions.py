@@ -173,6 +173,17 @@ def test_era_index_knows_each_eras_sorted_ids_and_resolved_rows(eras: list) -> N
     assert [index.ids_of(index.eras[n])[p] for n, p in zip(all_numbers, all_positions)] == data["id"].tolist()
 
 
+def test_a_few_ids_are_located_like_many() -> None:
+    """Lookups of a few ids go through a kept hash table, of many through Arrow: the same answers."""
+    index = EraIndex.from_frame(tournament(["0001", "0002"], [60, 50]))
+    few = ["0002-007", "nope", "0001-059"]
+    many = [*few, *np.concatenate([index.ids_of(e) for e in index.eras]).tolist()]
+    numbers, positions = index.locate(pd.Index(few))
+    assert numbers.tolist() == [1, -1, 0] and positions.tolist() == [7, -1, 59]
+    many_numbers, many_positions = index.locate(pd.Index(many))
+    assert many_numbers[:3].tolist() == numbers.tolist() and many_positions[:3].tolist() == positions.tolist()
+
+
 def test_duplicate_ids_in_the_data_are_refused() -> None:
     data = pd.DataFrame({"id": ["a", "a"], "era": ["1", "2"], "target": [0.5, 0.5]})
     with pytest.raises(ValueError, match="1 ids appear more than once in the data, e.g. 'a'"):
