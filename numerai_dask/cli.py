@@ -198,6 +198,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip)
     parser.add_argument("--models-per-task", type=int, default=ScoringParams.models_per_task,
                         help="models read and validated per Dask task")
+    parser.add_argument("--max-submission-bytes", type=int, metavar="N",
+                        help="reject larger prediction files unread (default: 100 bytes per data row + 1 MiB)")
 
 
 def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
@@ -214,6 +216,7 @@ def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
             neutralization=args.neutralization,
             payout=PayoutRule(args.payout_corr_weight, args.payout_mmc_weight, args.payout_clip),
             models_per_task=args.models_per_task,
+            max_submission_bytes=args.max_submission_bytes,
         ),
     )
 

@@ -39,9 +39,21 @@ import pyarrow.parquet as pq
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from numerai_dask.submissions import Rejection, SubmissionError, file_kind, python_scalar, read_tabular, redact
+from numerai_dask.submissions import (
+    Rejection,
+    SubmissionError,
+    compressed_kind,
+    file_kind,
+    python_scalar,
+    read_tabular,
+    redact,
+)
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_MODEL_NAME = 64
+MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")
+MODEL_NAME_RULE = f"a model name is 1 to {MAX_MODEL_NAME} characters from A-Z, a-z, 0-9, '_' and '-'"
+DEEP_NESTING = ("nested too deep: a model's files go directly in submissions/<model>/ "
+                "('/' cannot be part of a model name)")
 LOCAL_READ_THREADS = 16
 #: Reads that fail with a transient OSError are tried this many times in all.
 READ_ATTEMPTS = 3
@@ -85,6 +97,25 @@ class FileInfo:
 def is_model_name(name: str) -> bool:
     """Whether ``name`` is a valid model name: 1–64 characters from ``A–Z a–z 0–9 _ -``."""
     return MODEL_NAME.fullmatch(name) is not None
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid model name, in words (None when it is valid)."""
+    if is_model_name(name):
+        return None
+    if not name:
+        problem = "it is empty"
+    elif len(name) > MAX_MODEL_NAME:
+        problem = f"it is {len(name)} characters long"
+    elif ".." in name:
+        problem = "it contains '..'"
+    elif any(c.isspace() for c in name):
+        problem = "it contains a space"
+    elif not name.isascii():
+        problem = "it contains non-ASCII characters"
+    else:
+        problem = f"it contains {next(c for c in name if not is_model_name(c))!r}"
+    return f"invalid model name ({problem}): {MODEL_NAME_RULE}"
 
 
 def printable(name: str) -> str:
@@ -179,14 +210,16 @@ class Storage:
             return None
         return _file_info(entry) if entry.get("type") == "file" else None
 
-    def _files(self, relpath: str) -> list[dict]:
-        """Every file below ``relpath`` (any depth), sorted by path; [] when there is none."""
+    def _files(self, relpath: str, with_folders: bool = False) -> list[dict]:
+        """Every file (and folder, if asked) below ``relpath``, any depth, sorted by path; [] when there is none."""
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(self.path(relpath), detail=True)
+            found = self.fs.find(self.path(relpath), detail=True, withdirs=with_folders)
         except FileNotFoundError:
             return []
-        return [entry for _, entry in sorted(found.items()) if entry.get("type") == "file"]
+        base = self.path(relpath).rstrip("/")
+        return [entry for name, entry in sorted(found.items())
+                if name.rstrip("/") != base and (with_folders or entry.get("type") == "file")]
 
     def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
         """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""
@@ -201,44 +234,57 @@ class Storage:
         """The tournament data files, ``data/*.parquet``, sorted by path."""
         return self._direct_files("data", ("parquet",))
 
-    def list_submissions(self) -> tuple[dict[str, list[FileInfo]], list[Rejection]]:
-        """Every model's prediction files in the order they apply, and the rejected names.
+    def list_submissions(self, max_bytes: int | None = None) -> tuple[dict[str, list[FileInfo]], list[Rejection]]:
+        """Every model's prediction files in the order they apply, and the rejected names and files.
 
         Both layouts count: ``submissions/<model>.csv|.parquet`` and
         ``submissions/<model>/*.csv|*.parquet``. A model's single files come first,
         then its folder's files, each group in lexicographic file-name order — so
         files added to the folder later (re-uploads) win over the single file.
-        Other extensions and deeper folders are ignored. A name that is not a
-        valid model name gives one Rejection (the name escaped for printing) and
-        is never used to build a path.
+        Files with other extensions are ignored. Rejected, each with its reason
+        and never used to build a path: an invalid model name (escaped for
+        printing), files nested deeper than ``submissions/<model>/``, a folder
+        named like a file (``<model>.parquet/``), a compressed file
+        (``<model>.csv.gz``), and — without being read — a file larger than
+        ``max_bytes``; a model's other files still count.
         """
         folder = self.path("submissions") + "/"
         singles: dict[str, list[FileInfo]] = {}
         nested: dict[str, list[FileInfo]] = {}
-        bad: dict[str, str] = {}
-        for entry in self._files("submissions"):
-            if file_kind(entry["name"]) is None:
+        bad: dict[str, tuple[str, str, str]] = {}
+        for entry in self._files("submissions", with_folders=True):
+            relative = entry["name"][len(folder) :]
+            parts = relative.split("/")
+            where = "submissions/" + relative
+            if entry.get("type") != "file":
+                if len(parts) == 1 and file_kind(relative):
+                    bad.setdefault(relative, (relative, where, "a folder where a prediction file should be; "
+                                              "upload one .csv or .parquet file (not a folder of parts)"))
                 continue
-            parts = entry["name"][len(folder) :].split("/")
-            if len(parts) == 1:
-                name, group = parts[0].rsplit(".", 1)[0], singles
-            elif len(parts) == 2:
-                name, group = parts[0], nested
-            else:
+            compression = compressed_kind(parts[-1])
+            if file_kind(parts[-1]) is None and compression is None:
                 continue
-            if is_model_name(name):
-                group.setdefault(name, []).append(_file_info(entry))
+            if len(parts) > 2:
+                bad.setdefault("/".join(parts[:-1]), ("/".join(parts[:-1]), where, DEEP_NESTING))
+                continue
+            name = parts[0].rsplit(".", 2 if compression else 1)[0] if len(parts) == 1 else parts[0]
+            problem = model_name_problem(name)
+            if problem is not None:
+                bad.setdefault(parts[0] if len(parts) == 2 else name, (name, where, problem))
+            elif compression is not None:
+                bad[where] = (name, where, f"the file is {compression}-compressed; upload the plain .csv "
+                              "(or a .parquet file, which is compressed inside)")
+            elif max_bytes is not None and int(entry.get("size") or 0) > max_bytes:
+                bad[where] = (name, where, f"the file is {int(entry['size']):,} bytes, over the limit of "
+                              f"{max_bytes:,} bytes for a prediction file (max_submission_bytes); it was not read")
             else:
-                bad.setdefault(name, "submissions/" + parts[0])
+                (singles if len(parts) == 1 else nested).setdefault(name, []).append(_file_info(entry))
         by_model = {
             model: sorted(singles.get(model, []), key=_file_name) + sorted(nested.get(model, []), key=_file_name)
             for model in sorted(singles.keys() | nested.keys())
         }
-        rejections = [
-            Rejection(printable(name), printable(where), None,
-                      "invalid model name: a model name is 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
-            for name, where in sorted(bad.items())
-        ]
+        rejections = [Rejection(printable(name), printable(where), None, reason)
+                      for name, where, reason in sorted(bad.values(), key=lambda v: v[1])]
         return by_model, rejections
 
     def find_stakes(self) -> FileInfo | None:

@@ -20,7 +20,7 @@ import s3fs
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 
-from numerai_dask.storage import FileInfo, Storage, StorageError
+from numerai_dask.storage import DEEP_NESTING, FileInfo, Storage, StorageError
 from numerai_dask.submissions import Rejection
 
 
@@ -234,11 +234,11 @@ def test_submissions_in_both_layouts_in_application_order(root: Root) -> None:
     root.put("submissions/carol/round1.csv", csv_bytes({"n1": 0.5}))
     root.put("submissions/carol/readme.md", b"ignored: other extension")
     root.put("submissions/notes.txt", b"ignored")
-    root.put("submissions/dave/old/x.csv", b"ignored: too deep")
+    root.put("submissions/dave/old/x.csv", b"rejected: too deep")
     root.put("submissions/Upper-case_OK.CSV", csv_bytes({"n1": 0.5}))
     storage = root.storage()
     by_model, rejections = storage.list_submissions()
-    assert rejections == []
+    assert rejections == [Rejection("dave/old", "submissions/dave/old/x.csv", None, DEEP_NESTING)]
     assert {m: relative_paths(storage, files) for m, files in by_model.items()} == {
         "Upper-case_OK": ["submissions/Upper-case_OK.CSV"],
         "alice": ["submissions/alice.csv", "submissions/alice/10.parquet", "submissions/alice/2.csv"],
