@@ -27,7 +27,7 @@ from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
 from numerai_dask.refresh import Cron, parse_interval, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.storage import Storage, StorageError, printable
-from numerai_dask.submissions import redact
+from numerai_dask.submissions import describe_error, redact
 
 #: BLAS and OpenMP pools limited to one thread in every worker process: Dask
 #: already runs one task per core, and two levels of threads fight over cores.
@@ -112,9 +112,19 @@ def score(spec: JobSpec) -> int:
     out = Storage(spec.out_url, spec.storage_options)
     with connect(spec.scheduler, spec.workers) as client:
         result = run_job(client, source, spec.params, show_progress=sys.stdout.isatty(), log=say)
-    folder = publish_run(out, result, new_run_id())
+    folder = publish(out, result)
     show_result(out, result, folder)
     return 0
+
+
+def publish(out: Storage, result: JobResult) -> str:
+    """Publish a new run; storage failing for good is a StorageError saying the previous run is still the latest."""
+    run_id = new_run_id()
+    try:
+        return publish_run(out, result, run_id)
+    except OSError as error:
+        raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
+                           "latest.json still names the previous run") from None
 
 
 def refresh(spec: JobSpec, settings: RefreshSettings) -> int:

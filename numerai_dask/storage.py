@@ -205,7 +205,7 @@ class Storage:
         """The file at ``relpath``, or None when there is no file there."""
         self.fs.invalidate_cache()
         try:
-            entry = self.fs.info(self.path(relpath))
+            entry = retrying(lambda: self.fs.info(self.path(relpath)))
         except FileNotFoundError:
             return None
         return _file_info(entry) if entry.get("type") == "file" else None
@@ -214,7 +214,7 @@ class Storage:
         """Every file (and folder, if asked) below ``relpath``, any depth, sorted by path; [] when there is none."""
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(self.path(relpath), detail=True, withdirs=with_folders)
+            found = retrying(lambda: self.fs.find(self.path(relpath), detail=True, withdirs=with_folders))
         except FileNotFoundError:
             return []
         base = self.path(relpath).rstrip("/")
