@@ -21,7 +21,8 @@ import pytest
 from bad_submissions import KINDS, SPARSE_BYTES, TOLERATED, Corpus, Kind
 from test_cli import Run, run_cli
 
-from numerai_dask.cli import REJECTIONS_SHOWN, main
+from numerai_dask.cli import REJECTIONS_SHOWN, build_parser, main, spec_from_arguments
+from numerai_dask.pipeline import SUBMISSION_BYTES_PER_ROW, SUBMISSION_SLACK_BYTES, ScoringParams
 from numerai_dask.submissions import parse_prediction_file
 from numerai_dask.synthetic import generate
 
@@ -119,6 +120,12 @@ def test_the_cli_prints_every_rejection_count_and_the_first_ones(runs: Runs) -> 
     assert f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet" in lines
 
 
+def test_the_report_lists_the_rejections_with_markup_from_files_escaped(runs: Runs) -> None:
+    page = (runs.hostile.folder / "report.html").read_text()
+    assert "&lt;html&gt;&lt;body&gt;Access denied&lt;/body&gt;&lt;/html&gt;" in page
+    assert "<body>Access denied" not in page
+
+
 # ------------------------------------------------------------------ bad data files
 
 
@@ -166,3 +173,9 @@ def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     assert status == 1
     assert line.startswith("numerai-dask: error: ") and str(second) in line and problem in line, line
     assert not out.exists()
+
+
+def test_the_size_limit_is_automatic_or_given() -> None:
+    assert ScoringParams().submission_size_limit(10_000) == SUBMISSION_BYTES_PER_ROW * 10_000 + SUBMISSION_SLACK_BYTES
+    given = spec_from_arguments(build_parser().parse_args(["score", "r", "--max-submission-bytes", "4096"]))
+    assert given.params.submission_size_limit(10_000) == 4096
