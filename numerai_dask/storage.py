@@ -43,6 +43,7 @@ from numerai_dask.submissions import (
     Rejection,
     SubmissionError,
     compressed_kind,
+    compressed_reason,
     file_kind,
     python_scalar,
     read_tabular,
@@ -54,6 +55,7 @@ MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")
 MODEL_NAME_RULE = f"a model name is 1 to {MAX_MODEL_NAME} characters from A-Z, a-z, 0-9, '_' and '-'"
 DEEP_NESTING = ("nested too deep: a model's files go directly in submissions/<model>/ "
                 "('/' cannot be part of a model name)")
+FOLDER_AS_FILE = "a folder where a prediction file should be; upload one .csv or .parquet file (not a folder of parts)"
 LOCAL_READ_THREADS = 16
 #: Reads that fail with a transient OSError are tried this many times in all.
 READ_ATTEMPTS = 3
@@ -254,31 +256,14 @@ class Storage:
         bad: dict[str, tuple[str, str, str]] = {}
         for entry in self._files("submissions", with_folders=True):
             relative = entry["name"][len(folder) :]
-            parts = relative.split("/")
-            where = "submissions/" + relative
-            if entry.get("type") != "file":
-                if len(parts) == 1 and file_kind(relative):
-                    bad.setdefault(relative, (relative, where, "a folder where a prediction file should be; "
-                                              "upload one .csv or .parquet file (not a folder of parts)"))
+            found = _submission_entry(relative, entry, max_bytes)
+            if found is None:
                 continue
-            compression = compressed_kind(parts[-1])
-            if file_kind(parts[-1]) is None and compression is None:
-                continue
-            if len(parts) > 2:
-                bad.setdefault("/".join(parts[:-1]), ("/".join(parts[:-1]), where, DEEP_NESTING))
-                continue
-            name = parts[0].rsplit(".", 2 if compression else 1)[0] if len(parts) == 1 else parts[0]
-            problem = model_name_problem(name)
-            if problem is not None:
-                bad.setdefault(parts[0] if len(parts) == 2 else name, (name, where, problem))
-            elif compression is not None:
-                bad[where] = (name, where, f"the file is {compression}-compressed; upload the plain .csv "
-                              "(or a .parquet file, which is compressed inside)")
-            elif max_bytes is not None and int(entry.get("size") or 0) > max_bytes:
-                bad[where] = (name, where, f"the file is {int(entry['size']):,} bytes, over the limit of "
-                              f"{max_bytes:,} bytes for a prediction file (max_submission_bytes); it was not read")
+            name, problem, once_per = found
+            if problem is None:
+                (singles if "/" not in relative else nested).setdefault(name, []).append(_file_info(entry))
             else:
-                (singles if len(parts) == 1 else nested).setdefault(name, []).append(_file_info(entry))
+                bad.setdefault(once_per, (name, "submissions/" + relative, problem))
         by_model = {
             model: sorted(singles.get(model, []), key=_file_name) + sorted(nested.get(model, []), key=_file_name)
             for model in sorted(singles.keys() | nested.keys())
@@ -491,6 +476,36 @@ class Storage:
 
 def _file_name(info: FileInfo) -> str:
     return posixpath.basename(info.path)
+
+
+def _submission_entry(relative: str, entry: dict, max_bytes: int | None) -> tuple[str, str | None, str] | None:
+    """What one listing entry under ``submissions/`` is: None to ignore it, else (model, problem, key).
+
+    ``problem`` is None for a usable prediction file, else the rejection's
+    reason; ``key`` groups entries that deserve one rejection between them
+    (every file of one badly named model, every file of one too-deep folder).
+    """
+    parts = relative.split("/")
+    if entry.get("type") != "file":
+        if len(parts) == 1 and file_kind(relative):
+            return relative, FOLDER_AS_FILE, relative
+        return None
+    compression = compressed_kind(parts[-1])
+    if file_kind(parts[-1]) is None and compression is None:
+        return None
+    if len(parts) > 2:
+        return "/".join(parts[:-1]), DEEP_NESTING, "/".join(parts[:-1])
+    name = parts[0].rsplit(".", 2 if compression else 1)[0] if len(parts) == 1 else parts[0]
+    problem = model_name_problem(name)
+    if problem is not None:
+        return name, problem, name
+    if compression is not None:
+        return name, compressed_reason(compression), relative
+    size = int(entry.get("size") or 0)
+    if max_bytes is not None and size > max_bytes:
+        return name, (f"the file is {size:,} bytes, over the limit of {max_bytes:,} bytes for a prediction "
+                      "file (max_submission_bytes); it was not read"), relative
+    return name, None, relative
 
 
 def _pandas_index_columns(schema: pa.Schema) -> set[str]:

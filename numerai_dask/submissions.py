@@ -90,6 +90,11 @@ def compressed_kind(file_name: str) -> str | None:
     return COMPRESSION_SUFFIXES.get(suffix) if file_kind(stem) else None
 
 
+def compressed_reason(compression: str) -> str:
+    """The rejection of a compressed prediction file: what to upload instead."""
+    return f"the file is {compression}-compressed; upload the plain .csv (or a .parquet file, which is compressed inside)"
+
+
 def _compression_of(raw: bytes) -> str | None:
     """The compression format whose magic bytes start ``raw``, else None."""
     return next((name for magic, name in COMPRESSION_MAGIC.items() if raw.startswith(magic)), None)
@@ -104,8 +109,7 @@ def _check_csv_text(raw: bytes) -> list[str]:
     """
     compression = _compression_of(raw)
     if compression:
-        raise SubmissionError(f"the file is {compression}-compressed; upload the plain .csv "
-                              "(or a .parquet file, which is compressed inside)")
+        raise SubmissionError(compressed_reason(compression))
     if raw.startswith(b"PAR1"):
         raise SubmissionError("the file holds parquet data but is named .csv; name it .parquet")
     if raw.startswith(UTF16_32_MARKS):
