@@ -450,13 +450,24 @@ class Storage:
         self.write_bytes(relpath, text.encode("utf-8"))
 
     def create_exclusive(self, relpath: str, data: bytes) -> None:
-        """Create ``relpath`` only if nothing is there (O_EXCL locally, a conditional PUT on S3).
+        """Create ``relpath`` only if nothing is there (a hard link locally, a conditional PUT on S3).
 
-        Raises FileExistsError when it exists: of two writers racing, exactly one succeeds.
+        Raises FileExistsError when it exists: of two writers racing, exactly one
+        succeeds, and no reader ever sees the file empty. Locally the bytes go to
+        a temporary sibling first, then ``os.link`` creates the name atomically,
+        complete (an O_EXCL create would be visible before its bytes are written).
         """
         path = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            try:
+                os.link(temporary, path)
+            finally:
+                os.remove(temporary)
+            return
         with self.fs.open(path, "xb") as handle:
             handle.write(data)
 
