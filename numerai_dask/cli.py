@@ -29,7 +29,7 @@ from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, 
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.storage import Storage, StorageError, printable
-from numerai_dask.submissions import redact
+from numerai_dask.submissions import describe_error, redact
 
 REJECTIONS_SHOWN = 20
 #: Models listed in the final summary (--json's top_models).
@@ -154,9 +154,19 @@ def score(spec: JobSpec, console: Console = Console()) -> int:
     if previous is not None and previous.leaderboard is not None:
         result.leaderboard = with_rank_change(result.leaderboard, previous.leaderboard)
         result.manifest["previous_run"] = previous.folder
-    folder = publish_run(out, result, new_run_id())
+    folder = publish(out, result)
     show_result(out, result, folder, console)
     return 0
+
+
+def publish(out: Storage, result: JobResult) -> str:
+    """Publish a new run; storage failing for good is a StorageError saying the previous run is still the latest."""
+    run_id = new_run_id()
+    try:
+        return publish_run(out, result, run_id)
+    except OSError as error:
+        raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
+                           "latest.json still names the previous run") from None
 
 
 def refresh(spec: JobSpec, settings: RefreshSettings, console: Console = Console()) -> int:
@@ -282,6 +292,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip)
     parser.add_argument("--models-per-task", type=int, default=ScoringParams.models_per_task,
                         help="models read and validated per Dask task")
+    parser.add_argument("--max-submission-bytes", type=int, metavar="N",
+                        help="reject larger prediction files unread (default: 100 bytes per data row + 1 MiB)")
     add_output_arguments(parser)
 
 
@@ -321,6 +333,7 @@ def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
             neutralization=args.neutralization,
             payout=PayoutRule(args.payout_corr_weight, args.payout_mmc_weight, args.payout_clip),
             models_per_task=args.models_per_task,
+            max_submission_bytes=args.max_submission_bytes,
         ),
     )
 

@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
-from numerai_dask.storage import FileInfo, Storage
+from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
 T = TypeVar("T")
@@ -52,6 +52,12 @@ TASK_RETRIES = 2
 CORRELATED_MODELS = 16
 #: Per-era metrics that depend on one model alone (plus every ``corr_<target>``).
 SINGLE_MODEL_METRICS = ("corr", "fnc", "fe_max", "fe_rms")
+#: The automatic size limit of one prediction file: this many bytes per data row, plus SUBMISSION_SLACK_BYTES.
+#: A CSV row of an id and a full-precision float is about 40 bytes; extra columns fit in the margin.
+SUBMISSION_BYTES_PER_ROW = 100
+SUBMISSION_SLACK_BYTES = 1 << 20
+#: Fewer resolved rows than this in an era means the data is wrong (a correlation needs two points).
+MIN_ERA_ROWS = 2
 
 
 class JobError(Exception):
@@ -70,12 +76,26 @@ class ScoringParams:
     models_per_task: int = 64
     #: A load task also stops taking models at this many bytes of their files: its memory stays bounded.
     bytes_per_task: int = 32 * 2**20
+    #: Prediction files larger than this are rejected from the listing, unread; None: automatic (see below).
+    max_submission_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutralization <= 1.0:
             raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
         if self.models_per_task < 1 or self.bytes_per_task < 1:
             raise JobError("models_per_task and bytes_per_task must be at least 1")
+        if self.max_submission_bytes is not None and self.max_submission_bytes < 1:
+            raise JobError("max_submission_bytes must be at least 1")
+
+    def submission_size_limit(self, data_rows: int) -> int:
+        """The largest prediction file read: the explicit limit, else SUBMISSION_BYTES_PER_ROW per data row plus slack.
+
+        Checked against the listing's sizes before anything is read, so one huge
+        upload cannot exhaust a worker's memory.
+        """
+        if self.max_submission_bytes is not None:
+            return self.max_submission_bytes
+        return SUBMISSION_BYTES_PER_ROW * data_rows + SUBMISSION_SLACK_BYTES
 
 
 @dataclass(frozen=True)
@@ -214,7 +234,12 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
 
 
 def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) -> tuple[EraIndex, dict[str, list[str]]]:
-    """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era."""
+    """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era.
+
+    Data that cannot be scored is a StorageError naming the file(s) and the
+    problem: an id on more than one row, an era with fewer than MIN_ERA_ROWS
+    resolved rows.
+    """
     frames = []
     files_by_era: dict[str, list[str]] = {}
     for info in data_files:
@@ -223,10 +248,23 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
             files_by_era.setdefault(str(era), []).append(info.path)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
-    duplicated = data["id"].duplicated()
+    duplicated = data["id"].duplicated(keep=False)
     if duplicated.any():
-        raise JobError(f"{int(duplicated.sum())} ids appear more than once in the data, e.g. {data['id'][duplicated].iloc[0]!r}")
+        sources = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
+        repeated = pd.unique(data["id"][duplicated])
+        raise StorageError(f"{display_files(storage, sorted(set(sources[duplicated])))}: {len(repeated)} ids appear "
+                           f"on more than one row of the data, e.g. {repeated[0]!r}; each id must be one row")
+    resolved = data[data[target].notna()].groupby("era", sort=True).size()
+    if (resolved < MIN_ERA_ROWS).any():
+        era, rows = next((e, r) for e, r in resolved.items() if r < MIN_ERA_ROWS)
+        raise StorageError(f"{display_files(storage, files_by_era[str(era)])}: era {era} has only {rows} row with a "
+                           f"resolved target; an era needs at least {MIN_ERA_ROWS} to be scored (is 'era' the era?)")
     return EraIndex.from_frame(data.rename(columns={target: "target"})), files_by_era
+
+
+def display_files(storage: Storage, paths: Sequence[str]) -> str:
+    """Full paths as a person would type them, for messages (credentials removed)."""
+    return ", ".join(storage.display(storage.relative(p)) for p in paths)
 
 
 def discover(storage: Storage, params: ScoringParams) -> JobInputs:
@@ -237,7 +275,8 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     columns = storage.data_columns(data_files[0].path)
     for name in (params.target, *params.extra_targets):
         if name not in columns:
-            raise JobError(f"target column {name!r} is not in the data (targets there: {[c for c in columns if c.startswith('target')]})")
+            raise JobError(f"{display_files(storage, [data_files[0].path])}: target column {name!r} is not in the data "
+                           f"(targets there: {[c for c in columns if c.startswith('target')]})")
     features = select_features(storage, columns, params.feature_set)
     index, files_by_era = read_era_index(storage, data_files, params.target)
     eras = [
@@ -246,7 +285,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     ]
     if not eras:
         raise JobError("no era has a resolved target: nothing to score")
-    submissions, rejections = storage.list_submissions()
+    submissions, rejections = storage.list_submissions(params.submission_size_limit(len(index.ids)))
     stakes_file = storage.find_stakes()
     return JobInputs(
         data_files=data_files,
@@ -320,11 +359,25 @@ def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.nd
 # ------------------------------------------------------------------------- score
 
 
-def read_era_rows(storage: Storage, era: EraPlan, columns: list[str], target: str) -> pd.DataFrame:
-    """The era's resolved rows from every file that holds it, sorted by id."""
-    frames = [storage.read_data(path, columns, eras=[era.value]) for path in era.files]
+def read_era_rows(storage: Storage, era: EraPlan, columns: list[str], target: str,
+                  features: Sequence[str] = ()) -> pd.DataFrame:
+    """The era's resolved rows from every file that holds it, sorted by id.
+
+    A missing value in one of ``features`` on a resolved row is a StorageError
+    naming the file, the era and the columns: no metric is defined on it.
+    """
+    frames = []
+    for path in era.files:
+        frame = storage.read_data(path, columns, eras=[era.value])
+        frame = frame[frame[target].notna()]
+        holes = frame[list(features)].isna().any()
+        if holes.any():
+            names = holes.index[holes].tolist()
+            raise StorageError(f"{display_files(storage, [path])}: era {era.label}: feature column(s) "
+                               f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''} have missing values (NaN); "
+                               "features must be complete on every row with a resolved target")
+        frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    rows = rows[rows[target].notna()]
     return rows.sort_values("id", kind="stable").reset_index(drop=True)
 
 
@@ -347,7 +400,8 @@ def score_era_task(
     the meta model is summed in the same order. With ``write``, the era's ranked
     predictions and scores are written to the output storage for a later refresh.
     """
-    rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target)
+    rows = read_era_rows(storage, era, ["era", *features, params.target, *params.extra_targets], params.target,
+                         features)
     ids = rows["id"].to_numpy()
     by_name = {name: values for names, matrix in filter(None, slices) for name, values in zip(names, matrix)}
     kept_scores = pd.DataFrame()

@@ -21,7 +21,6 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,9 +39,23 @@ import pyarrow.parquet as pq
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from numerai_dask.submissions import Rejection, SubmissionError, file_kind, python_scalar, read_tabular, redact
+from numerai_dask.submissions import (
+    Rejection,
+    SubmissionError,
+    compressed_kind,
+    compressed_reason,
+    file_kind,
+    python_scalar,
+    read_tabular,
+    redact,
+)
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_MODEL_NAME = 64
+MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")
+MODEL_NAME_RULE = f"a model name is 1 to {MAX_MODEL_NAME} characters from A-Z, a-z, 0-9, '_' and '-'"
+DEEP_NESTING = ("nested too deep: a model's files go directly in submissions/<model>/ "
+                "('/' cannot be part of a model name)")
+FOLDER_AS_FILE = "a folder where a prediction file should be; upload one .csv or .parquet file (not a folder of parts)"
 LOCAL_READ_THREADS = 16
 #: Reads that fail with a transient OSError are tried this many times in all.
 READ_ATTEMPTS = 3
@@ -86,6 +99,25 @@ class FileInfo:
 def is_model_name(name: str) -> bool:
     """Whether ``name`` is a valid model name: 1–64 characters from ``A–Z a–z 0–9 _ -``."""
     return MODEL_NAME.fullmatch(name) is not None
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid model name, in words (None when it is valid)."""
+    if is_model_name(name):
+        return None
+    if not name:
+        problem = "it is empty"
+    elif len(name) > MAX_MODEL_NAME:
+        problem = f"it is {len(name)} characters long"
+    elif ".." in name:
+        problem = "it contains '..'"
+    elif any(c.isspace() for c in name):
+        problem = "it contains a space"
+    elif not name.isascii():
+        problem = "it contains non-ASCII characters"
+    else:
+        problem = f"it contains {next(c for c in name if not is_model_name(c))!r}"
+    return f"invalid model name ({problem}): {MODEL_NAME_RULE}"
 
 
 def printable(name: str) -> str:
@@ -175,19 +207,21 @@ class Storage:
         """The file at ``relpath``, or None when there is no file there."""
         self.fs.invalidate_cache()
         try:
-            entry = self.fs.info(self.path(relpath))
+            entry = retrying(lambda: self.fs.info(self.path(relpath)))
         except FileNotFoundError:
             return None
         return _file_info(entry) if entry.get("type") == "file" else None
 
-    def _files(self, relpath: str) -> list[dict]:
-        """Every file below ``relpath`` (any depth), sorted by path; [] when there is none."""
+    def _files(self, relpath: str, with_folders: bool = False) -> list[dict]:
+        """Every file (and folder, if asked) below ``relpath``, any depth, sorted by path; [] when there is none."""
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(self.path(relpath), detail=True)
+            found = retrying(lambda: self.fs.find(self.path(relpath), detail=True, withdirs=with_folders))
         except FileNotFoundError:
             return []
-        return [entry for _, entry in sorted(found.items()) if entry.get("type") == "file"]
+        base = self.path(relpath).rstrip("/")
+        return [entry for name, entry in sorted(found.items())
+                if name.rstrip("/") != base and (with_folders or entry.get("type") == "file")]
 
     def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
         """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""
@@ -202,44 +236,40 @@ class Storage:
         """The tournament data files, ``data/*.parquet``, sorted by path."""
         return self._direct_files("data", ("parquet",))
 
-    def list_submissions(self) -> tuple[dict[str, list[FileInfo]], list[Rejection]]:
-        """Every model's prediction files in the order they apply, and the rejected names.
+    def list_submissions(self, max_bytes: int | None = None) -> tuple[dict[str, list[FileInfo]], list[Rejection]]:
+        """Every model's prediction files in the order they apply, and the rejected names and files.
 
         Both layouts count: ``submissions/<model>.csv|.parquet`` and
         ``submissions/<model>/*.csv|*.parquet``. A model's single files come first,
         then its folder's files, each group in lexicographic file-name order — so
         files added to the folder later (re-uploads) win over the single file.
-        Other extensions and deeper folders are ignored. A name that is not a
-        valid model name gives one Rejection (the name escaped for printing) and
-        is never used to build a path.
+        Files with other extensions are ignored. Rejected, each with its reason
+        and never used to build a path: an invalid model name (escaped for
+        printing), files nested deeper than ``submissions/<model>/``, a folder
+        named like a file (``<model>.parquet/``), a compressed file
+        (``<model>.csv.gz``), and — without being read — a file larger than
+        ``max_bytes``; a model's other files still count.
         """
         folder = self.path("submissions") + "/"
         singles: dict[str, list[FileInfo]] = {}
         nested: dict[str, list[FileInfo]] = {}
-        bad: dict[str, str] = {}
-        for entry in self._files("submissions"):
-            if file_kind(entry["name"]) is None:
+        bad: dict[str, tuple[str, str, str]] = {}
+        for entry in self._files("submissions", with_folders=True):
+            relative = entry["name"][len(folder) :]
+            found = _submission_entry(relative, entry, max_bytes)
+            if found is None:
                 continue
-            parts = entry["name"][len(folder) :].split("/")
-            if len(parts) == 1:
-                name, group = parts[0].rsplit(".", 1)[0], singles
-            elif len(parts) == 2:
-                name, group = parts[0], nested
+            name, problem, once_per = found
+            if problem is None:
+                (singles if "/" not in relative else nested).setdefault(name, []).append(_file_info(entry))
             else:
-                continue
-            if is_model_name(name):
-                group.setdefault(name, []).append(_file_info(entry))
-            else:
-                bad.setdefault(name, "submissions/" + parts[0])
+                bad.setdefault(once_per, (name, "submissions/" + relative, problem))
         by_model = {
             model: sorted(singles.get(model, []), key=_file_name) + sorted(nested.get(model, []), key=_file_name)
             for model in sorted(singles.keys() | nested.keys())
         }
-        rejections = [
-            Rejection(printable(name), printable(where), None,
-                      "invalid model name: a model name is 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
-            for name, where in sorted(bad.items())
-        ]
+        rejections = [Rejection(printable(name), printable(where), None, reason)
+                      for name, where, reason in sorted(bad.values(), key=lambda v: v[1])]
         return by_model, rejections
 
     def find_stakes(self) -> FileInfo | None:
@@ -421,22 +451,23 @@ class Storage:
         self.write_bytes(relpath, text.encode("utf-8"))
 
     def create_exclusive(self, relpath: str, data: bytes) -> None:
-        """Create ``relpath`` only if nothing is there (O_EXCL locally, a conditional PUT on S3).
+        """Create ``relpath`` only if nothing is there (a hard link locally, a conditional PUT on S3).
 
-        Raises FileExistsError when it exists: of two writers racing, exactly one succeeds.
-        Locally the content is written first and then hard-linked to its name, so a
-        reader never sees the file half written.
+        Raises FileExistsError when it exists: of two writers racing, exactly one
+        succeeds, and no reader ever sees the file empty. Locally the bytes go to
+        a temporary sibling first, then ``os.link`` creates the name atomically,
+        complete (an O_EXCL create would be visible before its bytes are written).
         """
         path = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
-            folder = posixpath.dirname(path)
-            self.fs.makedirs(folder, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as staged:
-                staged.write(data)
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
             try:
-                os.link(staged.name, path)
+                os.link(temporary, path)
             finally:
-                os.unlink(staged.name)
+                os.remove(temporary)
             return
         with self.fs.open(path, "xb") as handle:
             handle.write(data)
@@ -457,6 +488,36 @@ class Storage:
 
 def _file_name(info: FileInfo) -> str:
     return posixpath.basename(info.path)
+
+
+def _submission_entry(relative: str, entry: dict, max_bytes: int | None) -> tuple[str, str | None, str] | None:
+    """What one listing entry under ``submissions/`` is: None to ignore it, else (model, problem, key).
+
+    ``problem`` is None for a usable prediction file, else the rejection's
+    reason; ``key`` groups entries that deserve one rejection between them
+    (every file of one badly named model, every file of one too-deep folder).
+    """
+    parts = relative.split("/")
+    if entry.get("type") != "file":
+        if len(parts) == 1 and file_kind(relative):
+            return relative, FOLDER_AS_FILE, relative
+        return None
+    compression = compressed_kind(parts[-1])
+    if file_kind(parts[-1]) is None and compression is None:
+        return None
+    if len(parts) > 2:
+        return "/".join(parts[:-1]), DEEP_NESTING, "/".join(parts[:-1])
+    name = parts[0].rsplit(".", 2 if compression else 1)[0] if len(parts) == 1 else parts[0]
+    problem = model_name_problem(name)
+    if problem is not None:
+        return name, problem, name
+    if compression is not None:
+        return name, compressed_reason(compression), relative
+    size = int(entry.get("size") or 0)
+    if max_bytes is not None and size > max_bytes:
+        return name, (f"the file is {size:,} bytes, over the limit of {max_bytes:,} bytes for a prediction "
+                      "file (max_submission_bytes); it was not read"), relative
+    return name, None, relative
 
 
 def _pandas_index_columns(schema: pa.Schema) -> set[str]:

@@ -15,6 +15,7 @@ understands. Three steps, each a pure function:
 
 from __future__ import annotations
 
+import csv
 import functools
 import io
 import re
@@ -34,6 +35,14 @@ COLUMNS_SHOWN = 10
 SMALL_LOOKUP = 8
 #: Ids are Arrow strings from file to era index: hashing and comparing them never touches Python objects.
 ID_TYPE = pa.large_string()
+#: File-name suffixes of compressed files: a ``model.csv.gz`` is rejected, not silently ignored.
+COMPRESSION_SUFFIXES = {"gz": "gzip", "zip": "zip", "bz2": "bzip2", "xz": "xz", "zst": "zstd"}
+#: Magic bytes of compressed data, to recognise a compressed file named ``.csv``.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+                     b"\x28\xb5\x2f\xfd": "zstd"}
+UTF16_32_MARKS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+#: Separators people use instead of commas, named for the rejection.
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "'|'"}
 
 
 class SubmissionError(Exception):
@@ -82,6 +91,57 @@ def file_kind(file_name: str) -> str | None:
     return None
 
 
+def compressed_kind(file_name: str) -> str | None:
+    """The compression a name like ``model.csv.gz`` announces (``"gzip"``…), else None."""
+    stem, _, suffix = file_name.lower().rpartition(".")
+    return COMPRESSION_SUFFIXES.get(suffix) if file_kind(stem) else None
+
+
+def compressed_reason(compression: str) -> str:
+    """The rejection of a compressed prediction file: what to upload instead."""
+    return f"the file is {compression}-compressed; upload the plain .csv (or a .parquet file, which is compressed inside)"
+
+
+def _compression_of(raw: bytes) -> str | None:
+    """The compression format whose magic bytes start ``raw``, else None."""
+    return next((name for magic, name in COMPRESSION_MAGIC.items() if raw.startswith(magic)), None)
+
+
+def _check_csv_text(raw: bytes) -> list[str]:
+    """The header's column names of CSV bytes, or a SubmissionError for what a CSV reader would garble.
+
+    Compressed bytes, parquet bytes, UTF-16/32 text, a header separated by ``;``, tab or ``|``
+    instead of commas each get a reason that says what to change. A UTF-8 byte
+    order mark is fine (it is not part of the first column's name).
+    """
+    compression = _compression_of(raw)
+    if compression:
+        raise SubmissionError(compressed_reason(compression))
+    if raw.startswith(b"PAR1"):
+        raise SubmissionError("the file holds parquet data but is named .csv; name it .parquet")
+    if raw.startswith(UTF16_32_MARKS):
+        raise SubmissionError("the file is UTF-16 or UTF-32 text; save it as UTF-8 (plain CSV)")
+    first_line = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
+    try:
+        header = next(csv.reader([first_line]), [])
+    except csv.Error:  # not text at all: the CSV reader says what is wrong
+        return []
+    if len(header) == 1:
+        for separator, name in OTHER_SEPARATORS.items():
+            if separator in header[0]:
+                raise SubmissionError(f"the columns are separated by {name}, not commas; save the file as "
+                                      f"comma-separated CSV (header seen: {header[0][:60]!r})")
+    return header
+
+
+def _check_unique_columns(names: Sequence[str]) -> None:
+    """A SubmissionError when ``id`` or ``prediction`` is the name of more than one column (which one counts?)."""
+    for column in ("id", "prediction"):
+        count = list(names).count(column)
+        if count > 1:
+            raise SubmissionError(f"the column {column!r} appears {count} times; which one to use is ambiguous")
+
+
 def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
     """A csv or parquet file's rows as an Arrow table, ``text_column`` kept as text.
 
@@ -89,7 +149,8 @@ def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
     ordinary columns. Nothing is ever unpickled. Empty CSV fields and the usual
     missing-value words (``NA``, ``nan``…) are missing values. Raises
     :class:`SubmissionError` when the bytes cannot be read as the format the
-    extension names.
+    extension names, are compressed, not UTF-8, not comma-separated, or name a
+    key column twice.
     """
     kind = file_kind(file_name)
     if kind is None:
@@ -98,11 +159,14 @@ def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
         raise SubmissionError("the file is empty")
     try:
         if kind == "csv":
+            _check_unique_columns(_check_csv_text(raw))
             options = pa_csv.ConvertOptions(column_types={text_column: pa.string()}, strings_can_be_null=True)
             table = pa_csv.read_csv(io.BytesIO(raw), convert_options=options)
             table.column_names  # noqa: B018 — the header is decoded here, so a binary file fails inside the try
             return table
-        return pq.read_table(io.BytesIO(raw))
+        table = pq.read_table(io.BytesIO(raw))
+        _check_unique_columns(table.schema.names)
+        return table
     except (ValueError, pa.ArrowException, UnicodeDecodeError) as error:
         raise SubmissionError(f"unreadable as {kind}: {describe_error(error)}") from None
 
@@ -210,6 +274,8 @@ def merge_model_files(
             frames.append(parse_prediction_file(name, content, usual_ids))
         except SubmissionError as error:
             rejections.append(Rejection(model, name, None, str(error)))
+        except Exception as error:  # noqa: BLE001 — a file no rule foresaw must not stop the job
+            rejections.append(Rejection(model, name, None, f"unreadable: {describe_error(error)}"))
     if not frames:
         return None, rejections
     merged = frames[0]

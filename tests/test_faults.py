@@ -2,7 +2,9 @@
 
 Storage faults come from :mod:`faulty_filesystem`, a real fsspec filesystem
 over a local folder that fails or stalls reads on purpose; it is sent to the
-workers with ``Client.upload_file``. The worker-kill test starts a cluster of
+workers with ``Client.upload_file``. S3 faults come from :mod:`s3_fault_proxy`,
+an HTTP proxy in front of moto's server that answers 500, 503 and SlowDown,
+drops connections and cuts bodies short, for the client and the workers alike. The worker-kill test starts a cluster of
 its own with ``cluster/start-local.sh`` (a scheduler and two single-threaded
 ``dask worker`` processes), the others use the shared two-worker cluster. The
 expected result is always the same job on a healthy cluster, with plain storage.
@@ -10,6 +12,8 @@ expected result is always the same job on a healthy cluster, with plain storage.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import threading
@@ -19,22 +23,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
 import faulty_filesystem
 from faulty_filesystem import FaultyFileSystem
+from s3_fault_proxy import FAULTS, FaultProxy, Schedule
 from script_cluster import script_cluster
+from test_cli import RUN_FILES, run_cli
 
 from numerai_dask.pipeline import JobResult, ScoringParams, run_job
+from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
 #: One model per load task: many small tasks spread over both workers.
 PARAMS = ScoringParams(models_per_task=1)
 WAIT_SECONDS = 60.0
-TOLERANCE = 1e-12
 
 
 def make_dataset(root: Path, seed: int) -> str:
@@ -60,14 +65,9 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 def assert_same_scores(result: JobResult, expected: JobResult) -> None:
-    """Same (era, model) rows, every metric equal to TOLERANCE, same rejections."""
-    key = ["era", "model"]
-    mine = result.per_era.sort_values(key).reset_index(drop=True)
-    theirs = expected.per_era.sort_values(key).reset_index(drop=True)
-    assert mine[key].equals(theirs[key])
-    for metric in [c for c in theirs.columns if c not in key]:
-        np.testing.assert_allclose(mine[metric], theirs[metric], rtol=0, atol=TOLERANCE, err_msg=metric)
-    pd.testing.assert_frame_equal(result.rejections, expected.rejections)
+    """Bit-identical per-era scores, leaderboard and rejections: a fault may cost time, never a digit."""
+    for name in ("per_era", "leaderboard", "rejections"):
+        pd.testing.assert_frame_equal(getattr(result, name), getattr(expected, name), check_exact=True, obj=name)
 
 
 @dataclass
@@ -201,3 +201,74 @@ def test_two_jobs_at_once_on_one_cluster_keep_their_own_scores(tmp_path: Path, d
         job_a.result()
         assert_same_scores(job_b.result(), expected_b)
 
+
+
+# ------------------------------------------------------------------ S3 faults
+
+
+def through(options: dict, endpoint_url: str) -> dict:
+    """S3 storage options reaching ``endpoint_url`` (the fault proxy) instead of the server itself."""
+    return {**options, "client_kwargs": {**options.get("client_kwargs", {}), "endpoint_url": endpoint_url}}
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(s3_server, dask_cluster: str) -> Iterator[tuple[str, JobResult]]:
+    """The small tournament on moto's S3 (a bucket of this module's own), and its healthy result."""
+    fs = s3_server.filesystem()
+    bucket = f"faults-{os.getpid()}"
+    fs.mkdir(bucket)
+    root = f"s3://{bucket}/root"
+    generate(root, n_eras=6, rows_per_era=60, n_features=6, n_models=8, n_unresolved=0, seed=51,
+             storage_options=s3_server.storage_options)
+    with Client(dask_cluster) as client:
+        yield root, run_job(client, Storage(root, s3_server.storage_options), PARAMS)
+    fs.invalidate_cache()
+    fs.rm(bucket, recursive=True)
+
+
+def test_s3_failing_transiently_changes_no_score(s3_server, dask_cluster: str,
+                                                 s3_dataset: tuple[str, JobResult]) -> None:
+    """Every third distinct request's first attempt fails (500, 503, SlowDown, dropped, cut short), reads and writes.
+
+    botocore retries error answers and dropped connections, s3fs retries bodies
+    cut short, and the project's storage retries what still fails: the job
+    scores exactly as on healthy storage, and publishes a complete run.
+    """
+    root, expected = s3_dataset
+    with FaultProxy(s3_server.endpoint_url, Schedule.transient(every=3)) as proxy:
+        options = through(s3_server.storage_options, proxy.endpoint_url)
+        with Client(dask_cluster) as client:
+            result = run_job(client, Storage(root, options), PARAMS)
+        folder = publish_run(Storage(f"{root}/out", options), result, new_run_id())
+    assert set(proxy.injected) == set(FAULTS), proxy.injected
+    published = Storage(f"{root}/out", s3_server.storage_options)
+    assert json.loads(published.read_bytes("latest.json"))["path"] == folder
+    assert_same_scores(JobResult(*[pd.read_parquet(io.BytesIO(published.read_bytes(f"{folder}/{name}.parquet")))
+                                   for name in ("per_era", "leaderboard", "rejections")], {}, {}), expected)
+
+
+def test_s3_failing_for_good_mid_publish_keeps_the_previous_run(s3_server, dask_cluster: str,
+                                                                s3_dataset: tuple[str, JobResult]) -> None:
+    """A published run, then a CLI run whose publishing meets storage refusing every PUT after the second.
+
+    The CLI exits 1 with one line saying what failed and that the previous run
+    is still the latest; ``latest.json`` still names the first run, complete.
+    """
+    root, healthy = s3_dataset
+    out = f"{root}/out-for-good"
+    published = Storage(out, s3_server.storage_options)
+    publish_run(published, healthy, new_run_id())
+    before = json.loads(published.read_bytes("latest.json"))
+    with FaultProxy(s3_server.endpoint_url, Schedule.puts_fail_after(2)) as proxy:
+        second = run_cli("score", root, "--out", out, "--scheduler", dask_cluster,
+                         "--storage-option", f"key={s3_server.storage_options['key']}",
+                         "--storage-option", f"secret={s3_server.storage_options['secret']}",
+                         "--storage-option", f"client_kwargs.endpoint_url={proxy.endpoint_url}",
+                         "--storage-option", "config_kwargs.retries.max_attempts=2")  # fail for good sooner
+    assert proxy.injected["503"] > 0
+    [line] = second.stderr.splitlines()
+    assert second.returncode == 1
+    assert line.startswith("numerai-dask: error: could not publish run ") and line.endswith(
+        "latest.json still names the previous run"), line
+    assert json.loads(published.read_bytes("latest.json")) == before
+    assert all(published.info(f"{before['path']}/{name}") is not None for name in RUN_FILES)

@@ -20,7 +20,7 @@ import s3fs
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 
-from numerai_dask.storage import FileInfo, Storage, StorageError
+from numerai_dask.storage import DEEP_NESTING, FileInfo, Storage, StorageError
 from numerai_dask.submissions import Rejection
 
 
@@ -234,11 +234,11 @@ def test_submissions_in_both_layouts_in_application_order(root: Root) -> None:
     root.put("submissions/carol/round1.csv", csv_bytes({"n1": 0.5}))
     root.put("submissions/carol/readme.md", b"ignored: other extension")
     root.put("submissions/notes.txt", b"ignored")
-    root.put("submissions/dave/old/x.csv", b"ignored: too deep")
+    root.put("submissions/dave/old/x.csv", b"rejected: too deep")
     root.put("submissions/Upper-case_OK.CSV", csv_bytes({"n1": 0.5}))
     storage = root.storage()
     by_model, rejections = storage.list_submissions()
-    assert rejections == []
+    assert rejections == [Rejection("dave/old", "submissions/dave/old/x.csv", None, DEEP_NESTING)]
     assert {m: relative_paths(storage, files) for m, files in by_model.items()} == {
         "Upper-case_OK": ["submissions/Upper-case_OK.CSV"],
         "alice": ["submissions/alice.csv", "submissions/alice/10.parquet", "submissions/alice/2.csv"],
@@ -474,3 +474,17 @@ def test_era_filter_never_fetches_the_other_eras_row_groups(root: Root) -> None:
     rows = storage.read_data(path, ["feature_int", "target"], eras=["0002"])
     expected = frame.loc[frame["era"] == "0002", ["id", "feature_int", "target"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(rows, expected, check_dtype=False)
+
+
+def test_files_over_the_size_limit_are_rejected_unread_and_a_models_other_files_count(memory_root: Root) -> None:
+    memory_root.put("submissions/alice.csv", csv_bytes({"n1": 0.1}))
+    memory_root.put("submissions/alice/2_huge.csv", b"x" * 100)
+    memory_root.put("submissions/bob.parquet", b"y" * 100)
+    storage = memory_root.storage()
+    by_model, rejections = storage.list_submissions(max_bytes=50)
+    assert {m: relative_paths(storage, files) for m, files in by_model.items()} == {"alice": ["submissions/alice.csv"]}
+    assert [(r.model, r.file) for r in rejections] == [("alice", "submissions/alice/2_huge.csv"),
+                                                       ("bob", "submissions/bob.parquet")]
+    assert all(r.reason == "the file is 100 bytes, over the limit of 50 bytes for a prediction file "
+                           "(max_submission_bytes); it was not read" for r in rejections)
+    assert storage.list_submissions()[1] == []  # no limit given, nothing rejected
