@@ -264,7 +264,8 @@ def test_s3_failing_for_good_mid_publish_keeps_the_previous_run(s3_server, dask_
                          "--storage-option", f"key={s3_server.storage_options['key']}",
                          "--storage-option", f"secret={s3_server.storage_options['secret']}",
                          "--storage-option", f"client_kwargs.endpoint_url={proxy.endpoint_url}",
-                         "--storage-option", "config_kwargs.retries.max_attempts=2")  # fail for good sooner
+                         "--storage-option", "config_kwargs.retries.max_attempts=2",  # fail for good sooner
+                         "--quiet")  # stderr holds the error alone
     assert proxy.injected["503"] > 0
     [line] = second.stderr.splitlines()
     assert second.returncode == 1

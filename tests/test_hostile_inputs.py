@@ -168,7 +168,7 @@ def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     first, second = sorted((root / "data").glob("*.parquet"))
     rewrite(second, lambda frame: change(frame, pd.read_parquet(first)))
     out = tmp_path / "out"
-    status = main(["score", str(root), "--scheduler", dask_cluster, "--out", str(out)])
+    status = main(["score", str(root), "--scheduler", dask_cluster, "--out", str(out), "--quiet"])
     [line] = capsys.readouterr().err.splitlines()
     assert status == 1
     assert line.startswith("numerai-dask: error: ") and str(second) in line and problem in line, line

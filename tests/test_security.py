@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ONE_BLAS_THREAD, Service, free_port, start_service, wait_until
+from conftest import Service, free_port, start_service, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +36,7 @@ from distributed import Client
 from distributed.security import Security
 from test_cli import Run, run_cli, succeeded
 
+from numerai_dask.clusters import WorkerSettings
 from numerai_dask.pipeline import ScoringParams, run_job
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
@@ -163,7 +164,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
     try:
         services.append(start_service(
             "tls-worker", [*dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                           *certificates.dask_options()], folder, env=ONE_BLAS_THREAD))
+                           *certificates.dask_options()], folder, env=WorkerSettings().environment()))
         with Client(address, security=certificates.security(), timeout="60s") as client:
             wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, services, f"a TLS worker at {address}")
         yield TlsCluster(address, certificates)
