@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 from numerai_dask.clusters import ClusterSpec, connect
-from numerai_dask.pipeline import ScoringParams, run_job
+from numerai_dask.pipeline import ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import refresh_once
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import Storage
@@ -100,8 +100,9 @@ def main() -> None:
         predictions[new_model].rename("prediction").reset_index().to_parquet(folder_new / "a_history.parquet")
         new_model_seconds = timed("refresh after one new model (200th)", refresh)
 
-        def full_score():
+        def full_score():  # what `numerai-dask score` does, as a refresh does it
             result = run_job(client, source, params)
+            result.prediction_correlation = prediction_correlations(client, source, result)
             publish_run(Storage(str(Path(folder) / "full")), result, new_run_id())
             return result
 
