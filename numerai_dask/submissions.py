@@ -20,7 +20,7 @@ import functools
 import io
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -342,6 +342,14 @@ class EraIndex:
         self._number = {era: k for k, era in enumerate(self.eras)}
         counts = np.add.reduceat(self.resolved.astype(np.int64), self.starts[:-1]) if len(self.eras) else np.zeros(0)
         self.resolved_numbers = np.flatnonzero(counts > 0)
+
+    def __getstate__(self) -> dict:
+        """Only the given fields travel to workers; the Arrow ids and era numbers are derived again there."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> EraIndex:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -182,6 +183,18 @@ def test_a_few_ids_are_located_like_many() -> None:
     assert numbers.tolist() == [1, -1, 0] and positions.tolist() == [7, -1, 59]
     many_numbers, many_positions = index.locate(pd.Index(many))
     assert many_numbers[:3].tolist() == numbers.tolist() and many_positions[:3].tolist() == positions.tolist()
+
+
+def test_an_era_index_travels_without_its_derived_state() -> None:
+    """Workers get ids, starts, resolved and data order; Arrow ids, usual ids and hash tables are rebuilt there."""
+    index = EraIndex.from_frame(tournament(["0001", "0002"], [60, 50]))
+    index.locate(pd.Index(["0002-007"]))  # builds the kept hash table
+    state = index.__getstate__()
+    assert sorted(state) == ["data_rows", "eras", "ids", "resolved", "starts"]
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy.usual_ids.equals(index.usual_ids) and copy.resolved_eras() == index.resolved_eras()
+    ids = pd.Index(np.concatenate([index.ids_of(e) for e in index.eras])[::-1])
+    assert [a.tolist() for a in copy.locate(ids)] == [a.tolist() for a in index.locate(ids)]
 
 
 def test_duplicate_ids_in_the_data_are_refused() -> None:
