@@ -51,23 +51,19 @@ from reference import read_predictions, reference
 METRICS = ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
 
 
-def dataset(folder: Path, args: argparse.Namespace):
-    """Generate the dataset into ``folder`` (reused when a previous run left the same one there)."""
+def dataset(folder: Path, args: argparse.Namespace) -> Path:
+    """Generate the dataset into ``folder``, unless a previous run left the same one there; its root."""
     shape = {"eras": args.eras, "rows_per_era": args.rows_per_era, "features": args.features,
              "models": args.models, "seed": args.seed}
     marker = folder / "bench-dataset.json"
-    started = time.perf_counter()
-    info = generate(str(folder / "root"), n_eras=args.eras, rows_per_era=args.rows_per_era,
-                    n_features=args.features, n_models=args.models, n_unresolved=0, seed=args.seed,
-                    n_data_files=min(4, args.eras), extra_targets=()) if not _same(marker, shape) else None
-    if info is not None:
+    if not (marker.exists() and json.loads(marker.read_text()) == shape):
+        started = time.perf_counter()
+        generate(str(folder / "root"), n_eras=args.eras, rows_per_era=args.rows_per_era, n_features=args.features,
+                 n_models=args.models, n_unresolved=0, seed=args.seed, n_data_files=min(4, args.eras),
+                 extra_targets=())
         marker.write_text(json.dumps(shape))
         print(f"generated in {time.perf_counter() - started:.0f} s")
     return folder / "root"
-
-
-def _same(marker: Path, shape: dict) -> bool:
-    return marker.exists() and json.loads(marker.read_text()) == shape
 
 
 def input_bytes(root: Path) -> int:
