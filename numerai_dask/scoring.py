@@ -3,8 +3,8 @@
 The kernel interface (see DESIGN.md) is :func:`score_era`. Every metric is
 computed on whole matrices: predictions are ``(N, M)`` with one column per
 model, the rows being one era's ids with a resolved target, sorted by id.
-Each era pays for one sort per model column (two with FNC), one orthonormal
-basis of its features shared by every model, and a handful of GEMMs.
+Each era pays for one sort per model column (two with FNC), one factorization
+of its features' Gram matrix shared by every model, and a handful of GEMMs.
 
 Building blocks are small pure functions whose docstrings list their steps in
 the order numerai-tools performs them, so each can be checked line by line
@@ -50,6 +50,9 @@ RESIDUAL_RTOL = 1e-9
 
 METRICS = ("corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms")
 
+#: Doubled ranks are at most 2N + 1: 32-bit integers hold any era, at half the memory traffic of 64.
+RANK_TYPE = np.int32
+
 
 class DegenerateEraError(ValueError):
     """An era's inputs make every correlation undefined (or some input is not finite)."""
@@ -76,19 +79,21 @@ def average_ranks_doubled(values: np.ndarray) -> np.ndarray:
         return average_ranks_doubled(values[:, None])[:, 0]
     n, m = values.shape
     by_model = np.ascontiguousarray(values.T)
-    flat_order = (np.argsort(by_model, axis=1) + (np.arange(m) * n)[:, None]).ravel()
+    order = np.argsort(by_model, axis=1)
+    order += (np.arange(m) * n)[:, None]
+    flat_order = order.ravel()
     ordered = by_model.ravel()[flat_order].reshape(m, n)
     starts = np.empty((m, n), dtype=bool)
     starts[:, 0] = True
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    del ordered
+    doubled = np.empty(m * n, dtype=RANK_TYPE)
     if starts.all():  # no ties anywhere: the doubled rank of sorted position f is 2f + 2
-        doubled_sorted = np.tile(np.arange(2, 2 * n + 2, 2), m)
+        doubled[flat_order] = np.tile(np.arange(2, 2 * n + 2, 2, dtype=RANK_TYPE), m)
     else:
         group_starts = np.flatnonzero(starts)
         group_sizes = np.diff(group_starts, append=m * n)
-        doubled_sorted = np.repeat(2 * (group_starts % n) + group_sizes + 1, group_sizes)
-    doubled = np.empty(m * n, dtype=np.int64)
-    doubled[flat_order] = doubled_sorted
+        doubled[flat_order] = np.repeat((2 * (group_starts % n) + group_sizes + 1).astype(RANK_TYPE), group_sizes)
     return doubled.reshape(m, n).T
 
 
@@ -108,7 +113,7 @@ def _gaussian_pow15_table(n: int) -> np.ndarray:
 class Ranks:
     """Tie-kept ranks of prediction columns, computed once and shared by every metric."""
 
-    doubled: np.ndarray  # (N, M) int64: twice the 1-based average rank
+    doubled: np.ndarray  # (N, M) integers: twice the 1-based average rank
 
     @classmethod
     def of(cls, values: np.ndarray) -> Ranks:
@@ -176,65 +181,100 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return v - np.outer(u, (v.T @ u) / (u @ u))
 
 
-def _orthonormal_columns(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float]:
-    """An orthonormal basis of the column space of ``a``, from its Gram matrix, and its eigenvalue spread.
+def _orthonormalizing_weights(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float]:
+    """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, and their eigenvalue spread.
 
     1. eigendecompose ``aᵀa``;
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
-    3. return ``a V Λ^-½`` over the kept directions, and the largest kept
+    3. return ``V Λ^-½`` over the kept directions, and the largest kept
        eigenvalue over the smallest (the squared condition number of what is kept).
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
     """
     if a.shape[1] == 0:
-        return a, 1.0
+        return np.zeros((0, 0)), 1.0
     eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
     largest = eigenvalues[-1]
     if largest <= 0:
-        return a[:, :0], 1.0
+        return np.zeros((a.shape[1], 0)), 1.0
     keep = eigenvalues > (rcond**2) * largest
     kept = eigenvalues[keep]
-    return a @ (eigenvectors[:, keep] / np.sqrt(kept)), float(largest / kept[0])
+    return eigenvectors[:, keep] / np.sqrt(kept), float(largest / kept[0])
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:
     """The feature columns as float64, each minus its mean."""
-    x = np.asarray(features, dtype=np.float64)
-    return x - x.mean(axis=0)
+    x = np.array(features, dtype=np.float64)
+    x -= x.mean(axis=0)
+    return x
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """One era's features as scoring uses them, computed once and shared by every model.
+
+    The orthonormal basis ``Q`` of ``[X, 1]`` is kept factored:
+    ``Q = [factor·weights, 1/√N]``. Projecting on it then costs two thin GEMMs
+    through the (N, F) factor; the (N, k) basis itself is never formed.
+    """
+
+    centred: np.ndarray  # (N, F) the features as float64, centred
+    factor: np.ndarray  # (N, j) the centred features, or a first orthonormal basis of them (second pass)
+    weights: np.ndarray  # (j, k) factor·weights is orthonormal and spans the centred features
+
+    @classmethod
+    def of(cls, features: np.ndarray, rcond: float = BASIS_RCOND) -> FeatureSpace:
+        """Factor the feature space of one era, rank-revealing.
+
+        1. convert the features to float64 and centre each column;
+        2. weights orthonormalizing the centred columns, dropping constant and collinear directions;
+        3. when the kept eigenvalues spread over more than :data:`SINGLE_PASS_SPREAD`
+           (the Gram route squares the condition number), form that first basis
+           and orthonormalize it once more, which restores orthogonality to
+           machine precision;
+        4. the constant column ``1/√N`` is orthogonal to every centred column:
+           its part of a projection is the column mean.
+        """
+        centred = centred_columns(features)
+        weights, spread = _orthonormalizing_weights(centred, rcond)
+        if spread <= SINGLE_PASS_SPREAD:
+            return cls(centred, centred, weights)
+        first = centred @ weights
+        return cls(centred, first, _orthonormalizing_weights(first, rcond)[0])
+
+    def project(self, values: np.ndarray) -> np.ndarray:
+        """``QQᵀ·values``: each column's (or the vector's) least-squares fit on ``[X, 1]``.
+
+        Column-major (N, M) input gives column-major output, so ranking the
+        result needs no transposing copy.
+        """
+        coefficients = self.weights @ (self.weights.T @ (self.factor.T @ values))
+        fitted = (coefficients.T @ self.factor.T).T
+        fitted += values.mean(axis=0)
+        return fitted
+
+    def basis(self) -> np.ndarray:
+        """``Q`` itself, (N, k): orthonormal, spanning ``[X, 1]`` (for checks; scoring never forms it)."""
+        n = self.factor.shape[0]
+        return np.hstack([self.factor @ self.weights, np.full((n, 1), 1.0 / np.sqrt(n))])
 
 
 def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
-    """An orthonormal basis ``Q`` (N, k) of the column space of ``[X, 1]``, rank-revealing.
-
-    1. convert the features to float64 and centre each column;
-    2. orthonormalize the centred columns, dropping constant and collinear directions;
-    3. orthonormalize once more when the kept eigenvalues spread over more than
-       :data:`SINGLE_PASS_SPREAD` (the Gram route squares the condition number;
-       a second pass restores orthogonality to machine precision);
-    4. append the constant column ``1/√N`` (orthogonal to every centred column).
-    """
-    return _basis_of_centred(centred_columns(features), rcond)
+    """An orthonormal basis ``Q`` (N, k) of the column space of ``[X, 1]``, rank-revealing (see :class:`FeatureSpace`)."""
+    return FeatureSpace.of(features, rcond).basis()
 
 
-def _basis_of_centred(centred: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
-    """:func:`feature_basis` from step 2 on, for columns already centred."""
-    n = centred.shape[0]
-    basis, spread = _orthonormal_columns(centred, rcond)
-    if spread > SINGLE_PASS_SPREAD:
-        basis, _ = _orthonormal_columns(basis, rcond)
-    return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
-
-
-def neutralize(values: np.ndarray, basis: np.ndarray, proportion: float = 1.0) -> np.ndarray:
+def neutralize(values: np.ndarray, space: FeatureSpace, proportion: float = 1.0) -> np.ndarray:
     """Subtract ``proportion`` of each column's projection on the feature space: ``V − p·Q(QᵀV)``.
 
-    Equal to numerai-tools' ``neutralize(values, X, proportion)`` when ``basis``
-    is :func:`feature_basis` of ``X`` (its least squares includes a constant column).
+    Equal to numerai-tools' ``neutralize(values, X, proportion)`` when ``space``
+    is :meth:`FeatureSpace.of` ``X`` (its least squares includes a constant column).
     """
-    coefficients = basis.T @ values
-    # (Cᵀ Qᵀ)ᵀ keeps the result column-major, so ranking it needs no transposing copy.
-    return values - proportion * (coefficients.T @ basis.T).T
+    residual = space.project(values)
+    residual *= -proportion
+    residual += values
+    return residual
 
 
 # ---------------------------------------------------------------------- metrics
@@ -268,12 +308,12 @@ def numerai_corr(ranks: Ranks, target: np.ndarray) -> np.ndarray:
 
 
 def feature_neutral_corr(
-    ranks: Ranks, basis: np.ndarray, target: np.ndarray, proportion: float = 1.0
+    ranks: Ranks, space: FeatureSpace, target: np.ndarray, proportion: float = 1.0
 ) -> np.ndarray:
     """FNC per model (numerai-tools ``feature_neutral_corr``; ``neutralize`` with ``proportion``).
 
     1. tie-kept rank and gaussianize each prediction column;
-    2. neutralize against the features (``basis`` of ``[X, 1]``) by ``proportion``;
+    2. neutralize against the features (``space`` of ``[X, 1]``) by ``proportion``;
     3. (variance-normalize: a positive scale per column, which ranking ignores);
     4. :func:`numerai_corr` of the neutralized columns: rank again, gaussianize,
        power 1.5, Pearson with the power-1.5 centred target.
@@ -282,11 +322,15 @@ def feature_neutral_corr(
     ranking to score: its FNC is NaN.
     """
     gaussian = ranks.gaussian()
-    residual = neutralize(gaussian, basis, proportion)
+    residual = neutralize(gaussian, space, proportion)
     scores = numerai_corr(Ranks.of(residual), target)
-    before = np.linalg.norm(gaussian - gaussian.mean(axis=0), axis=0)
-    after = np.linalg.norm(residual - residual.mean(axis=0), axis=0)
-    return np.where(after > RESIDUAL_RTOL * before, scores, np.nan)
+    return np.where(_spread(residual) > RESIDUAL_RTOL * _spread(gaussian), scores, np.nan)
+
+
+def _spread(columns: np.ndarray) -> np.ndarray:
+    """Each column's norm about its mean, ``√(Σx² − N·x̄²)``, without a centred copy (for thresholds only)."""
+    squares = np.einsum("ij,ij->j", columns, columns) - len(columns) * columns.mean(axis=0) ** 2
+    return np.sqrt(np.maximum(squares, 0.0))
 
 
 def stake_weight(ranked: np.ndarray, stakes: np.ndarray) -> np.ndarray:
@@ -323,7 +367,7 @@ def correlation_contribution(ranks: Ranks, reference: np.ndarray, target: np.nda
 
 
 def meta_portfolio_contribution(
-    ranks: Ranks, stakes: np.ndarray, basis: np.ndarray, target: np.ndarray
+    ranks: Ranks, stakes: np.ndarray, space: FeatureSpace, target: np.ndarray
 ) -> np.ndarray:
     """TC-style contribution: the gradient of the meta portfolio's return w.r.t. the stakes.
 
@@ -345,8 +389,8 @@ def meta_portfolio_contribution(
     pow15 = ranks.gaussian_pow15()
     n = len(t)
     portfolio = pow15 @ s
-    v = (portfolio - basis @ (basis.T @ portfolio)) / n
-    t_residual = t - basis @ (basis.T @ t)
+    v = (portfolio - space.project(portfolio)) / n
+    t_residual = t - space.project(t)
     z = t_residual - v * (v @ t_residual) / (v @ v)
     return (z @ pow15) / (n * np.sqrt(v @ v) * TC_SCALE)
 
@@ -383,19 +427,6 @@ def _normalized_stakes(stakes: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------- the kernel
 
 
-@dataclass(frozen=True)
-class FeatureSpace:
-    """What one era's features contribute to scoring, computed once and shared by every model."""
-
-    basis: np.ndarray  # (N, k) orthonormal basis of [X, 1]
-    centred: np.ndarray  # (N, F) the features as float64, centred
-
-    @classmethod
-    def of(cls, features: np.ndarray) -> FeatureSpace:
-        centred = centred_columns(features)
-        return cls(basis=_basis_of_centred(centred), centred=centred)
-
-
 def check_era_inputs(ranks: Ranks, target: np.ndarray) -> None:
     """Raise :class:`DegenerateEraError` unless the target is finite and varying and no model is constant."""
     if ranks.doubled.ndim != 2 or target.shape != (ranks.n,):
@@ -430,7 +461,7 @@ def model_scores(
     fe_max, fe_rms = feature_exposures(ranks.uniform(), space.centred)
     return {
         "corr": numerai_corr(ranks, target),
-        "fnc": feature_neutral_corr(ranks, space.basis, target, proportion),
+        "fnc": feature_neutral_corr(ranks, space, target, proportion),
         "fe_max": fe_max,
         "fe_rms": fe_rms,
     }
@@ -453,7 +484,7 @@ def ensemble_scores(
     meta = stake_weight(ranked, stakes)
     scores = {
         "mmc": correlation_contribution(ranks, meta, target),
-        "tc": meta_portfolio_contribution(ranks, stakes, space.basis, target),
+        "tc": meta_portfolio_contribution(ranks, stakes, space, target),
         "cwmm": pearson(ranked, tie_kept_rank(meta)),
         "meta_corr": np.full(ranked.shape[1], numerai_corr(Ranks.of(meta[:, None]), target)[0]),
     }

@@ -12,6 +12,7 @@ from oracle import TOLERANCE, oracle
 from numerai_dask.scoring import (
     SINGLE_PASS_SPREAD,
     DegenerateEraError,
+    FeatureSpace,
     Ranks,
     average_ranks_doubled,
     feature_basis,
@@ -80,7 +81,7 @@ def test_neutralize_equals_numerai_tools_neutralize():
     values = rng.normal(size=(200, 4))
     features = rng.integers(0, 5, size=(200, 9)).astype(np.int8)
     theirs = nt.neutralize(pd.DataFrame(values), pd.DataFrame(features.astype(float)), 0.6).values
-    np.testing.assert_allclose(neutralize(values, feature_basis(features), 0.6), theirs, atol=1e-12)
+    np.testing.assert_allclose(neutralize(values, FeatureSpace.of(features), 0.6), theirs, atol=1e-12)
 
 
 @pytest.mark.parametrize("noise", [1.0, 1e-3])
