@@ -385,7 +385,8 @@ class Storage:
         metadata = self._metadata(path)
         schema = metadata.schema.to_arrow_schema()
         wanted = ["id", *[c for c in columns if c != "id"]]
-        missing = [c for c in wanted if c not in schema.names]
+        present = set(schema.names)  # a fresh list on every access: look up in one set
+        missing = [c for c in wanted if c not in present]
         if missing:
             raise StorageError(f"{self.display(self.relative(path))}: no column(s) {missing}")
         if eras is None:
