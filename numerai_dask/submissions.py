@@ -160,7 +160,7 @@ def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
     try:
         if kind == "csv":
             _check_unique_columns(_check_csv_text(raw))
-            options = pa_csv.ConvertOptions(column_types={text_column: pa.string()}, strings_can_be_null=True)
+            options = pa_csv.ConvertOptions(column_types={text_column: ID_TYPE}, strings_can_be_null=True)
             table = pa_csv.read_csv(io.BytesIO(raw), convert_options=options)
             table.column_names  # noqa: B018 — the header is decoded here, so a binary file fails inside the try
             return table
@@ -218,8 +218,33 @@ def _repeated(ids: pa.Array) -> list[str]:
     return sorted(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
 
 
-def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None = None) -> pd.DataFrame:
-    """One prediction file → DataFrame with ``id`` (text) and ``prediction`` (float64), in file order.
+@dataclass(frozen=True)
+class Predictions:
+    """One model's predictions, row for row: ids (Arrow text, unique) and values (float64).
+
+    Arrow ids and a NumPy array are all the validation and the era split need;
+    :meth:`frame` and :meth:`series` give the pandas forms people work with.
+    """
+
+    ids: pa.Array
+    values: np.ndarray
+
+    @classmethod
+    def from_series(cls, series: pd.Series) -> Predictions:
+        """From a Series of predictions indexed by id."""
+        return cls(as_arrow_ids(series.index), series.to_numpy(dtype=np.float64))
+
+    def frame(self) -> pd.DataFrame:
+        """Columns ``id`` and ``prediction``, in row order."""
+        return pd.DataFrame({"id": self.ids.to_pylist(), "prediction": self.values})
+
+    def series(self) -> pd.Series:
+        """The predictions indexed by id, in row order."""
+        return pd.Series(self.values, index=pd.Index(self.ids.to_pylist(), name="id"), name="prediction")
+
+
+def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None = None) -> Predictions:
+    """One prediction file → its ids (text) and predictions (float64), in file order.
 
     Raises :class:`SubmissionError` with a person-readable reason when the file is
     unreadable or empty, lacks ``id``/``prediction``, has rows without an id,
@@ -252,39 +277,39 @@ def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None
             f"{int(outside.sum())} predictions are outside [0, 1] "
             f"(min {predictions.min():.6g}, max {predictions.max():.6g})"
         )
-    return pd.DataFrame({"id": pd.arrays.ArrowStringArray(ids), "prediction": predictions})
+    return Predictions(ids, predictions)
 
 
 def merge_model_files(
     model: str, files: list[tuple[str, bytes | Exception]], usual_ids: pa.Array | None = None
-) -> tuple[pd.Series | None, list[Rejection]]:
+) -> tuple[Predictions | None, list[Rejection]]:
     """Parse a model's files in the given (lexicographic) order and apply re-uploads.
 
     Each bad file is rejected on its own; the good ones are applied in order, a
     later file's rows replacing earlier rows for the same ids. Returns the
-    predictions as a Series id → prediction (None when no file survived) and
-    the rejections. ``usual_ids`` as for :func:`parse_prediction_file`.
+    merged predictions (None when no file survived) and the rejections.
+    ``usual_ids`` as for :func:`parse_prediction_file`.
     """
-    frames: list[pd.DataFrame] = []
+    parsed: list[Predictions] = []
     rejections: list[Rejection] = []
     for name, content in files:
         try:
             if isinstance(content, Exception):
                 raise SubmissionError(f"unreadable: {describe_error(content)}")
-            frames.append(parse_prediction_file(name, content, usual_ids))
+            parsed.append(parse_prediction_file(name, content, usual_ids))
         except SubmissionError as error:
             rejections.append(Rejection(model, name, None, str(error)))
         except Exception as error:  # noqa: BLE001 — a file no rule foresaw must not stop the job
             rejections.append(Rejection(model, name, None, f"unreadable: {describe_error(error)}"))
-    if not frames:
+    if not parsed:
         return None, rejections
-    merged = frames[0]
-    for later in frames[1:]:
+    merged = parsed[0]
+    for later in parsed[1:]:
         merged = apply_reupload(merged, later)
-    return pd.Series(merged["prediction"].to_numpy(), index=pd.Index(merged["id"], name="id"), name="prediction"), rejections
+    return merged, rejections
 
 
-def apply_reupload(base: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
+def apply_reupload(base: Predictions, later: Predictions) -> Predictions:
     """``base`` with ``later``'s rows replacing its rows of the same ids, and ``later``'s new ids appended.
 
     1. find each base id among the later file's ids (a hash of the later file
@@ -293,16 +318,16 @@ def apply_reupload(base: pd.DataFrame, later: pd.DataFrame) -> pd.DataFrame:
     3. append the later rows whose ids the base did not have.
     The base's row order is kept, so a first file in data order stays in data order.
     """
-    base_ids, later_ids = as_arrow_ids(base["id"]), as_arrow_ids(later["id"])
-    found = pc.index_in(base_ids, value_set=later_ids).fill_null(-1).to_numpy().astype(np.int64)
+    found = pc.index_in(base.ids, value_set=later.ids).fill_null(-1).to_numpy().astype(np.int64)
     hit = found >= 0
-    values = base["prediction"].to_numpy(copy=True)
-    values[hit] = later["prediction"].to_numpy()[found[hit]]
-    new = np.ones(len(later_ids), dtype=bool)
+    values = base.values.copy()
+    values[hit] = later.values[found[hit]]
+    new = np.ones(len(later.ids), dtype=bool)
     new[found[hit]] = False
-    ids = pa.concat_arrays([base_ids, later_ids.filter(pa.array(new))]) if new.any() else base_ids
-    values = np.concatenate([values, later["prediction"].to_numpy()[new]])
-    return pd.DataFrame({"id": pd.arrays.ArrowStringArray(ids), "prediction": values})
+    if not new.any():
+        return Predictions(base.ids, values)
+    return Predictions(pa.concat_arrays([base.ids, later.ids.filter(pa.array(new))]),
+                       np.concatenate([values, later.values[new]]))
 
 
 # ---------------------------------------------------------------- era index
@@ -424,7 +449,7 @@ def python_scalar(value: Hashable) -> Hashable:
 
 
 def split_by_era(
-    model: str, predictions: pd.Series, index: EraIndex, *, files: Sequence[str] = ()
+    model: str, predictions: Predictions, index: EraIndex, *, files: Sequence[str] = ()
 ) -> tuple[dict[Hashable, np.ndarray], list[Rejection]]:
     """Cut one model's merged predictions into one float64 array per resolved era.
 
@@ -436,15 +461,15 @@ def split_by_era(
     ``files`` names where the predictions came from, for the rejections.
     """
     source = ", ".join(files)
-    rows = index.rows_of(predictions.index)
+    rows = index.rows_of(predictions.ids)
     unknown = rows < 0
     if unknown.any():
-        examples = _examples(sorted(predictions.index[unknown]))
-        reason = (f"{int(unknown.sum())} of {len(predictions)} ids are not in the data, e.g. {examples}; "
+        examples = _examples(sorted(predictions.ids.filter(pa.array(unknown)).to_pylist()))
+        reason = (f"{int(unknown.sum())} of {len(rows)} ids are not in the data, e.g. {examples}; "
                   "the model is not scored until its ids match the data")
         return {}, [Rejection(model, source, None, reason)]
     values = np.full(len(index.ids), np.nan)
-    values[rows] = predictions.to_numpy(dtype=np.float64)
+    values[rows] = predictions.values
     eras = index.resolved_numbers
     if not len(eras):
         return {}, []

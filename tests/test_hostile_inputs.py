@@ -45,7 +45,7 @@ def data_rows(root: Path) -> pd.DataFrame:
 
 def write_corpus(root: Path) -> None:
     """Every bad kind and every tolerated rewrite into the dataset at ``root``."""
-    valid = parse_prediction_file("model_001.csv", (root / "submissions" / "model_001.csv").read_bytes())
+    valid = parse_prediction_file("model_001.csv", (root / "submissions" / "model_001.csv").read_bytes()).frame()
     rows = data_rows(root)
     era = rows.loc[rows["target"].notna(), "era"].iloc[0]
     corpus = Corpus(root, valid, rows.loc[rows["era"] == era, "id"].tolist())
@@ -53,7 +53,7 @@ def write_corpus(root: Path) -> None:
         kind.build(corpus)
     for variant in TOLERATED:
         path = root / "submissions" / variant.model_file
-        frame = parse_prediction_file(path.name, path.read_bytes())
+        frame = parse_prediction_file(path.name, path.read_bytes()).frame()
         path.write_bytes(variant.encode(frame))
 
 

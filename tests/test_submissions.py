@@ -13,6 +13,7 @@ import pytest
 
 from numerai_dask.submissions import (
     EraIndex,
+    Predictions,
     Rejection,
     SubmissionError,
     merge_model_files,
@@ -39,17 +40,17 @@ def predictions_csv(rows: dict[str, float]) -> bytes:
 
 
 def test_csv_and_parquet_give_string_ids_and_float_predictions() -> None:
-    from_csv = parse_prediction_file("a.csv", csv("id,prediction,extra\n007,0.25,x\nn2,1,y\n"))
+    from_csv = parse_prediction_file("a.csv", csv("id,prediction,extra\n007,0.25,x\nn2,1,y\n")).frame()
     assert from_csv["id"].tolist() == ["007", "n2"]  # leading zeros survive: ids are text
     assert from_csv["prediction"].dtype == np.float64 and from_csv["prediction"].tolist() == [0.25, 1.0]
     assert list(from_csv.columns) == ["id", "prediction"]
-    from_parquet = parse_prediction_file("b.PARQUET", parquet(pd.DataFrame({"id": [1, 2], "prediction": [0, 1]})))
+    from_parquet = parse_prediction_file("b.PARQUET", parquet(pd.DataFrame({"id": [1, 2], "prediction": [0, 1]}))).frame()
     assert from_parquet["id"].tolist() == ["1", "2"] and from_parquet["prediction"].tolist() == [0.0, 1.0]
 
 
 def test_parquet_ids_may_be_the_index() -> None:
     frame = pd.DataFrame({"prediction": [0.1, 0.9]}, index=pd.Index(["n1", "n2"], name="id"))
-    parsed = parse_prediction_file("p.parquet", parquet(frame, index=True))
+    parsed = parse_prediction_file("p.parquet", parquet(frame, index=True)).frame()
     assert parsed["id"].tolist() == ["n1", "n2"] and parsed["prediction"].tolist() == [0.1, 0.9]
 
 
@@ -82,7 +83,7 @@ def test_each_bad_file_is_refused_with_a_reason_a_person_understands(name: str, 
     # Within a model: the rejection names the model and the file; the model's other files still count.
     bad_file, good_file = f"submissions/alice/{name}", "submissions/alice/z.csv"
     predictions, rejections = merge_model_files("alice", [(bad_file, raw), (good_file, predictions_csv({"n9": 0.5}))])
-    assert predictions.to_dict() == {"n9": 0.5}
+    assert predictions.series().to_dict() == {"n9": 0.5}
     [rejection] = rejections
     assert (rejection.model, rejection.file, rejection.era) == ("alice", bad_file, None)
     assert reason in rejection.reason
@@ -107,8 +108,8 @@ def test_a_later_file_replaces_earlier_rows_for_the_same_ids() -> None:
         ("submissions/alice/2.parquet", parquet(pd.DataFrame({"id": ["n1"], "prediction": [0.7]}))),
     ])
     assert rejections == []
-    assert predictions.to_dict() == {"n1": 0.7, "n2": 0.2, "n3": 0.9, "n4": 0.4}
-    assert predictions.index.is_unique and predictions.dtype == np.float64
+    assert predictions.series().to_dict() == {"n1": 0.7, "n2": 0.2, "n3": 0.9, "n4": 0.4}
+    assert predictions.series().index.is_unique and predictions.values.dtype == np.float64
 
 
 def test_a_bad_file_is_rejected_alone_and_the_others_still_apply() -> None:
@@ -116,7 +117,7 @@ def test_a_bad_file_is_rejected_alone_and_the_others_still_apply() -> None:
         ("submissions/bob/1.csv", predictions_csv({"n1": 0.1, "n2": 0.2})),
         ("submissions/bob/2.csv", predictions_csv({"n1": 7.0})),
     ])
-    assert predictions.to_dict() == {"n1": 0.1, "n2": 0.2}
+    assert predictions.series().to_dict() == {"n1": 0.1, "n2": 0.2}
     assert rejections == [Rejection("bob", "submissions/bob/2.csv", None,
                                      "1 predictions are outside [0, 1] (min 7, max 7)")]
 
@@ -219,7 +220,7 @@ def full_predictions(index: EraIndex, seed: int = 1) -> pd.Series:
 
 def test_each_resolved_era_gets_the_predictions_of_its_resolved_rows_in_id_order(index: EraIndex) -> None:
     predictions = full_predictions(index)
-    by_era, rejections = split_by_era("alice", predictions, index)
+    by_era, rejections = split_by_era("alice", Predictions.from_series(predictions), index)
     assert rejections == []
     assert list(by_era) == ["0001", "0002"]  # the unresolved era is skipped silently
     for era, values in by_era.items():
@@ -230,13 +231,14 @@ def test_each_resolved_era_gets_the_predictions_of_its_resolved_rows_in_id_order
 
 def test_int_eras_are_keys_as_in_the_data() -> None:
     index = EraIndex.from_frame(tournament([575, 576], [4, 4]))
-    by_era, rejections = split_by_era("alice", full_predictions(index), index)
+    by_era, rejections = split_by_era("alice", Predictions.from_series(full_predictions(index)), index)
     assert rejections == [] and list(by_era) == [575, 576]
 
 
 def test_ids_unknown_to_the_data_reject_the_whole_model(index: EraIndex) -> None:
     predictions = pd.concat([full_predictions(index), pd.Series({"zz-9": 0.5, "zz-1": 0.5, "zz-5": 0.5})])
-    by_era, rejections = split_by_era("bob", predictions.sort_index(), index, files=["submissions/bob.csv"])
+    by_era, rejections = split_by_era("bob", Predictions.from_series(predictions.sort_index()), index,
+                                      files=["submissions/bob.csv"])
     assert by_era == {}
     [rejection] = rejections
     assert (rejection.model, rejection.file, rejection.era) == ("bob", "submissions/bob.csv", None)
@@ -246,7 +248,7 @@ def test_ids_unknown_to_the_data_reject_the_whole_model(index: EraIndex) -> None
 def test_an_incomplete_era_is_rejected_for_that_era_only(index: EraIndex) -> None:
     predictions = full_predictions(index)
     missing = index.ids_of("0002")[:2]
-    by_era, rejections = split_by_era("carol", predictions.drop(missing), index,
+    by_era, rejections = split_by_era("carol", Predictions.from_series(predictions.drop(missing)), index,
                                       files=["submissions/carol/1.csv", "submissions/carol/2.csv"])
     assert list(by_era) == ["0001"]
     assert rejections == [Rejection("carol", "submissions/carol/1.csv, submissions/carol/2.csv", "0002",
@@ -256,7 +258,7 @@ def test_an_incomplete_era_is_rejected_for_that_era_only(index: EraIndex) -> Non
 def test_an_era_the_model_did_not_predict_at_all_is_not_scored_nor_rejected(index: EraIndex) -> None:
     predictions = full_predictions(index)
     only_first = predictions[predictions.index.isin(index.ids_of("0001"))]
-    by_era, rejections = split_by_era("dora", only_first, index)
+    by_era, rejections = split_by_era("dora", Predictions.from_series(only_first), index)
     assert list(by_era) == ["0001"] and rejections == []
 
 
@@ -265,7 +267,7 @@ def test_constant_predictions_on_an_eras_scored_rows_are_rejected(index: EraInde
     era_ids = index.ids_of("0001")
     predictions[era_ids[index.resolved_of("0001")]] = 0.5
     predictions[era_ids[~index.resolved_of("0001")]] = 0.9  # unscored rows do not make it vary
-    by_era, rejections = split_by_era("erin", predictions, index)
+    by_era, rejections = split_by_era("erin", Predictions.from_series(predictions), index)
     assert list(by_era) == ["0002"]
     assert rejections == [Rejection("erin", "", "0001", "constant: every prediction on the era's scored rows is 0.5")]
 
@@ -274,7 +276,8 @@ def test_problems_in_unresolved_eras_are_skipped_silently(index: EraIndex) -> No
     predictions = full_predictions(index)
     unresolved_ids = index.ids_of("0003")
     predictions[unresolved_ids] = 0.5  # constant …
-    by_era, rejections = split_by_era("fay", predictions.drop(unresolved_ids[:1]), index)  # … and incomplete
+    incomplete = Predictions.from_series(predictions.drop(unresolved_ids[:1]))  # … and incomplete
+    by_era, rejections = split_by_era("fay", incomplete, index)
     assert list(by_era) == ["0001", "0002"] and rejections == []
 
 
