@@ -74,16 +74,17 @@ class ScoringParams:
     neutralization: float = 1.0
     payout: PayoutRule = field(default_factory=PayoutRule)
     models_per_task: int = 64
-    #: A load task also stops taking models at this many bytes of their files: its memory stays bounded.
-    bytes_per_task: int = 32 * 2**20
+    #: A load task reads its models' files this many bytes at a time (at least one model), keeping only
+    #: their ranks: its memory stays bounded whatever the files' sizes.
+    read_window_bytes: int = 32 * 2**20
     #: Prediction files larger than this are rejected from the listing, unread; None: automatic (see below).
     max_submission_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutralization <= 1.0:
             raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
-        if self.models_per_task < 1 or self.bytes_per_task < 1:
-            raise JobError("models_per_task and bytes_per_task must be at least 1")
+        if self.models_per_task < 1 or self.read_window_bytes < 1:
+            raise JobError("models_per_task and read_window_bytes must be at least 1")
         if self.max_submission_bytes is not None and self.max_submission_bytes < 1:
             raise JobError("max_submission_bytes must be at least 1")
 
@@ -122,6 +123,19 @@ class JobInputs:
     benchmark_file: tuple[str, FileInfo] | None
     feature_sets_file: FileInfo | None
     rejections: list[Rejection]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """One model's prediction files: full paths in application order, and their total size in bytes."""
+
+    model: str
+    paths: tuple[str, ...]
+    size: int
+
+    @classmethod
+    def of(cls, model: str, files: Sequence[FileInfo]) -> ModelFiles:
+        return cls(model, tuple(f.path for f in files), sum(f.size for f in files))
 
 
 @dataclass(frozen=True)
@@ -305,26 +319,36 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
 # -------------------------------------------------------------------------- load
 
 
-def load_model_batch(storage: Storage, models: list[tuple[str, list[str]]], index: EraIndex) -> ModelBatch:
-    """Read, validate and cut by era the predictions of a batch of models (one Dask task)."""
-    contents = storage.read_many([path for _, paths in models for path in paths])
+def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraIndex,
+                     read_window_bytes: int = ScoringParams.read_window_bytes) -> ModelBatch:
+    """Read, validate and cut by era the predictions of a batch of models (one Dask task).
+
+    Files are read concurrently ``read_window_bytes`` at a time; a window's
+    models are ranked per era before the next window is read, so the task
+    holds at most one window of file bytes plus compact ranks.
+    """
     rejections: list[Rejection] = []
     names: dict[str, list[str]] = {}
-    arrays: dict[str, list[np.ndarray]] = {}
-    for model, paths in models:
-        files = [storage.relative(p) for p in paths]
-        raw = [contents.pop(p) for p in paths]  # each file's bytes are released once parsed
-        predictions, problems = merge_model_files(model, list(zip(files, raw)), index.usual_ids)
-        rejections += problems
-        if predictions is None:
-            continue
-        by_era, problems = split_by_era(model, predictions, index, files=files)
-        rejections += problems
-        for era, values in by_era.items():
-            label = index.era_label(era)
-            names.setdefault(label, []).append(model)
-            arrays.setdefault(label, []).append(values)
-    return ModelBatch({label: (names[label], compact_ranks(np.vstack(arrays[label]))) for label in names}, rejections)
+    ranks: dict[str, list[np.ndarray]] = {}
+    for window in chunked(models, [m.size for m in models], len(models), read_window_bytes):
+        contents = storage.read_many([path for m in window for path in m.paths])
+        arrays: dict[str, list[np.ndarray]] = {}
+        for m in window:
+            files = [storage.relative(p) for p in m.paths]
+            raw = [contents.pop(p) for p in m.paths]  # each file's bytes are released once parsed
+            predictions, problems = merge_model_files(m.model, list(zip(files, raw)), index.usual_ids)
+            rejections += problems
+            if predictions is None:
+                continue
+            by_era, problems = split_by_era(m.model, predictions, index, files=files)
+            rejections += problems
+            for era, values in by_era.items():
+                label = index.era_label(era)
+                names.setdefault(label, []).append(m.model)
+                arrays.setdefault(label, []).append(values)
+        for label, values in arrays.items():
+            ranks.setdefault(label, []).append(compact_ranks(np.vstack(values)))
+    return ModelBatch({label: (names[label], np.vstack(ranks[label])) for label in names}, rejections)
 
 
 def compact_ranks(by_model: np.ndarray) -> np.ndarray:
@@ -473,19 +497,18 @@ def empty_per_era(params: ScoringParams) -> pd.DataFrame:
 # ------------------------------------------------------------------------- graph
 
 
-def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> list[list[tuple[str, list[str]]]]:
-    """Models in name order, each with its file paths in application order, cut into load tasks' batches."""
-    models = sorted(submissions)
-    sizes = [sum(f.size for f in submissions[m]) for m in models]
-    return [[(m, [f.path for f in submissions[m]]) for m in batch] for batch in chunked(models, sizes, params)]
+def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> list[list[ModelFiles]]:
+    """Models in name order, each with its files in application order, cut into load tasks' batches."""
+    models = [ModelFiles.of(m, submissions[m]) for m in sorted(submissions)]
+    return [models[i : i + params.models_per_task] for i in range(0, len(models), params.models_per_task)]
 
 
-def chunked(items: Sequence[T], sizes: Sequence[int], params: ScoringParams) -> list[list[T]]:
-    """Consecutive runs of ``items`` of at most ``models_per_task`` items and ``bytes_per_task`` bytes (or one item)."""
+def chunked(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> list[list[T]]:
+    """Consecutive runs of ``items`` of at most ``max_items`` items and ``max_bytes`` bytes (or one item)."""
     runs: list[list[T]] = []
     total = 0
     for item, size in zip(items, sizes):
-        if not runs or len(runs[-1]) >= params.models_per_task or total + size > params.bytes_per_task:
+        if not runs or len(runs[-1]) >= max_items or total + size > max_bytes:
             runs.append([])
             total = 0
         runs[-1].append(item)
@@ -495,7 +518,7 @@ def chunked(items: Sequence[T], sizes: Sequence[int], params: ScoringParams) -> 
 
 def build_graph(
     storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray],
-    model_batches: list[list[tuple[str, list[str]]]],
+    model_batches: list[list[ModelFiles]],
 ) -> tuple[list[Delayed], list[Delayed]]:
     """One load task per batch of models, one slice per (batch, era), one score task per era.
 
@@ -505,7 +528,8 @@ def build_graph(
     token = dask.base.tokenize(storage, input_record(inputs), params)
     index = dask.delayed(inputs.index, traverse=False)
     loaded = [
-        dask.delayed(load_model_batch, pure=True)(storage, batch, index, dask_key_name=f"load-{i}-{token}")
+        dask.delayed(load_model_batch, pure=True)(storage, batch, index, params.read_window_bytes,
+                                                  dask_key_name=f"load-{i}-{token}")
         for i, batch in enumerate(model_batches)
     ]
     scored = [
@@ -681,15 +705,15 @@ def prediction_correlations(
     top = [m for m in result.leaderboard["model"].head(models) if m in inputs.submissions]
     if len(top) < 2:
         return pd.DataFrame(dtype=np.float64)
-    paths = [(m, [f.path for f in inputs.submissions[m]]) for m in top]
+    files = [ModelFiles.of(m, inputs.submissions[m]) for m in top]
     index = dask.delayed(inputs.index, traverse=False)
-    task = dask.delayed(rank_correlation_task, pure=True)(storage, paths, index)
+    task = dask.delayed(rank_correlation_task, pure=True)(storage, files, index)
     return client.compute(task, retries=TASK_RETRIES).result()
 
 
-def rank_correlation_task(storage: Storage, models: list[tuple[str, list[str]]], index: EraIndex) -> pd.DataFrame:
+def rank_correlation_task(storage: Storage, models: list[ModelFiles], index: EraIndex) -> pd.DataFrame:
     """Read ``models`` (one Dask task) and average their per-era rank correlations."""
-    return mean_rank_correlation(load_model_batch(storage, models, index), [m for m, _ in models])
+    return mean_rank_correlation(load_model_batch(storage, models, index), [m.model for m in models])
 
 
 def mean_rank_correlation(batch: ModelBatch, names: list[str]) -> pd.DataFrame:

@@ -60,6 +60,7 @@ from numerai_dask.pipeline import (
     JobInputs,
     JobResult,
     ModelBatch,
+    ModelFiles,
     Phase,
     Progress,
     TASK_RETRIES,
@@ -79,7 +80,7 @@ from numerai_dask.pipeline import (
 )
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import FileInfo, Storage
-from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
+from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_model_files, split_by_era
 
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
@@ -297,7 +298,7 @@ def appended_predictions(
     delta = merged_predictions(storage, model, appended, index)
     if delta is None:
         return None
-    eras, _ = index.locate(delta.index)
+    eras, _ = index.locate(delta.ids)
     if np.any(eras < 0):
         return None
     touched = [index.eras[i] for i in np.unique(eras) if index.resolved_of(index.eras[i]).any()]
@@ -311,7 +312,7 @@ def appended_predictions(
     return {index.era_label(e): compact_ranks(by_era[e][None, :])[0] for e in touched if e in by_era}
 
 
-def merged_predictions(storage: Storage, model: str, paths: list[str], index: EraIndex) -> pd.Series | None:
+def merged_predictions(storage: Storage, model: str, paths: list[str], index: EraIndex) -> Predictions | None:
     """The model's predictions from ``paths`` in order, or None when any file is rejected."""
     contents = storage.read_many(paths)
     merged, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths], index.usual_ids)
@@ -320,30 +321,31 @@ def merged_predictions(storage: Storage, model: str, paths: list[str], index: Er
 
 def load_changed_models(
     storage: Storage,
-    full: list[tuple[str, list[str]]],
-    append: list[tuple[str, list[str], list[str]]],
+    full: list[ModelFiles],
+    append: list[tuple[list[str], ModelFiles]],
     index: EraIndex,
     previous_eras: dict[str, dict],
 ) -> ChangedModels:
     """Read a batch of changed models (one Dask task): appended files alone where that suffices.
 
-    ``append`` holds (model, appended files, all its files); a model whose
+    ``append`` holds (appended files, all the model's files); a model whose
     appended files do not suffice is read in full.
     """
     replaced: dict[str, frozenset[str] | None] = {}
     names: dict[str, list[str]] = {}
     arrays: dict[str, list[np.ndarray]] = {}
-    for model, appended, every_file in append:
-        by_era = appended_predictions(storage, model, appended, every_file, index, previous_eras)
+    for appended, every_file in append:
+        by_era = appended_predictions(storage, every_file.model, appended, list(every_file.paths), index, previous_eras)
         if by_era is None:
-            full = [*full, (model, every_file)]
+            full = [*full, every_file]
             continue
-        replaced[model] = frozenset(by_era)
+        replaced[every_file.model] = frozenset(by_era)
         for label, values in by_era.items():
-            names.setdefault(label, []).append(model)
+            names.setdefault(label, []).append(every_file.model)
             arrays.setdefault(label, []).append(values)
-    loaded = load_model_batch(storage, sorted(full), index)
-    replaced.update({model: None for model, _ in full})
+    full = sorted(full, key=lambda m: m.model)
+    loaded = load_model_batch(storage, full, index)
+    replaced.update({m.model: None for m in full})
     for label, (models, matrix) in loaded.by_era.items():
         names.setdefault(label, []).extend(models)
         arrays.setdefault(label, []).append(matrix)
@@ -428,17 +430,16 @@ def _refresh_under_lease(
 
     # Phase 1: read the changed models.
     index = client.scatter(inputs.index, broadcast=True)
-    paths = {m: [f.path for f in inputs.submissions[m]] for m in plan.full}
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
     sizes = [sum(f.size for f in inputs.submissions[m]) for m, _ in work]
     batches = []
     counts = []
-    for chunk in chunked(work, sizes, params):
+    for chunk in chunked(work, sizes, params.models_per_task, params.read_window_bytes):
         counts.append(len(chunk))
         batches.append(client.submit(
             load_changed_models, storage,
-            [(m, paths[m]) for m, kind in chunk if kind == "full"],
-            [(m, plan.append[m], [f.path for f in inputs.submissions[m]]) for m, kind in chunk if kind == "append"],
+            [ModelFiles.of(m, inputs.submissions[m]) for m, kind in chunk if kind == "full"],
+            [(plan.append[m], ModelFiles.of(m, inputs.submissions[m])) for m, kind in chunk if kind == "append"],
             index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
         ))
     if on_progress is not None:

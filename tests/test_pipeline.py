@@ -104,19 +104,18 @@ def test_job_equals_numerai_tools_era_by_era(tmp_path, client):
     assert not first_only.equals(merged_predictions([tmp_path / f for f in dataset.submission_files[folder_model]]))
 
 
-def test_load_batches_bounded_by_bytes_give_the_same_scores(tmp_path, client):
-    """A load task stops at ``bytes_per_task``: one model per task scores bit-identically to one task."""
+def test_load_windows_bounded_by_bytes_give_the_same_scores(tmp_path, client):
+    """A load task reads ``read_window_bytes`` at a time: one model per window scores bit-identically to one window."""
     generate(str(tmp_path), n_eras=4, rows_per_era=50, n_features=6, n_models=5, n_unresolved=1, seed=3)
-    one_task = run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=100, bytes_per_task=2**40))
-    per_model = run_job(client, Storage(str(tmp_path)), ScoringParams(bytes_per_task=1))
+    one_task = run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=100, read_window_bytes=2**40))
+    per_model = run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=100, read_window_bytes=1))
     pd.testing.assert_frame_equal(per_model.per_era, one_task.per_era, check_exact=True)
 
 
 def test_chunked_cuts_runs_by_count_and_by_bytes():
-    params = ScoringParams(models_per_task=3, bytes_per_task=100)
-    assert chunked(list("abcdefg"), [10] * 7, params) == [list("abc"), list("def"), ["g"]]
-    assert chunked(list("abcd"), [60, 30, 20, 500], params) == [["a", "b"], ["c"], ["d"]]  # too big: alone
-    assert chunked([], [], params) == []
+    assert chunked(list("abcdefg"), [10] * 7, 3, 100) == [list("abc"), list("def"), ["g"]]
+    assert chunked(list("abcd"), [60, 30, 20, 500], 3, 100) == [["a", "b"], ["c"], ["d"]]  # too big: alone
+    assert chunked([], [], 3, 100) == []
 
 
 def test_integer_eras_and_id_as_column(tmp_path, client):
