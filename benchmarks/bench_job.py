@@ -15,9 +15,11 @@ On one generated dataset (every model predicting every era, no unresolved era):
     on one worker, for the throughput ratio.
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
-    (two rankings: predictions and FNC residuals), one Gram-route basis per
-    era, and the GEMMs that project and measure exposures — on one core, divided
-    by the number of workers (both cores busy all the time doing only that).
+    (two rankings: predictions and FNC residuals), one factorization per era
+    (the features' Gram matrix and its eigendecomposition: the basis applied
+    through the features, never formed, as the kernel does), and the GEMMs
+    that project and measure exposures — on one core, divided by the number
+    of workers (both cores busy all the time doing only that).
 
 Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory and
 one era's working set (the peak of NumPy allocations while one era is scored,
@@ -152,8 +154,8 @@ def floor(root: Path, workers: int, eras: int, rows: int, features: int, models:
         x = era.features.astype(np.float64)
         a = x - x.mean(axis=0)
         eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
-        basis = a @ (eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-300)))
-        residual = era.predictions - basis @ (basis.T @ era.predictions)
+        weights = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-300))
+        residual = era.predictions - a @ (weights @ (weights.T @ (a.T @ era.predictions)))
         a.T @ residual  # exposures: one more F × N × M product
         compute_seconds = time.perf_counter() - started
     return read_seconds / workers, compute_seconds * eras / workers
