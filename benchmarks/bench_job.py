@@ -35,6 +35,7 @@ import resource
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,15 +191,15 @@ def numerai_scale(workers: list[int], rows: int = 5000, features: int = 2376, er
     """Time ``score_era`` at Numerai's feature count for two model counts; extrapolate linearly in models.
 
     An era costs a fixed part (its feature basis) plus a part per model (sorts
-    and GEMM columns): two measurements give both.
+    and GEMM columns): two measurements give both, each the faster of two runs
+    (one slow run on a noisy machine would otherwise set the slope).
     """
     costs = {}
     with threadpool_limits(1):
         for m in (250, 1000):
             era = make_era(rows, features, m, seed=m)
-            started = time.perf_counter()
-            score_era(era.predictions, era.target, era.features, era.stakes, era.benchmark)
-            costs[m] = time.perf_counter() - started
+            costs[m] = min(_seconds(lambda: score_era(era.predictions, era.target, era.features, era.stakes,
+                                                      era.benchmark)) for _ in range(2))
     per_model = (costs[1000] - costs[250]) / 750
     fixed = max(costs[250] - 250 * per_model, 0.0)
     era_seconds = fixed + models * per_model
@@ -208,6 +209,12 @@ def numerai_scale(workers: list[int], rows: int = 5000, features: int = 2376, er
              f"{era_seconds:.1f} s per era on one core"]
     lines += [f"  on {k:4d} workers: {era_seconds * eras / k / 3600:7.2f} h (scoring only)" for k in workers]
     return lines
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------ main
