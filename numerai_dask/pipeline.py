@@ -6,7 +6,8 @@ The job runs in four steps:
    the scoring target to learn each era's ids and which files hold it; list
    submissions, stakes and the benchmark.
 2. **load** (one task per batch of models): read the batch's files
-   concurrently, validate them, apply re-uploads, and cut each model's
+   concurrently, a window of bytes at a time, validate them, apply
+   re-uploads, and cut each model's
    predictions into per-era arrays (rows = the era's resolved ids, sorted),
    ranked there: the scoring needs only tie-kept ranks, which travel as
    uint16 — a quarter of the predictions' bytes.
