@@ -325,6 +325,7 @@ def load_changed_models(
     append: list[tuple[list[str], ModelFiles]],
     index: EraIndex,
     previous_eras: dict[str, dict],
+    read_window_bytes: int,
 ) -> ChangedModels:
     """Read a batch of changed models (one Dask task): appended files alone where that suffices.
 
@@ -344,7 +345,7 @@ def load_changed_models(
             names.setdefault(label, []).append(every_file.model)
             arrays.setdefault(label, []).append(values)
     full = sorted(full, key=lambda m: m.model)
-    loaded = load_model_batch(storage, full, index)
+    loaded = load_model_batch(storage, full, index, read_window_bytes)
     replaced.update({m.model: None for m in full})
     for label, (models, matrix) in loaded.by_era.items():
         names.setdefault(label, []).extend(models)
@@ -440,7 +441,7 @@ def _refresh_under_lease(
             load_changed_models, storage,
             [ModelFiles.of(m, inputs.submissions[m]) for m, kind in chunk if kind == "full"],
             [(plan.append[m], ModelFiles.of(m, inputs.submissions[m])) for m, kind in chunk if kind == "append"],
-            index, plan.previous_eras, pure=False, retries=TASK_RETRIES,
+            index, plan.previous_eras, params.read_window_bytes, pure=False, retries=TASK_RETRIES,
         ))
     if on_progress is not None:
         follow([Phase("read and validate", "models", batches, counts)], on_progress)
