@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, fields
@@ -121,7 +120,8 @@ def _check_csv_text(raw: bytes) -> list[str]:
         raise SubmissionError("the file holds parquet data but is named .csv; name it .parquet")
     if raw.startswith(UTF16_32_MARKS):
         raise SubmissionError("the file is UTF-16 or UTF-32 text; save it as UTF-8 (plain CSV)")
-    first_line = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
+    end = raw.find(b"\n")
+    first_line = raw[: end if end >= 0 else len(raw)].decode("utf-8-sig", errors="replace").rstrip("\r")
     try:
         header = next(csv.reader([first_line]), [])
     except csv.Error:  # not text at all: the CSV reader says what is wrong
@@ -142,15 +142,17 @@ def _check_unique_columns(names: Sequence[str]) -> None:
             raise SubmissionError(f"the column {column!r} appears {count} times; which one to use is ambiguous")
 
 
-def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
+def read_tabular(file_name: str, raw: bytes, text_column: str, number_column: str | None = None) -> pa.Table:
     """A csv or parquet file's rows as an Arrow table, ``text_column`` kept as text.
 
     Parquet index columns (pandas stores a named index as a column) come back as
     ordinary columns. Nothing is ever unpickled. Empty CSV fields and the usual
-    missing-value words (``NA``, ``nan``…) are missing values. Raises
-    :class:`SubmissionError` when the bytes cannot be read as the format the
-    extension names, are compressed, not UTF-8, not comma-separated, or name a
-    key column twice.
+    missing-value words (``NA``, ``nan``…) are missing values. A CSV
+    ``number_column`` is parsed straight to float64 when every value is a number,
+    else read as the reader infers it (so the caller can say which rows are
+    not numbers). Raises :class:`SubmissionError` when the bytes cannot be read
+    as the format the extension names, are compressed, not UTF-8, not
+    comma-separated, or name a key column twice.
     """
     kind = file_kind(file_name)
     if kind is None:
@@ -160,15 +162,27 @@ def read_tabular(file_name: str, raw: bytes, text_column: str) -> pa.Table:
     try:
         if kind == "csv":
             _check_unique_columns(_check_csv_text(raw))
-            options = pa_csv.ConvertOptions(column_types={text_column: ID_TYPE}, strings_can_be_null=True)
-            table = pa_csv.read_csv(io.BytesIO(raw), convert_options=options)
+            table = _read_csv(raw, text_column, number_column)
             table.column_names  # noqa: B018 — the header is decoded here, so a binary file fails inside the try
             return table
-        table = pq.read_table(io.BytesIO(raw))
+        table = pq.ParquetFile(pa.BufferReader(raw)).read()
         _check_unique_columns(table.schema.names)
         return table
     except (ValueError, pa.ArrowException, UnicodeDecodeError) as error:
         raise SubmissionError(f"unreadable as {kind}: {describe_error(error)}") from None
+
+
+def _read_csv(raw: bytes, text_column: str, number_column: str | None) -> pa.Table:
+    """CSV bytes as a table: ``text_column`` as text, ``number_column`` as float64 if it parses so, else inferred."""
+    types = {text_column: ID_TYPE}
+    if number_column is not None:
+        try:
+            return pa_csv.read_csv(pa.BufferReader(raw), convert_options=pa_csv.ConvertOptions(
+                column_types={**types, number_column: pa.float64()}, strings_can_be_null=True))
+        except pa.ArrowInvalid:
+            pass  # some value is not a number: read it as it is, for the caller to name the rows
+    return pa_csv.read_csv(pa.BufferReader(raw),
+                           convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True))
 
 
 def _examples(values: Sequence) -> str:
@@ -253,7 +267,7 @@ def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None
     data order): a file listing exactly those, in that order, needs no search
     for repeats — the common case costs one comparison of buffers.
     """
-    table = read_tabular(file_name, raw, "id")
+    table = read_tabular(file_name, raw, "id", "prediction")
     missing = [c for c in ("id", "prediction") if c not in table.column_names]
     if missing:
         raise SubmissionError(
