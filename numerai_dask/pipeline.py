@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 from distributed import Client, Future, as_completed
-from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
@@ -718,7 +717,10 @@ def rank_correlation_task(storage: Storage, models: list[ModelFiles], index: Era
 
 
 def mean_rank_correlation(batch: ModelBatch, names: list[str]) -> pd.DataFrame:
-    """Mean over eras of the Spearman correlation (Pearson of average ranks) of every pair of ``names``."""
+    """Mean over eras of the Spearman correlation (Pearson of average ranks) of every pair of ``names``.
+
+    The batch holds doubled average ranks already: their Pearson correlation is the Spearman correlation.
+    """
     position = {name: i for i, name in enumerate(names)}
     total = np.zeros((len(names), len(names)))
     count = np.zeros((len(names), len(names)))
@@ -726,7 +728,7 @@ def mean_rank_correlation(batch: ModelBatch, names: list[str]) -> pd.DataFrame:
         if len(era_models) < 2:
             continue
         with np.errstate(invalid="ignore", divide="ignore"):
-            correlation = np.corrcoef(rankdata(matrix, axis=1))
+            correlation = np.corrcoef(matrix.astype(np.float64))
         at = np.ix_([position[m] for m in era_models], [position[m] for m in era_models])
         finite = np.isfinite(correlation)
         total[at] += np.where(finite, correlation, 0.0)
