@@ -352,7 +352,9 @@ class EraIndex:
     """Which ids make up each era of the data, and which of them have a resolved target.
 
     Rows are held era by era (eras in sorted order), ids sorted within an era:
-    era ``k`` is ``ids[starts[k]:starts[k + 1]]``. ``resolved`` marks rows whose
+    era ``k`` is ``ids[starts[k]:starts[k + 1]]``, ``ids`` being Arrow text (any
+    sequence of ids given is converted: Python strings would take three times the
+    memory on every worker). ``resolved`` marks rows whose
     target is not NaN; ``resolved_numbers`` (derived) are the numbers of the eras
     with at least one resolved row. ``data_rows[i]`` is the row of the data's
     ``i``-th id in data order (empty when unknown); ``usual_ids`` (derived) are the
@@ -363,27 +365,26 @@ class EraIndex:
     """
 
     eras: list
-    ids: np.ndarray
+    ids: pa.Array
     starts: np.ndarray
     resolved: np.ndarray
     data_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    _arrow_ids: pa.Array = field(init=False, repr=False, compare=False)
     usual_ids: pa.Array | None = field(init=False, repr=False, compare=False)
     _number: dict = field(init=False, repr=False, compare=False)
     resolved_numbers: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._arrow_ids = pa.array(self.ids, type=ID_TYPE)
-        if pc.count_distinct(self._arrow_ids).as_py() < len(self.ids):
-            repeated = _repeated(self._arrow_ids)
+        self.ids = as_arrow_ids(self.ids)
+        if pc.count_distinct(self.ids).as_py() < len(self.ids):
+            repeated = _repeated(self.ids)
             raise ValueError(f"{len(repeated)} ids appear more than once in the data, e.g. {_examples(repeated)}")
-        self.usual_ids = self._arrow_ids.take(pa.array(self.data_rows)) if len(self.data_rows) else None
+        self.usual_ids = self.ids.take(pa.array(self.data_rows)) if len(self.data_rows) else None
         self._number = {era: k for k, era in enumerate(self.eras)}
         counts = np.add.reduceat(self.resolved.astype(np.int64), self.starts[:-1]) if len(self.eras) else np.zeros(0)
         self.resolved_numbers = np.flatnonzero(counts > 0)
 
     def __getstate__(self) -> dict:
-        """Only the given fields travel to workers; the Arrow ids and era numbers are derived again there."""
+        """Only the given fields travel to workers; the usual ids and era numbers are derived again there."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     def __setstate__(self, state: dict) -> None:
@@ -402,7 +403,7 @@ class EraIndex:
         starts = np.flatnonzero(np.diff(codes, prepend=-1, append=-2)).astype(np.int64)
         return cls(
             eras=[python_scalar(e) for e in eras],
-            ids=rows["id"].to_numpy(dtype=object),
+            ids=pa.array(rows["id"].to_numpy(dtype=object), type=ID_TYPE),
             starts=starts,
             resolved=rows["resolved"].to_numpy(dtype=bool),
             data_rows=data_rows,
@@ -423,9 +424,9 @@ class EraIndex:
         return [era for k, era in enumerate(self.eras) if k not in resolved]
 
     def ids_of(self, era: Hashable) -> np.ndarray:
-        """The era's ids, sorted."""
+        """The era's ids, sorted (as Python strings: for checks and digests, not for lookups)."""
         k = self._number[era]
-        return self.ids[self.starts[k] : self.starts[k + 1]]
+        return self.ids.slice(self.starts[k], self.starts[k + 1] - self.starts[k]).to_numpy(zero_copy_only=False)
 
     def resolved_of(self, era: Hashable) -> np.ndarray:
         """Which of :meth:`ids_of` have a resolved target (a boolean mask in the same order)."""
@@ -437,16 +438,16 @@ class EraIndex:
         ids = as_arrow_ids(ids)
         if self.usual_ids is not None and ids.equals(self.usual_ids):
             return self.data_rows
-        if ids.equals(self._arrow_ids):
+        if ids.equals(self.ids):
             return np.arange(len(self.ids))
         if len(ids) * SMALL_LOOKUP < len(self.ids):  # a few ids: probe a hash table built once, not a new one
             return self._hashed.get_indexer(ids.to_numpy(zero_copy_only=False)).astype(np.int64)
-        return pc.index_in(ids, value_set=self._arrow_ids).fill_null(-1).to_numpy().astype(np.int64)
+        return pc.index_in(ids, value_set=self.ids).fill_null(-1).to_numpy().astype(np.int64)
 
     @functools.cached_property
     def _hashed(self) -> pd.Index:
         """The ids as a pandas Index: its hash table is built on first lookup and kept with this object."""
-        return pd.Index(self.ids, dtype=object)
+        return pd.Index(self.ids.to_numpy(zero_copy_only=False), dtype=object)
 
     def locate(self, ids: Sequence[str] | pd.Index | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each id: its era's number (position in :attr:`eras`) and its position in that era; -1, -1 if unknown."""
