@@ -46,7 +46,7 @@ fi
 mkdir -p "$run_dir"
 rm -f "$scheduler_file"
 
-# The one definition of the worker environment (BLAS threads, spill thresholds) is numerai_dask's.
+# The one definition of the worker environment (BLAS threads, allocator, spill thresholds) is numerai_dask's.
 worker_env="$("$PYTHON" -m numerai_dask.clusters worker-env)" || {
   echo "start-local: $PYTHON cannot run numerai_dask.clusters; install numerai-dask there (see README.md)" >&2
   exit 1

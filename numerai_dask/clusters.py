@@ -37,6 +37,9 @@ from distributed import Client, LocalCluster
 
 #: BLAS and OpenMP pools: one thread for each task thread, or the two levels of threads fight over cores.
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: Arrow allocates from the C library, which gives freed memory back to the system. Its default pool
+#: keeps what it freed, which Dask counts as unmanaged memory and spills (or pauses) to make room for.
+ALLOCATOR_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 #: The standard AWS environment the job's storage takes its S3 endpoint and credentials from.
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                         "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
@@ -106,15 +109,15 @@ class WorkerSettings:
         return {f"distributed.worker.memory.{name}": getattr(self, name)
                 for name in ("target", "spill", "pause", "terminate")}
 
-    def blas_environment(self) -> dict[str, str]:
-        """One BLAS/OpenMP thread per task thread (each task thread runs its own BLAS calls)."""
-        return dict.fromkeys(BLAS_VARIABLES, "1")
+    def process_environment(self) -> dict[str, str]:
+        """One BLAS/OpenMP thread per task thread (each task thread runs its own BLAS calls), Arrow on the system allocator."""
+        return {**dict.fromkeys(BLAS_VARIABLES, "1"), **ALLOCATOR_ENVIRONMENT}
 
     def environment(self) -> dict[str, str]:
-        """BLAS threads and spill thresholds as environment variables: for workers started by a shell,
+        """BLAS threads, allocator and spill thresholds as environment variables: for workers started by a shell,
         a container or a batch job, which read their dask config from the environment."""
         config = {config_variable(key): str(value) for key, value in self.dask_config().items()}
-        return {**self.blas_environment(), **config}
+        return {**self.process_environment(), **config}
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def local_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
         "processes": True,
         "memory_limit": spec.worker.memory_limit,
         "dashboard_address": ":0",
-        "env": spec.worker.blas_environment(),
+        "env": spec.worker.process_environment(),
     }
 
 
@@ -265,7 +268,7 @@ def ssh_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
         "hosts": list(options["hosts"]),
         "connect_options": dict(options.get("connect_options", {})),
         "worker_options": {"n_workers": options.get("workers_per_host", 1), "nthreads": spec.worker.threads,
-                           "memory_limit": spec.worker.memory_limit, "env": spec.worker.blas_environment()},
+                           "memory_limit": spec.worker.memory_limit, "env": spec.worker.process_environment()},
         "scheduler_options": scheduler_options,
         "worker_class": "distributed.Nanny",
     }

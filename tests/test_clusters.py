@@ -101,11 +101,11 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
     messages: list[str] = []
     with clusters.connect(choose(None, str(CLUSTER / "local.yaml"), 2, {}), log=messages.append) as client:
         settings = client.run(lambda dask_worker: (
-            {name: os.environ.get(name) for name in clusters.BLAS_VARIABLES}, dask_worker.state.nthreads,
+            {name: os.environ.get(name) for name in WorkerSettings().process_environment()}, dask_worker.state.nthreads,
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers")
-    assert list(settings.values()) == [(WorkerSettings().blas_environment(), 1, WorkerSettings().dask_config())] * 2
+    assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
     assert_frames_close(on_processes.table("leaderboard"), local.leaderboard, ["model"])
     assert len(local.per_era) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
@@ -259,12 +259,12 @@ def test_ssh_spec_starts_a_cluster_over_ssh_whose_workers_have_the_worker_settin
                                "worker: {memory_limit: 1GiB, spill: 0.75}\n")
     messages: list[str] = []
     with clusters.connect(load_spec(spec), log=messages.append) as client:
-        blas = client.run(lambda: {name: os.environ.get(name) for name in clusters.BLAS_VARIABLES})
+        blas = client.run(lambda: {name: os.environ.get(name) for name in WorkerSettings().process_environment()})
         memory = client.run(lambda dask_worker: (dask_worker.memory_manager.memory_limit,
                                                  dask.config.get("distributed.worker.memory.spill")))
         on_ssh = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith(f"started an SSHCluster from {spec} (1 workers)")
-    assert list(blas.values()) == [WorkerSettings().blas_environment()]
+    assert list(blas.values()) == [WorkerSettings().process_environment()]
     assert list(memory.values()) == [(parse_bytes("1GiB"), 0.75)]
     with Client(dask_cluster) as client:
         expected = run_job(client, Storage(str(dataset)), ScoringParams())
@@ -276,7 +276,7 @@ def test_ssh_spec_gives_sshcluster_the_hosts_and_the_worker_settings() -> None:
     arguments = clusters.ssh_cluster_arguments(spec)
     assert arguments["hosts"] == ["10.0.0.5", "10.0.0.6", "10.0.0.7"]
     assert arguments["worker_options"] == {"n_workers": 8, "nthreads": 1, "memory_limit": "6GiB",
-                                           "env": WorkerSettings().blas_environment()}
+                                           "env": WorkerSettings().process_environment()}
     assert arguments["scheduler_options"] == {"port": 8786, "dashboard_address": ":8787"}
     assert arguments["connect_options"]["username"] == "numerai"
     assert arguments["remote_python"] == "/opt/numerai-dask/.venv/bin/python"
