@@ -36,6 +36,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +116,21 @@ def _files_of(root: Path, model: str) -> list[str]:
 # --------------------------------------------------------------------------- (b)
 
 
-def numerai_dask_way(root: Path, out: Path, workers: int, memory_limit: str) -> tuple[float, float, pd.DataFrame, list[int], dict]:
+def numerai_dask_way(root: Path, out: Path, workers: int, memory_limit: str,
+                     spill: float | None = None) -> tuple[float, float, pd.DataFrame, list[int], dict]:
     """Start a LocalCluster, then time the job end to end on it.
+
+    ``spill`` (a fraction of the memory limit) moves both spill thresholds
+    there, ``target`` and ``spill``, when they are above it.
 
     Returns (cluster start seconds, job seconds, per-era table, each worker's
     peak RSS in bytes, the manifest's timings).
     """
     started = time.perf_counter()
-    spec = ClusterSpec("local", {"workers": workers}, worker=WorkerSettings(memory_limit=memory_limit))
+    settings = WorkerSettings(memory_limit=memory_limit)
+    if spill is not None:
+        settings = replace(settings, target=min(settings.target, spill), spill=min(settings.spill, spill))
+    spec = ClusterSpec("local", {"workers": workers}, worker=settings)
     with connect(spec, log=lambda _: None) as client:
         client.wait_for_workers(workers)
         cluster_seconds = time.perf_counter() - started
@@ -233,6 +241,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 600MiB (default: share of the machine)")
+    parser.add_argument("--spill", type=float, help="spill to disk above this fraction of the memory limit "
+                                                    "(default: WorkerSettings' 0.6 target and 0.7 spill)")
     parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
     parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
@@ -249,7 +259,7 @@ def main() -> None:
         print(f"dataset: {args.eras} eras × {args.rows_per_era} rows × {args.features} features × "
               f"{args.models} models, {format_bytes(size)} of input files; {args.workers} workers")
         cluster_seconds, job_seconds, ours, peaks, stages = numerai_dask_way(
-            root, Path(scratch) / "out", args.workers, args.memory_limit)
+            root, Path(scratch) / "out", args.workers, args.memory_limit, args.spill)
         print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {stages}; "
               f"LocalCluster start {cluster_seconds:.1f} s apart")
         floor_read, floor_compute = floor(root, args.workers, args.eras, args.rows_per_era, args.features,
@@ -258,15 +268,17 @@ def main() -> None:
         print(f"(c) floor                       {floor_seconds:8.2f} s   (read bytes {floor_read:.2f} s + "
               f"arithmetic {floor_compute:.2f} s, per core)")
         if args.scaling:
-            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, args.memory_limit)
+            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, args.memory_limit, args.spill)
             print(f"(b) on one worker               {one_worker:8.2f} s   → {args.workers} workers are "
                   f"{one_worker / job_seconds:.2f}× the throughput of one")
         working_set = era_working_set(root)
         limit = parse_bytes(args.memory_limit) if args.memory_limit != "auto" else None
         print(f"peak memory per worker          {', '.join(format_bytes(p) for p in peaks)}; "
-              f"one era's working set {format_bytes(working_set)}"
+              f"one era's working set {format_bytes(working_set)}, the peak is {max(peaks) / working_set:.1f}× it "
+              "(goal ≤ 3)"
               + (f"; memory limit {format_bytes(limit)} per worker, input files "
-                 f"{size / (limit * args.workers):.1f}× the workers' total" if limit else ""))
+                 f"{size / (limit * args.workers):.1f}× the workers' total" if limit else "")
+              + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else ""))
         print(f"(b)/(c)                         {job_seconds / floor_seconds:8.2f}    (goal ≤ 2)")
         if not args.skip_reference:
             read_seconds, score_seconds, theirs, computed = numerai_tools_way(root, args.reference_eras)

@@ -22,12 +22,15 @@ Predictions (small) travel to the era's features (large), never the reverse.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import dask
 import numpy as np
@@ -43,6 +46,7 @@ from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
 
 T = TypeVar("T")
+P = ParamSpec("P")
 #: ``meta_corr`` is the meta model's CORR in the era, repeated on each of its models' rows.
 PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms", "meta_corr")
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
@@ -316,9 +320,46 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     )
 
 
+# ------------------------------------------------------------------- worker heap
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system.
+
+    NumPy and Arrow free a task's temporaries into the heap, and glibc keeps
+    free pages that do not sit at its top. Dask counts them as unmanaged memory
+    of the worker: on the 80-era benchmark about 100 MiB a worker, for which it
+    spilled data and paused.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
+    """A Dask task function that calls :func:`trim_heap` when it ends, whether it returns or raises."""
+
+    @functools.wraps(task)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return task(*args, **kwargs)
+        finally:
+            trim_heap()
+
+    return run
+
+
 # -------------------------------------------------------------------------- load
 
 
+@returning_freed_memory
 def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraIndex,
                      read_window_bytes: int = ScoringParams.read_window_bytes) -> ModelBatch:
     """Read, validate and cut by era the predictions of a batch of models (one Dask task).
@@ -405,6 +446,7 @@ def read_era_rows(storage: Storage, era: EraPlan, columns: list[str], target: st
     return rows.sort_values("id", kind="stable").reset_index(drop=True)
 
 
+@returning_freed_memory
 def score_era_task(
     storage: Storage,
     era: EraPlan,

@@ -7,6 +7,8 @@ scores every resolved era.
 
 from __future__ import annotations
 
+import pickle
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from distributed import Client
 from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
-from numerai_dask.pipeline import JobError, ScoringParams, chunked, run_job
+from numerai_dask.pipeline import (JobError, ScoringParams, _malloc_trim, chunked, load_model_batch,
+                                   returning_freed_memory, run_job, trim_heap)
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -181,3 +184,28 @@ def test_job_errors_are_one_line_causes(tmp_path, client):
         run_job(client, Storage(str(tmp_path)), ScoringParams(feature_set="huge"))
     with pytest.raises(JobError, match="no data files"):
         run_job(client, Storage(str(tmp_path / "empty")), ScoringParams())
+
+
+def test_tasks_that_return_freed_memory_still_return_raise_and_travel_by_name() -> None:
+    """The heap is trimmed after a task, whatever it does; the task function still pickles as a reference."""
+    calls: list[str] = []
+
+    @returning_freed_memory
+    def task(fail: bool) -> str:
+        calls.append("ran")
+        if fail:
+            raise ValueError("bad input")
+        return "scored"
+
+    assert task(False) == "scored"
+    with pytest.raises(ValueError, match="bad input"):
+        task(True)
+    assert calls == ["ran", "ran"]
+    assert pickle.loads(pickle.dumps(load_model_batch)) is load_model_batch
+    assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_trim_is_found_on_glibc() -> None:
+    assert _malloc_trim() is not None
+    trim_heap()
