@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import io
 import platform
 import time
@@ -343,15 +344,28 @@ def trim_heap() -> None:
         trim(0)
 
 
+def release_memory() -> None:
+    """Free what only reference cycles still hold, then give the C heap's free pages back (:func:`trim_heap`).
+
+    Python frees objects in reference cycles only when its cyclic collector
+    runs, which allocation counts decide. After the 80-era benchmark a worker
+    held about 160 MiB that one collection freed (its garbage: frames and
+    tracebacks of the worker's event loop, futures, Parquet metadata); with a
+    collection after each task, its peak fell from 556–574 to 449–454 MiB.
+    """
+    gc.collect()
+    trim_heap()
+
+
 def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
-    """A Dask task function that calls :func:`trim_heap` when it ends, whether it returns or raises."""
+    """A Dask task function that calls :func:`release_memory` when it ends, whether it returns or raises."""
 
     @functools.wraps(task)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return task(*args, **kwargs)
         finally:
-            trim_heap()
+            release_memory()
 
     return run
 

@@ -7,8 +7,10 @@ scores every resolved era.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import platform
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch,
-                                   returning_freed_memory, run_job, trim_heap)
+                                   release_memory, returning_freed_memory, run_job, trim_heap)
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -203,6 +205,28 @@ def test_tasks_that_return_freed_memory_still_return_raise_and_travel_by_name() 
     assert calls == ["ran", "ran"]
     assert pickle.loads(pickle.dumps(load_model_batch)) is load_model_batch
     assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
+
+
+def test_releasing_memory_frees_buffers_that_only_a_reference_cycle_holds() -> None:
+    """What a task left in a cycle (a traceback's frames, say) is freed when the task ends, not at some later collection."""
+
+    class Holder:
+        def __init__(self) -> None:
+            self.buffer = np.zeros(2**20)
+            self.me = self
+
+    holder = Holder()
+    alive = weakref.ref(holder)
+    collecting = gc.isenabled()
+    gc.disable()  # as between a worker's tasks, when allocation counts have not triggered a collection
+    try:
+        del holder
+        assert alive() is not None
+        release_memory()
+        assert alive() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
