@@ -188,45 +188,41 @@ def test_job_errors_are_one_line_causes(tmp_path, client):
         run_job(client, Storage(str(tmp_path / "empty")), ScoringParams())
 
 
-def test_tasks_that_return_freed_memory_still_return_raise_and_travel_by_name() -> None:
-    """The heap is trimmed after a task, whatever it does; the task function still pickles as a reference."""
-    calls: list[str] = []
+class Cycle:
+    """An object only a reference cycle keeps alive, holding 8 MB."""
+
+    def __init__(self) -> None:
+        self.buffer = np.zeros(2**20)
+        self.me = self
+
+
+def test_tasks_that_return_freed_memory_free_their_cycles_whether_they_return_or_raise() -> None:
+    """A task's cyclic garbage is gone when it ends, returning or raising; the task function still pickles as a reference."""
+    left: list[weakref.ref] = []
 
     @returning_freed_memory
     def task(fail: bool) -> str:
-        calls.append("ran")
+        left.append(weakref.ref(Cycle()))
         if fail:
             raise ValueError("bad input")
         return "scored"
 
-    assert task(False) == "scored"
-    with pytest.raises(ValueError, match="bad input"):
-        task(True)
-    assert calls == ["ran", "ran"]
-    assert pickle.loads(pickle.dumps(load_model_batch)) is load_model_batch
-    assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
-
-
-def test_releasing_memory_frees_buffers_that_only_a_reference_cycle_holds() -> None:
-    """What a task left in a cycle (a traceback's frames, say) is freed when the task ends, not at some later collection."""
-
-    class Holder:
-        def __init__(self) -> None:
-            self.buffer = np.zeros(2**20)
-            self.me = self
-
-    holder = Holder()
-    alive = weakref.ref(holder)
     collecting = gc.isenabled()
     gc.disable()  # as between a worker's tasks, when allocation counts have not triggered a collection
     try:
-        del holder
-        assert alive() is not None
+        assert task(False) == "scored"
+        with pytest.raises(ValueError, match="bad input"):
+            task(True)
+        assert len(left) == 2 and all(ref() is None for ref in left)
+        orphan = weakref.ref(Cycle())
+        assert orphan() is not None  # without a release, the cycle stays
         release_memory()
-        assert alive() is None
+        assert orphan() is None
     finally:
         if collecting:
             gc.enable()
+    assert pickle.loads(pickle.dumps(load_model_batch)) is load_model_batch
+    assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
