@@ -564,8 +564,12 @@ def empty_per_era(params: ScoringParams) -> pd.DataFrame:
 
 def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> list[list[ModelFiles]]:
     """Models in name order, each with its files in application order, cut into load tasks' batches."""
-    models = [ModelFiles.of(m, submissions[m]) for m in sorted(submissions)]
-    return [models[i : i + params.models_per_task] for i in range(0, len(models), params.models_per_task)]
+    return in_batches([ModelFiles.of(m, submissions[m]) for m in sorted(submissions)], params.models_per_task)
+
+
+def in_batches(items: Sequence[T], size: int) -> list[list[T]]:
+    """Consecutive runs of ``items``, ``size`` items each (the last may be shorter)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def chunked(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> list[list[T]]:

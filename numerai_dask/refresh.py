@@ -66,16 +66,17 @@ from numerai_dask.pipeline import (
     TASK_RETRIES,
     ScoringParams,
     discover,
-    chunked,
     compact_ranks,
     era_slice,
     follow,
+    in_batches,
     input_record,
     job_result,
     load_benchmark,
     load_model_batch,
     prediction_correlations,
     read_parquet,
+    returning_freed_memory,
     score_era_task,
 )
 from numerai_dask.report import new_run_id, publish_run
@@ -319,6 +320,7 @@ def merged_predictions(storage: Storage, model: str, paths: list[str], index: Er
     return None if problems else merged
 
 
+@returning_freed_memory
 def load_changed_models(
     storage: Storage,
     full: list[ModelFiles],
@@ -432,10 +434,9 @@ def _refresh_under_lease(
     # Phase 1: read the changed models.
     index = client.scatter(inputs.index, broadcast=True)
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
-    sizes = [sum(f.size for f in inputs.submissions[m]) for m, _ in work]
     batches = []
     counts = []
-    for chunk in chunked(work, sizes, params.models_per_task, params.read_window_bytes):
+    for chunk in in_batches(work, params.models_per_task):  # as a full run's: read windows bound the memory
         counts.append(len(chunk))
         batches.append(client.submit(
             load_changed_models, storage,
