@@ -351,7 +351,8 @@ def release_memory() -> None:
     runs, which allocation counts decide. After the 80-era benchmark a worker
     held about 160 MiB that one collection freed (its garbage: frames and
     tracebacks of the worker's event loop, futures, Parquet metadata); with a
-    collection after each task, its peak fell from 556–574 to 449–454 MiB.
+    collection after each task, its peak fell from 556–574 to 449–454 MiB
+    (700 MiB workers spilling above 40 %).
     A full collection scans the worker's 120,000 objects (0.1 s), so the first
     one freezes the survivors (libraries, the worker itself) out of later ones.
     """
