@@ -9,7 +9,8 @@ imported only when a spec chooses them.
 
 Every backend gives its workers the same settings, defined once here
 (:class:`WorkerSettings`): one BLAS/OpenMP thread per task thread, a memory
-limit, and the spill thresholds as ``distributed.worker.memory.*`` config.
+limit, the spill thresholds as ``distributed.worker.memory.*`` config, and
+glibc's own allocator thresholds (see :data:`NANNY_ALLOCATOR_CONFIG`).
 S3 credentials are never part of a spec, a worker command line or the dask
 config (SSHCluster copies the config into a remote command line): the job
 reads them where it is submitted and ships them with its tasks, and Kubernetes
@@ -40,6 +41,11 @@ BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Arrow allocates from the C library, which gives freed memory back to the system. Its default pool
 #: keeps what it freed, which Dask counts as unmanaged memory and spills (or pauses) to make room for.
 ALLOCATOR_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+#: Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also turns glibc's dynamic mmap
+#: threshold off: every large array is then mapped afresh and its pages faulted in again, task after task
+#: (the job took 8–10 % longer). The job's tasks give their freed memory back when they end
+#: (``pipeline.release_memory``), so the nannies leave it unset (a None value unsets it).
+NANNY_ALLOCATOR_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 #: The standard AWS environment the job's storage takes its S3 endpoint and credentials from.
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                         "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
@@ -66,6 +72,24 @@ class ClusterSpecError(ValueError):
 def config_variable(key: str) -> str:
     """The environment variable dask reads config ``key`` from: ``a.b-c`` → ``DASK_A__B_C``."""
     return "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
+
+
+def config_environment(config: Mapping[str, Any]) -> dict[str, str]:
+    """Dask config as the environment variables dask reads it from.
+
+    Dask lowercases variable names, so a key with capitals (an environment
+    variable's name under ``pre-spawn-environ``) goes as a dict literal in its
+    parent's variable, which dask merges into that parent.
+    """
+    environment: dict[str, str] = {}
+    by_parent: dict[str, dict[str, Any]] = {}
+    for key, value in config.items():
+        parent, _, leaf = key.rpartition(".")
+        if leaf == leaf.lower():
+            environment[config_variable(key)] = str(value)
+        else:
+            by_parent.setdefault(parent, {})[leaf] = value
+    return {**environment, **{config_variable(parent): repr(values) for parent, values in by_parent.items()}}
 
 
 @dataclass(frozen=True)
@@ -104,10 +128,11 @@ class WorkerSettings:
         except ClusterSpecError as error:
             raise ClusterSpecError(f"{where}: {error}") from error
 
-    def dask_config(self) -> dict[str, float]:
-        """The spill thresholds as dask config, for clusters started from this process."""
-        return {f"distributed.worker.memory.{name}": getattr(self, name)
-                for name in ("target", "spill", "pause", "terminate")}
+    def dask_config(self) -> dict[str, float | None]:
+        """The spill thresholds and the nannies' allocator setting as dask config, for clusters started from this process."""
+        thresholds = {f"distributed.worker.memory.{name}": getattr(self, name)
+                      for name in ("target", "spill", "pause", "terminate")}
+        return {**thresholds, **NANNY_ALLOCATOR_CONFIG}
 
     def process_environment(self) -> dict[str, str]:
         """One BLAS/OpenMP thread per task thread (each task thread runs its own BLAS calls), Arrow on the system allocator."""
@@ -116,8 +141,7 @@ class WorkerSettings:
     def environment(self) -> dict[str, str]:
         """BLAS threads, allocator and spill thresholds as environment variables: for workers started by a shell,
         a container or a batch job, which read their dask config from the environment."""
-        config = {config_variable(key): str(value) for key, value in self.dask_config().items()}
-        return {**self.process_environment(), **config}
+        return {**self.process_environment(), **config_environment(self.dask_config())}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ here; what each check covers is said in ``cluster/README.md``.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -86,6 +87,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
             with Client(cluster.address) as client:
                 names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
                 assert list(client.nthreads().values()) == [1, 1]
+                worker_pids = client.run(os.getpid).values()
+            assert not [pid for pid in worker_pids if "MALLOC_TRIM_THRESHOLD_" in process_environment(pid)]
             joined = [name for name in names if name != "worker-1"]
             assert len(names) == 2 and joined[0].startswith(f"{socket.gethostname()}-") and joined[0].endswith(
                 "-worker-1")  # unique on the scheduler: named after the host it runs on
@@ -103,9 +106,11 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
         settings = client.run(lambda dask_worker: (
             {name: os.environ.get(name) for name in WorkerSettings().process_environment()}, dask_worker.state.nthreads,
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
+        local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers")
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
+    assert not [env for env in local_environments if "MALLOC_TRIM_THRESHOLD_" in env]
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
     assert_frames_close(on_processes.table("leaderboard"), local.leaderboard, ["model"])
     assert len(local.per_era) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
@@ -231,7 +236,7 @@ def test_worker_environment_is_what_dask_reads_back() -> None:
 def test_worker_env_command_prints_the_environment_for_the_scripts() -> None:
     printed = subprocess.run([sys.executable, "-m", "numerai_dask.clusters", "worker-env"], capture_output=True,
                              text=True, check=True).stdout.splitlines()
-    assert printed == [f"export {k}={v}" for k, v in WorkerSettings().environment().items()]
+    assert printed == [f"export {k}={shlex.quote(v)}" for k, v in WorkerSettings().environment().items()]
 
 
 # ------------------------------------------------------------------ ssh, jobqueue: each library's own arguments
@@ -293,7 +298,7 @@ def test_jobqueue_spec_writes_a_job_script_with_the_worker_environment(name: str
         script = cluster.job_script()
     assert directive in script
     for variable, value in WorkerSettings().environment().items():
-        assert f"export {variable}={value}\n" in script
+        assert f"export {variable}={shlex.quote(value)}\n" in script
     command = script.splitlines()[-1]
     for option in ("--nthreads 1 ", "--nworkers 32 ", "--memory-limit 4.00GiB "):  # 128 GiB shared by 32 processes
         assert option in command
