@@ -401,7 +401,7 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
         for m in window:
             files = [storage.relative(p) for p in m.paths]
             raw = [contents.pop(p) for p in m.paths]  # each file's bytes are released once parsed
-            predictions, problems = merge_model_files(m.model, list(zip(files, raw)), index.usual_ids)
+            predictions, problems = merge_model_files(m.model, list(zip(files, raw)), index)
             rejections += problems
             if predictions is None:
                 continue
@@ -438,7 +438,7 @@ def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.nd
     label = f"benchmark/{name}"
     contents = storage.read_many([info.path])
     predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])],
-                                                inputs.index.usual_ids)
+                                                inputs.index)
     if predictions is None:
         return {}, rejections
     by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.relative(info.path)])

@@ -316,7 +316,7 @@ def appended_predictions(
 def merged_predictions(storage: Storage, model: str, paths: list[str], index: EraIndex) -> Predictions | None:
     """The model's predictions from ``paths`` in order, or None when any file is rejected."""
     contents = storage.read_many(paths)
-    merged, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths], index.usual_ids)
+    merged, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths], index)
     return None if problems else merged
 
 

@@ -238,10 +238,13 @@ class Predictions:
 
     Arrow ids and a NumPy array are all the validation and the era split need;
     :meth:`frame` and :meth:`series` give the pandas forms people work with.
+    ``rows``, when parsed against an :class:`EraIndex`, is each id's row there
+    (-1: not in the data): re-uploads and the era split then need no id lookup.
     """
 
     ids: pa.Array
     values: np.ndarray
+    rows: np.ndarray | None = None
 
     @classmethod
     def from_series(cls, series: pd.Series) -> Predictions:
@@ -257,15 +260,15 @@ class Predictions:
         return pd.Series(self.values, index=pd.Index(self.ids.to_pylist(), name="id"), name="prediction")
 
 
-def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None = None) -> Predictions:
+def parse_prediction_file(file_name: str, raw: bytes, index: EraIndex | None = None) -> Predictions:
     """One prediction file → its ids (text) and predictions (float64), in file order.
 
     Raises :class:`SubmissionError` with a person-readable reason when the file is
     unreadable or empty, lacks ``id``/``prediction``, has rows without an id,
     repeats ids, has non-numeric, NaN or infinite predictions, or predictions
-    outside [0, 1]. ``usual_ids`` are ids known to be unique (the data's, in
-    data order): a file listing exactly those, in that order, needs no search
-    for repeats — the common case costs one comparison of buffers.
+    outside [0, 1]. With the data's ``index``, each id's row is looked up once
+    (see :meth:`EraIndex.rows_of`; a file listing the data's ids in data order
+    costs one comparison of buffers) and repeats are found among the rows.
     """
     table = read_tabular(file_name, raw, "id", "prediction")
     missing = [c for c in ("id", "prediction") if c not in table.column_names]
@@ -278,7 +281,8 @@ def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None
     ids = _text_ids(table.column("id"))
     if ids.null_count:
         raise SubmissionError(f"{ids.null_count} rows have no id")
-    if not (usual_ids is not None and ids.equals(usual_ids)) and pc.count_distinct(ids).as_py() < len(ids):
+    rows = index.rows_of(ids) if index is not None else None
+    if _has_repeats(ids, rows):
         repeated = _repeated(ids)
         raise SubmissionError(f"{len(repeated)} ids appear more than once in this file, e.g. {_examples(repeated)}")
     predictions = _numeric_predictions(table.column("prediction"))
@@ -291,18 +295,28 @@ def parse_prediction_file(file_name: str, raw: bytes, usual_ids: pa.Array | None
             f"{int(outside.sum())} predictions are outside [0, 1] "
             f"(min {predictions.min():.6g}, max {predictions.max():.6g})"
         )
-    return Predictions(ids, predictions)
+    return Predictions(ids, predictions, rows)
+
+
+def _has_repeats(ids: pa.Array, rows: np.ndarray | None) -> bool:
+    """Whether an id appears more than once: counted among the data's rows when known, else hashed by Arrow."""
+    if rows is None:
+        return pc.count_distinct(ids).as_py() < len(ids)
+    known = rows >= 0
+    if np.bincount(rows[known]).max(initial=0) > 1:
+        return True
+    return not known.all() and _has_repeats(ids.filter(pa.array(~known)), None)
 
 
 def merge_model_files(
-    model: str, files: list[tuple[str, bytes | Exception]], usual_ids: pa.Array | None = None
+    model: str, files: list[tuple[str, bytes | Exception]], index: EraIndex | None = None
 ) -> tuple[Predictions | None, list[Rejection]]:
     """Parse a model's files in the given (lexicographic) order and apply re-uploads.
 
     Each bad file is rejected on its own; the good ones are applied in order, a
     later file's rows replacing earlier rows for the same ids. Returns the
     merged predictions (None when no file survived) and the rejections.
-    ``usual_ids`` as for :func:`parse_prediction_file`.
+    ``index`` as for :func:`parse_prediction_file`.
     """
     parsed: list[Predictions] = []
     rejections: list[Rejection] = []
@@ -310,7 +324,7 @@ def merge_model_files(
         try:
             if isinstance(content, Exception):
                 raise SubmissionError(f"unreadable: {describe_error(content)}")
-            parsed.append(parse_prediction_file(name, content, usual_ids))
+            parsed.append(parse_prediction_file(name, content, index))
         except SubmissionError as error:
             rejections.append(Rejection(model, name, None, str(error)))
         except Exception as error:  # noqa: BLE001 — a file no rule foresaw must not stop the job
@@ -326,12 +340,15 @@ def merge_model_files(
 def apply_reupload(base: Predictions, later: Predictions) -> Predictions:
     """``base`` with ``later``'s rows replacing its rows of the same ids, and ``later``'s new ids appended.
 
-    1. find each base id among the later file's ids (a hash of the later file
-       only: re-uploads are usually the smaller file);
+    1. find each base id among the later file's ids: through their data rows
+       when both files' ids are all in the data, else a hash of the later file
+       (re-uploads are usually the smaller file);
     2. replace the predictions of the ids found;
     3. append the later rows whose ids the base did not have.
     The base's row order is kept, so a first file in data order stays in data order.
     """
+    if _all_known(base) and _all_known(later):
+        return _apply_reupload_by_row(base, later)
     found = pc.index_in(base.ids, value_set=later.ids).fill_null(-1).to_numpy().astype(np.int64)
     hit = found >= 0
     values = base.values.copy()
@@ -342,6 +359,25 @@ def apply_reupload(base: Predictions, later: Predictions) -> Predictions:
         return Predictions(base.ids, values)
     return Predictions(pa.concat_arrays([base.ids, later.ids.filter(pa.array(new))]),
                        np.concatenate([values, later.values[new]]))
+
+
+def _all_known(predictions: Predictions) -> bool:
+    return predictions.rows is not None and bool(np.all(predictions.rows >= 0))
+
+
+def _apply_reupload_by_row(base: Predictions, later: Predictions) -> Predictions:
+    """:func:`apply_reupload` through the data rows both files' ids were found at (no string is compared)."""
+    position = np.full(max(base.rows.max(), later.rows.max()) + 1, -1)
+    position[base.rows] = np.arange(len(base.rows))
+    at = position[later.rows]
+    hit = at >= 0
+    values = base.values.copy()
+    values[at[hit]] = later.values[hit]
+    if hit.all():
+        return Predictions(base.ids, values, base.rows)
+    new = ~hit
+    return Predictions(pa.concat_arrays([base.ids, later.ids.filter(pa.array(new))]),
+                       np.concatenate([values, later.values[new]]), np.concatenate([base.rows, later.rows[new]]))
 
 
 # ---------------------------------------------------------------- era index
@@ -440,9 +476,18 @@ class EraIndex:
             return self.data_rows
         if ids.equals(self.ids):
             return np.arange(len(self.ids))
+        if self._fixed_width is not None:
+            rows = self._fixed_width.rows_of(ids)
+            if rows is not None:
+                return rows
         if len(ids) * SMALL_LOOKUP < len(self.ids):  # a few ids: probe a hash table built once, not a new one
             return self._hashed.get_indexer(ids.to_numpy(zero_copy_only=False)).astype(np.int64)
         return pc.index_in(ids, value_set=self.ids).fill_null(-1).to_numpy().astype(np.int64)
+
+    @functools.cached_property
+    def _fixed_width(self) -> FixedWidthIds | None:
+        """The ids as a NumPy lookup table when they all have one byte length (Numerai's do), built on first lookup."""
+        return FixedWidthIds.of(self.ids)
 
     @functools.cached_property
     def _hashed(self) -> pd.Index:
@@ -456,6 +501,78 @@ class EraIndex:
         numbers = np.where(known, np.searchsorted(self.starts, rows, side="right") - 1, -1)
         positions = np.where(known, rows - self.starts[np.maximum(numbers, 0)], -1)
         return numbers, positions
+
+
+@dataclass(frozen=True)
+class FixedWidthIds:
+    """Unique ids of one byte length as 64-bit words, sorted by a hash of their words: NumPy looks ids up in
+    it with a binary search, with no hash table to build per lookup and no Python string.
+
+    Each found id is compared word for word, so a hash shared by an id outside
+    the table only means "not found"; a table whose own ids share a hash is not
+    built (the caller falls back to Arrow's lookup).
+    """
+
+    width: int  # every id's length in bytes
+    words: np.ndarray  # (n, w) uint64: each id's bytes, zero-padded to whole words, in row order
+    keys: np.ndarray  # (n,) the ids' hashes, sorted
+    order: np.ndarray  # (n,) the row of each sorted key
+
+    @classmethod
+    def of(cls, ids: pa.Array) -> FixedWidthIds | None:
+        """The table of ``ids`` (unique), or None when their lengths differ or two of them share a hash."""
+        words = id_words(ids)
+        if words is None:
+            return None
+        hashes = _hash_words(words)
+        order = np.argsort(hashes)
+        keys = hashes[order]
+        if np.any(keys[1:] == keys[:-1]):
+            return None
+        return cls(len(ids[0].as_py().encode()), words, keys, order)
+
+    def rows_of(self, ids: pa.Array) -> np.ndarray | None:
+        """Each id's row (-1: not in the table), or None when ``ids`` are not all of the table's length."""
+        words = id_words(ids, self.width)
+        if words is None:
+            return None
+        hashes = _hash_words(words)
+        by_hash = np.argsort(hashes)  # a binary search for keys in order stays in cache
+        at = np.empty_like(by_hash)
+        at[by_hash] = np.minimum(np.searchsorted(self.keys, hashes[by_hash]), len(self.keys) - 1)
+        rows = self.order[at]
+        found = self.keys[at] == hashes
+        for column, table_column in zip(words.T, self.words.T):
+            found &= table_column[rows] == column
+        return np.where(found, rows, -1)
+
+
+def id_words(ids: pa.Array, width: int | None = None) -> np.ndarray | None:
+    """Ids of :data:`ID_TYPE` as an (n, w) uint64 array of their bytes, zero-padded to whole words.
+
+    None unless every id is there and all have the same byte length (``width``, when given).
+    """
+    if ids.null_count or not len(ids):
+        return None
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64, count=len(ids) + 1, offset=8 * ids.offset)
+    first = int(offsets[1] - offsets[0])
+    if first == 0 or (width is not None and first != width) or np.any(np.diff(offsets) != first):
+        return None
+    width, padded = first, -(-first // 8) * 8
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=width * len(ids), offset=int(offsets[0]))
+    words = np.zeros((len(ids), padded), dtype=np.uint8)
+    words[:, :width] = data.reshape(len(ids), width)
+    return words.view(np.uint64)
+
+
+def _hash_words(words: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of uint64 words (FNV-style multiply and xor-shift; overflow wraps by design)."""
+    hashes = np.full(len(words), 0xCBF29CE484222325, dtype=np.uint64)
+    for column in words.T:
+        hashes ^= column
+        hashes *= np.uint64(0x100000001B3)
+        hashes ^= hashes >> np.uint64(29)
+    return hashes
 
 
 def python_scalar(value: Hashable) -> Hashable:
@@ -474,9 +591,10 @@ def split_by_era(
     constant, is rejected for that era only; an era the model did not predict at
     all is simply not scored for it, and unresolved eras are skipped silently.
     ``files`` names where the predictions came from, for the rejections.
+    Predictions parsed against an index must be split by that same index.
     """
     source = ", ".join(files)
-    rows = index.rows_of(predictions.ids)
+    rows = predictions.rows if predictions.rows is not None else index.rows_of(predictions.ids)
     unknown = rows < 0
     if unknown.any():
         examples = _examples(sorted(predictions.ids.filter(pa.array(unknown)).to_pylist()))

@@ -8,14 +8,17 @@ import pickle
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from numerai_dask.submissions import (
     EraIndex,
+    FixedWidthIds,
     Predictions,
     Rejection,
     SubmissionError,
+    as_arrow_ids,
     merge_model_files,
     parse_prediction_file,
     split_by_era,
@@ -184,6 +187,56 @@ def test_a_few_ids_are_located_like_many() -> None:
     assert numbers.tolist() == [1, -1, 0] and positions.tolist() == [7, -1, 59]
     many_numbers, many_positions = index.locate(pd.Index(many))
     assert many_numbers[:3].tolist() == numbers.tolist() and many_positions[:3].tolist() == positions.tolist()
+
+
+@pytest.mark.parametrize("width", [5, 8, 16, 17])
+def test_ids_of_one_length_are_found_by_numpy_where_arrow_finds_them(width: int) -> None:
+    """Ids of one length (Numerai's have 16 characters) are looked up in a sorted table of their hashed bytes:
+    the rows Arrow's hash lookup gives, unknown ids of that length included. Other lengths are not its to answer."""
+    rng = np.random.default_rng(width)
+    alphabet = np.array(list("0123456789abcdef"))
+
+    def random_ids(n: int) -> list[str]:
+        return ["".join(chars) for chars in rng.choice(alphabet, size=(n, width))]
+
+    ids = sorted(set(random_ids(3000)))
+    index = EraIndex.from_frame(pd.DataFrame({"id": ids, "era": rng.integers(0, 4, len(ids)),
+                                              "target": rng.random(len(ids))}))
+    unknown = sorted(set(random_ids(500)) - set(ids))
+    query = as_arrow_ids(rng.permutation([*rng.choice(ids, 1000, replace=False), *unknown]).tolist())
+    expected = pc.index_in(query, value_set=index.ids).fill_null(-1).to_numpy()
+    table = FixedWidthIds.of(index.ids)
+    assert table is not None and (expected == -1).sum() == len(unknown)
+    assert table.rows_of(query).tolist() == expected.tolist() == index.rows_of(query).tolist()
+    assert table.rows_of(as_arrow_ids([ids[0] + "\0", ids[0][:-1]])) is None  # the same words once padded, or not
+    assert FixedWidthIds.of(as_arrow_ids(["a", "bb"])) is None
+
+
+def test_repeated_ids_are_found_among_the_data_rows_as_without_them() -> None:
+    """Against the data's index a file's repeats are counted among its rows; ids outside the data still count."""
+    index = EraIndex.from_frame(tournament(["0001"], [20]))
+    known = index.ids_of("0001").tolist()
+    for ids in ([known[3], known[5], known[3]], ["nope-001", known[1], "nope-001"], ["nope", known[1], "nope"]):
+        raw = csv("id,prediction\n" + "".join(f"{i},0.5\n" for i in ids))
+        with pytest.raises(SubmissionError) as without_index:
+            parse_prediction_file("r.csv", raw)
+        with pytest.raises(SubmissionError) as with_index:
+            parse_prediction_file("r.csv", raw, index)
+        assert str(with_index.value) == str(without_index.value) == (
+            f"1 ids appear more than once in this file, e.g. '{ids[0]}'")
+    parsed = parse_prediction_file("r.csv", csv(f"id,prediction\nnope-001,0.5\n{known[2]},0.5\n"), index)
+    assert parsed.rows.tolist() == [-1, index.rows_of(as_arrow_ids([known[2]]))[0]]
+
+
+def test_a_reupload_applies_alike_through_data_rows_and_through_ids() -> None:
+    index = EraIndex.from_frame(tournament(["0001", "0002"], [30, 30]))
+    ids = np.random.default_rng(1).permutation(index.ids.to_pylist())
+    files = [("m/a.csv", predictions_csv(dict.fromkeys(ids[:40], 0.25))),
+             ("m/b.csv", predictions_csv(dict.fromkeys(ids[30:50], 0.75)))]
+    by_row, _ = merge_model_files("m", files, index)
+    by_id, _ = merge_model_files("m", files)
+    assert by_id.rows is None and by_row.series().to_dict() == by_id.series().to_dict()
+    assert by_row.ids.equals(by_id.ids) and by_row.rows.tolist() == index.rows_of(by_row.ids).tolist()
 
 
 def test_an_era_index_travels_without_its_derived_state() -> None:
