@@ -196,6 +196,7 @@ def test_every_shipped_spec_loads_and_every_kind_has_one() -> None:
         ("kind: local\nworkers: 0\n", "workers must be a positive integer, got 0"),
         ("kind: local\nworker: {thread: 2}\n", "unknown key(s) ['thread'] in worker"),
         ("kind: local\nworker: {spill: 0.5}\n", "target ≤ spill ≤ pause ≤ terminate, got [0.6, 0.5, 0.8, 0.95]"),
+        ("kind: local\nworker: {malloc_trim_threshold: 64KiB}\n", "malloc_trim_threshold must be bytes (an integer"),
         ("kind: scheduler\naddress: tcp://a:1\nscheduler_file: s.json\n", "exactly one of address, scheduler_file"),
         ("kind: scheduler\naddress: tcp://a:1\nworker: {threads: 1}\n", "unknown key(s) ['worker'] for kind scheduler"),
         ("kind: ssh\nhosts: [only-one]\n", "hosts must list the scheduler's host, then at least one worker host"),
@@ -223,7 +224,7 @@ def test_a_missing_backend_library_names_the_extra_that_installs_it() -> None:
 
 def test_worker_environment_is_what_dask_reads_back() -> None:
     """The environment form of the spill thresholds means the same config to a worker that reads it."""
-    settings = WorkerSettings(target=0.5, spill=0.6, pause=0.7, terminate=0.9)
+    settings = WorkerSettings(target=0.5, spill=0.6, pause=0.7, terminate=0.9, malloc_trim_threshold=65536)
     code = ("import dask.config, distributed, json; print(json.dumps({k: dask.config.get(k) for k in "
             f"{list(settings.dask_config())!r}}}))")
     read = subprocess.run([sys.executable, "-c", code], env={**settings.environment(), "PATH": "/usr/bin:/bin"},
