@@ -382,32 +382,41 @@ class Storage:
         with a pyarrow expression; era values must have the file's era type
         (str or int; numpy scalars are fine).
         """
-        metadata = self._metadata(path)
+        local = self._local_parquet(path)
+        metadata = local.metadata if local is not None else self._metadata(path)
         schema = metadata.schema.to_arrow_schema()
         wanted = ["id", *[c for c in columns if c != "id"]]
         present = set(schema.names)  # a fresh list on every access: look up in one set
         missing = [c for c in wanted if c not in present]
         if missing:
             raise StorageError(f"{self.display(self.relative(path))}: no column(s) {missing}")
-        if eras is None:
-            groups, keep = list(range(metadata.num_row_groups)), None
-        else:
+        groups, keep = list(range(metadata.num_row_groups)), None
+        if eras is not None:
             values = self._era_values(path, schema, eras)
-            groups, keep = _row_groups_with(metadata, values), pc.field("era").isin(values)
+            groups, only_wanted = _row_groups_with(metadata, values)
+            keep = None if only_wanted else pc.field("era").isin(values)
         fetched = wanted if keep is None or "era" in wanted else [*wanted, "era"]
         with self._naming_bad_parquet(path):
-            table = retrying(lambda: self._read_row_groups(path, groups, fetched))
+            table = retrying(lambda: self._read_row_groups(path, groups, fetched, local))
         if keep is not None:
             table = table.filter(keep).select(wanted)
         frame = table.to_pandas(ignore_metadata=True)
         frame["id"] = frame["id"].astype(str)
         return frame
 
-    def _read_row_groups(self, path: str, groups: list[int], columns: list[str]) -> pa.Table:
-        if isinstance(self.fs, LocalFileSystem):
+    def _local_parquet(self, path: str) -> pq.ParquetFile | None:
+        """A local parquet file opened by pyarrow itself (its footer parsed once), else None."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return None
+        with self._naming_bad_parquet(path):
+            return retrying(lambda: pq.ParquetFile(path))
+
+    def _read_row_groups(self, path: str, groups: list[int], columns: list[str],
+                         local: pq.ParquetFile | None = None) -> pa.Table:
+        if local is not None:
             # pyarrow reads only these row groups and columns itself; fsspec's byte-range
             # planner would cost a Python loop over every column chunk for nothing.
-            return pq.ParquetFile(path).read_row_groups(groups, columns=columns)
+            return local.read_row_groups(groups, columns=columns)
         with fsspec.parquet.open_parquet_file(
             path, fs=self.fs, columns=columns, row_groups=groups, engine="pyarrow"
         ) as handle:
@@ -527,16 +536,21 @@ def _pandas_index_columns(schema: pa.Schema) -> set[str]:
     return {c for c in metadata.get("index_columns", []) if isinstance(c, str)}
 
 
-def _row_groups_with(metadata: pq.FileMetaData, values: pa.Array) -> list[int]:
-    """Row groups whose ``era`` min/max statistics may contain one of ``values`` (all when unknown)."""
+def _row_groups_with(metadata: pq.FileMetaData, values: pa.Array) -> tuple[list[int], bool]:
+    """Row groups whose ``era`` min/max statistics may contain one of ``values`` (all when unknown), and
+    whether the statistics show that every row of them holds one of ``values`` (no row to filter out)."""
     column = metadata.schema.to_arrow_schema().get_field_index("era")
     wanted = values.to_pylist()
     groups = []
+    only_wanted = True
     for group in range(metadata.num_row_groups):
         stats = metadata.row_group(group).column(column).statistics
-        if stats is None or not stats.has_min_max or any(stats.min <= v <= stats.max for v in wanted):
+        known = stats is not None and stats.has_min_max
+        if not known or any(stats.min <= v <= stats.max for v in wanted):
             groups.append(group)
-    return groups
+            only_wanted &= (known and stats.has_null_count and stats.null_count == 0 and stats.min == stats.max
+                            and stats.min in wanted)
+    return groups, only_wanted
 
 
 def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
