@@ -16,8 +16,9 @@ On one generated dataset (every model predicting every era, no unresolved era):
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
-    (the features' Gram matrix and its eigendecomposition: the basis applied
-    through the features, never formed, as the kernel does), and the GEMMs
+    (the features' Gram matrix, in float32 where that is exact, and its
+    eigendecomposition: the basis applied through the features, never formed,
+    as the kernel does), and the GEMMs
     that project and measure exposures — with both cores busy doing only
     that: the arithmetic is timed in ``--workers`` processes at once, as the
     job's workers run. The ideal floor (one core's time divided by the number
@@ -218,7 +219,10 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
                 np.argsort(np.ascontiguousarray(era.predictions.T), axis=1)
             x = era.features.astype(np.float64)
             a = x - x.mean(axis=0)
-            eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
+            small = era.features.astype(np.float32)  # exact for 0–4 buckets, as the kernel's Gram matrix
+            sums = small.sum(axis=0, dtype=np.float64)
+            eigenvalues, eigenvectors = np.linalg.eigh((small.T @ small).astype(np.float64)
+                                                       - np.outer(sums, sums) / len(small))
             weights = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-300))
             residual = era.predictions - a @ (weights @ (weights.T @ (a.T @ era.predictions)))
             a.T @ residual  # exposures: one more F × N × M product

@@ -181,10 +181,10 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return v - np.outer(u, (v.T @ u) / (u @ u))
 
 
-def _orthonormalizing_weights(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float]:
+def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, and their eigenvalue spread.
 
-    1. eigendecompose ``aᵀa``;
+    1. eigendecompose ``aᵀa`` (``gram``, when the caller has it already);
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
     3. return ``V Λ^-½`` over the kept directions, and the largest kept
        eigenvalue over the smallest (the squared condition number of what is kept).
@@ -194,7 +194,7 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float) -> tuple[np.ndarray, 
     """
     if a.shape[1] == 0:
         return np.zeros((0, 0)), 1.0
-    eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a)
+    eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a if gram is None else gram)
     largest = eigenvalues[-1]
     if largest <= 0:
         return np.zeros((a.shape[1], 0)), 1.0
@@ -208,6 +208,24 @@ def centred_columns(features: np.ndarray) -> np.ndarray:
     x = np.array(features, dtype=np.float64)
     x -= x.mean(axis=0)
     return x
+
+
+def small_integer_gram(features: np.ndarray) -> np.ndarray | None:
+    """The centred features' Gram matrix ``XᵀX − N·x̄x̄ᵀ`` when the features are small integers, else None.
+
+    1. when every product sum fits float32's 24-bit significand (N · max|x|² < 2²⁴:
+       Numerai's 0–4 buckets up to 1,048,576 rows), ``XᵀX`` in float32 is exact,
+       whatever the summation order, at twice float64's speed;
+    2. subtract the column sums' outer product over N, in float64.
+    """
+    if not np.issubdtype(features.dtype, np.integer) or features.size == 0:
+        return None
+    largest = max(-int(features.min()), int(features.max()))
+    if features.shape[0] * largest**2 >= 2**24:
+        return None
+    x = features.astype(np.float32)
+    sums = x.sum(axis=0, dtype=np.float64)
+    return (x.T @ x).astype(np.float64) - np.outer(sums, sums) / len(x)
 
 
 @dataclass(frozen=True)
@@ -228,7 +246,8 @@ class FeatureSpace:
         """Factor the feature space of one era, rank-revealing.
 
         1. convert the features to float64 and centre each column;
-        2. weights orthonormalizing the centred columns, dropping constant and collinear directions;
+        2. weights orthonormalizing the centred columns, dropping constant and collinear directions
+           (their Gram matrix computed exactly from small integer features, see :func:`small_integer_gram`);
         3. when the kept eigenvalues spread over more than :data:`SINGLE_PASS_SPREAD`
            (the Gram route squares the condition number), form that first basis
            and orthonormalize it once more, which restores orthogonality to
@@ -237,7 +256,7 @@ class FeatureSpace:
            its part of a projection is the column mean.
         """
         centred = centred_columns(features)
-        weights, spread = _orthonormalizing_weights(centred, rcond)
+        weights, spread = _orthonormalizing_weights(centred, rcond, small_integer_gram(np.asarray(features)))
         if spread <= SINGLE_PASS_SPREAD:
             return cls(centred, centred, weights)
         first = centred @ weights

@@ -18,6 +18,7 @@ from numerai_dask.scoring import (
     feature_basis,
     neutralize,
     score_era,
+    small_integer_gram,
     tie_kept_rank,
 )
 
@@ -82,6 +83,21 @@ def test_neutralize_equals_numerai_tools_neutralize():
     features = rng.integers(0, 5, size=(200, 9)).astype(np.int8)
     theirs = nt.neutralize(pd.DataFrame(values), pd.DataFrame(features.astype(float)), 0.6).values
     np.testing.assert_allclose(neutralize(values, FeatureSpace.of(features), 0.6), theirs, atol=1e-12)
+
+
+def test_the_gram_matrix_of_small_integer_features_is_exact():
+    """Float32 sums of small integer products are exact: the same matrix as integer arithmetic, bit for bit;
+    float features, or products that could outgrow 24 bits, are left to float64 (None)."""
+    rng = np.random.default_rng(5)
+    features = rng.integers(-128, 128, size=(1000, 12)).astype(np.int8)  # 1000 · 128² < 2²⁴
+    exact = features.astype(np.int64)
+    sums = exact.sum(axis=0).astype(np.float64)
+    expected = (exact.T @ exact).astype(np.float64) - np.outer(sums, sums) / len(features)
+    assert np.array_equal(small_integer_gram(features), expected)
+    centred = features - features.mean(axis=0)
+    np.testing.assert_allclose(small_integer_gram(features), centred.T @ centred, rtol=1e-12, atol=1e-9)
+    assert small_integer_gram(features.astype(np.float64)) is None
+    assert small_integer_gram(np.full((17, 2), 1000, dtype=np.int16)) is None  # 17 · 1000² ≥ 2²⁴
 
 
 @pytest.mark.parametrize("noise", [1.0, 1e-3])
