@@ -1,7 +1,8 @@
 """The whole job against numerai-tools era by era and against the machine's floor, in one run.
 
     .venv/bin/python benchmarks/bench_job.py [--eras 20 --rows-per-era 5000 --features 705 --models 500]
-                                             [--workers 2] [--memory-limit 2GiB] [--reference-eras K]
+                                             [--workers 2] [--memory-limit 2GiB] [--spill 0.4]
+                                             [--malloc-trim-threshold 65536] [--reference-eras K]
 
 On one generated dataset (every model predicting every era, no unresolved era):
 
@@ -124,20 +125,14 @@ def _files_of(root: Path, model: str) -> list[str]:
 # --------------------------------------------------------------------------- (b)
 
 
-def numerai_dask_way(root: Path, out: Path, workers: int, memory_limit: str,
-                     spill: float | None = None) -> tuple[float, float, pd.DataFrame, list[int], dict]:
-    """Start a LocalCluster, then time the job end to end on it.
-
-    ``spill`` (a fraction of the memory limit) moves both spill thresholds
-    there, ``target`` and ``spill``, when they are above it.
+def numerai_dask_way(root: Path, out: Path, workers: int,
+                     settings: WorkerSettings) -> tuple[float, float, pd.DataFrame, list[int], dict]:
+    """Start a LocalCluster of workers with ``settings``, then time the job end to end on it.
 
     Returns (cluster start seconds, job seconds, per-era table, each worker's
     peak RSS in bytes, the manifest's timings).
     """
     started = time.perf_counter()
-    settings = WorkerSettings(memory_limit=memory_limit)
-    if spill is not None:
-        settings = replace(settings, target=min(settings.target, spill), spill=min(settings.spill, spill))
     spec = ClusterSpec("local", {"workers": workers}, worker=settings)
     with connect(spec, log=lambda _: None) as client:
         client.wait_for_workers(workers)
@@ -302,6 +297,8 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 600MiB (default: share of the machine)")
     parser.add_argument("--spill", type=float, help="spill to disk above this fraction of the memory limit "
                                                     "(default: WorkerSettings' 0.6 target and 0.7 spill)")
+    parser.add_argument("--malloc-trim-threshold", type=int, help="the workers' MALLOC_TRIM_THRESHOLD_ in bytes "
+                                                                    "(default: unset, glibc's own; Dask sets 65536)")
     parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
     parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
@@ -317,8 +314,11 @@ def main() -> None:
         size = input_bytes(root)
         print(f"dataset: {args.eras} eras × {args.rows_per_era} rows × {args.features} features × "
               f"{args.models} models, {format_bytes(size)} of input files; {args.workers} workers")
-        cluster_seconds, job_seconds, ours, peaks, stages = numerai_dask_way(
-            root, Path(scratch) / "out", args.workers, args.memory_limit, args.spill)
+        settings = WorkerSettings(memory_limit=args.memory_limit, malloc_trim_threshold=args.malloc_trim_threshold)
+        if args.spill is not None:
+            settings = replace(settings, target=min(settings.target, args.spill), spill=min(settings.spill, args.spill))
+        cluster_seconds, job_seconds, ours, peaks, stages = numerai_dask_way(root, Path(scratch) / "out",
+                                                                             args.workers, settings)
         print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {stages}; "
               f"LocalCluster start {cluster_seconds:.1f} s apart")
         bound = floor(root, args.workers, args.eras, args.rows_per_era, args.features, args.models, args.seed)
@@ -328,7 +328,7 @@ def main() -> None:
               f"{args.workers}; {args.workers} processes at once give {bound.machine_scaling:.2f}× the throughput "
               "of one on this machine)")
         if args.scaling:
-            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, args.memory_limit, args.spill)
+            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, settings)
             print(f"(b) on one worker               {one_worker:8.2f} s   → {args.workers} workers are "
                   f"{one_worker / job_seconds:.2f}× the throughput of one (goal ≥ 1.8)")
         working_set = era_working_set(root)
@@ -338,7 +338,9 @@ def main() -> None:
               "(goal ≤ 3)"
               + (f"; memory limit {format_bytes(limit)} per worker, input files "
                  f"{size / (limit * args.workers):.1f}× the workers' total" if limit else "")
-              + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else ""))
+              + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else "")
+              + (f"; MALLOC_TRIM_THRESHOLD_={args.malloc_trim_threshold}" if args.malloc_trim_threshold is not None
+                 else ""))
         print(f"(b)/(c)                         {job_seconds / bound.seconds:8.2f}    (goal ≤ 2; against the ideal "
               f"floor {job_seconds / bound.ideal_seconds:.2f})")
         if not args.skip_reference:
