@@ -57,7 +57,6 @@ from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.scoring import score_era
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate, make_era
-from reference import read_predictions, reference
 
 METRICS = ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
 #: The floor's arithmetic is timed on at most this many eras per process, then scaled to all eras.
@@ -92,6 +91,9 @@ def numerai_tools_way(root: Path, reference_eras: int | None) -> tuple[float, fl
     Returns (read seconds, scoring seconds for all eras — scaled when only some
     were computed, per-era table of what was computed, eras computed).
     """
+    # Imported here, not at the top: LocalCluster's workers import this script again
+    # (multiprocessing's spawn): numerai-tools made each of them about 55 MiB larger.
+    from reference import read_predictions, reference
     started = time.perf_counter()
     data = pd.concat([pd.read_parquet(p) for p in sorted((root / "data").glob("*.parquet"))])
     models = sorted(p.name.split(".")[0] for p in (root / "submissions").iterdir())
