@@ -27,11 +27,11 @@ from numerai_dask.refresh import refresh_once
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
-from reference import read_predictions
 
 
 def prepare(root: Path, rows: int, features: int, seed: int) -> tuple[pd.DataFrame, dict[str, pd.Series], str]:
     """Generate 100 eras × 200 models; hold back the last era and the last model. Returns what was held back."""
+    from reference import read_predictions  # here: the LocalCluster's workers import this script again (spawn)
     info = generate(str(root), n_eras=100, rows_per_era=rows, n_features=features, n_models=200,
                     n_unresolved=0, seed=seed, n_data_files=4, split_era_across_files=False)
     data = pd.concat([pd.read_parquet(root / p) for p in info.data_files])
