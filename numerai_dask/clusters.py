@@ -101,10 +101,9 @@ class WorkerSettings:
     workers with. Dask sets 65536; any value also turns glibc's dynamic mmap
     threshold off, so every large array is mapped afresh and its pages faulted
     in again, task after task. The job's tasks give their freed memory back
-    when they end (``pipeline.release_memory``), so the default leaves it unset
-    (None): the 20-era benchmark runs 8–10 % faster, and workers hold more
-    memory while a task runs (80 eras on 700 MiB workers: peaks 582–622 MiB
-    against 499–540 with 65536). Memory-tight clusters may set Dask's value back.
+    when they end, and a worker near its memory thresholds switches glibc to
+    Dask's setting itself (``pipeline.release_memory``), so the default leaves
+    it unset (None): the 20-era benchmark runs 8–10 % faster.
     """
 
     threads: int = 1

@@ -20,8 +20,9 @@ from distributed import Client
 from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
-from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch,
-                                   release_memory, returning_freed_memory, run_job, trim_heap)
+from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
+from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, release_memory,
+                                   returning_freed_memory, run_job, trim_heap, trims_eagerly)
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -223,6 +224,18 @@ def test_tasks_that_return_freed_memory_free_their_cycles_whether_they_return_or
             gc.enable()
     assert pickle.loads(pickle.dumps(load_model_batch)) is load_model_batch
     assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_a_worker_near_its_memory_thresholds_switches_glibc_to_eager_trimming(client: Client) -> None:
+    """A task's end switches a worker past half its first memory threshold (here spilling at 5 % of 1 GiB)
+    to eager trimming; a 2 GiB worker (~200 MiB) keeps glibc's own thresholds, as does a process outside Dask."""
+    released_and_trims_eagerly = lambda: (release_memory(), trims_eagerly())[1]  # noqa: E731 — pickled by value
+    assert not released_and_trims_eagerly()
+    assert client.submit(released_and_trims_eagerly, pure=False).result() is False
+    with connect(ClusterSpec("local", {"workers": 1}, worker=WorkerSettings(memory_limit="1GiB", target=0.05)),
+                 log=lambda _: None) as small:
+        assert small.submit(released_and_trims_eagerly, pure=False).result() is True
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
