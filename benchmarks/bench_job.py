@@ -17,10 +17,10 @@ On one generated dataset (every model predicting every era, no unresolved era):
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
-    (the features' Gram matrix, in float32 where that is exact, and its
-    eigendecomposition: the basis applied through the features, never formed,
-    as the kernel does), and the GEMMs
-    that project and measure exposures — with both cores busy doing only
+    (the features' Gram matrix, in float32 where that is exact, its eigenvalues
+    and, the features being of full rank, its Cholesky factor inverted: the
+    basis applied through the features, never formed, as the kernel does),
+    and the GEMMs that project and measure exposures — with both cores busy doing only
     that: the arithmetic is timed in ``--workers`` processes at once, as the
     job's workers run. The ideal floor (one core's time divided by the number
     of workers) is printed too, with the ratio between the two: what a second
@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dask.utils import format_bytes, parse_bytes
+from scipy.linalg.lapack import dtrtri
 from threadpoolctl import threadpool_limits
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
@@ -218,9 +219,9 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
             a = x - x.mean(axis=0)
             small = era.features.astype(np.float32)  # exact for 0–4 buckets, as the kernel's Gram matrix
             sums = small.sum(axis=0, dtype=np.float64)
-            eigenvalues, eigenvectors = np.linalg.eigh((small.T @ small).astype(np.float64)
-                                                       - np.outer(sums, sums) / len(small))
-            weights = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-300))
+            gram = (small.T @ small).astype(np.float64) - np.outer(sums, sums) / len(small)
+            np.linalg.eigvalsh(gram)  # the rank and spread, then a Cholesky basis, as the kernel for such features
+            weights = dtrtri(np.linalg.cholesky(gram), lower=1)[0].T
             residual = era.predictions - a @ (weights @ (weights.T @ (a.T @ era.predictions)))
             a.T @ residual  # exposures: one more F × N × M product
         return time.perf_counter() - started

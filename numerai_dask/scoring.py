@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
+from scipy.linalg.lapack import dtrtri
 from scipy.special import ndtri
 
 #: Singular values of the centred features below this fraction of the largest
@@ -184,23 +185,34 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
 def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, and their eigenvalue spread.
 
-    1. eigendecompose ``aᵀa`` (``gram``, when the caller has it already);
+    1. the eigenvalues of ``G = aᵀa`` (``gram``, when the caller has it already);
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
-    3. return ``V Λ^-½`` over the kept directions, and the largest kept
-       eigenvalue over the smallest (the squared condition number of what is kept).
+    3. the spread: the largest kept eigenvalue over the smallest (the squared
+       condition number of what is kept);
+    4. when no direction is dropped and the spread is at most
+       :data:`SINGLE_PASS_SPREAD`, ``W = L⁻ᵀ`` with ``G = LLᵀ`` (Cholesky): the
+       same column space, orthonormal as accurately, at a fifth of an
+       eigendecomposition's cost; else ``W = V Λ^-½`` over the kept eigenvectors.
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
     """
     if a.shape[1] == 0:
         return np.zeros((0, 0)), 1.0
-    eigenvalues, eigenvectors = np.linalg.eigh(a.T @ a if gram is None else gram)
+    gram = a.T @ a if gram is None else gram
+    eigenvalues = np.linalg.eigvalsh(gram)
     largest = eigenvalues[-1]
     if largest <= 0:
         return np.zeros((a.shape[1], 0)), 1.0
     keep = eigenvalues > (rcond**2) * largest
-    kept = eigenvalues[keep]
-    return eigenvectors[:, keep] / np.sqrt(kept), float(largest / kept[0])
+    spread = float(largest / eigenvalues[keep][0])
+    if keep.all() and spread <= SINGLE_PASS_SPREAD:
+        inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
+        if not failed:
+            return inverse.T, spread
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    keep = eigenvalues > (rcond**2) * eigenvalues[-1]
+    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]), spread
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:
