@@ -191,8 +191,9 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
        condition number of what is kept);
     4. when no direction is dropped and the spread is at most
        :data:`SINGLE_PASS_SPREAD`, ``W = L⁻ᵀ`` with ``G = LLᵀ`` (Cholesky): the
-       same column space, orthonormal as accurately, at a fifth of an
-       eigendecomposition's cost; else ``W = V Λ^-½`` over the kept eigenvectors.
+       same column space, orthonormal as accurately, and no eigenvectors to
+       compute (27 ms against 47 at 705 features); else ``W = V Λ^-½`` over the
+       kept eigenvectors, the spread taken from their eigenvalues.
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
@@ -212,7 +213,8 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
             return inverse.T, spread
     eigenvalues, eigenvectors = np.linalg.eigh(gram)
     keep = eigenvalues > (rcond**2) * eigenvalues[-1]
-    return eigenvectors[:, keep] / np.sqrt(eigenvalues[keep]), spread
+    kept = eigenvalues[keep]
+    return eigenvectors[:, keep] / np.sqrt(kept), float(eigenvalues[-1] / kept[0])
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:
