@@ -302,10 +302,10 @@ def _has_repeats(ids: pa.Array, rows: np.ndarray | None) -> bool:
     """Whether an id appears more than once: counted among the data's rows when known, else hashed by Arrow."""
     if rows is None:
         return pc.count_distinct(ids).as_py() < len(ids)
+    if rows.min(initial=0) >= 0:  # every id in the data, as usual: no copy of the rows to count them
+        return bool(np.bincount(rows).max(initial=0) > 1)
     known = rows >= 0
-    if np.bincount(rows[known]).max(initial=0) > 1:
-        return True
-    return not known.all() and _has_repeats(ids.filter(pa.array(~known)), None)
+    return np.bincount(rows[known]).max(initial=0) > 1 or _has_repeats(ids.filter(pa.array(~known)), None)
 
 
 def merge_model_files(
