@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -165,11 +168,69 @@ def read_tabular(file_name: str, raw: bytes, text_column: str, number_column: st
             table = _read_csv(raw, text_column, number_column)
             table.column_names  # noqa: B018 — the header is decoded here, so a binary file fails inside the try
             return table
-        table = pq.ParquetFile(pa.BufferReader(raw)).read()
+        table = STORED_COLUMNS.read(pq.ParquetFile(pa.BufferReader(raw)), raw, text_column)
         _check_unique_columns(table.schema.names)
         return table
     except (ValueError, pa.ArrowException, UnicodeDecodeError) as error:
         raise SubmissionError(f"unreadable as {kind}: {describe_error(error)}") from None
+
+
+class StoredColumns:
+    """Parquet columns decoded lately, found again by their stored bytes (a per-process cache).
+
+    Files written by the same tool for the same ids store their id column byte
+    for byte alike: decoding 100,000 text ids costs about 4 ms a file, a SHA-256
+    of their stored bytes under 1 ms. Decoding is deterministic, so a column
+    stored identically (same bytes in every row group, same codec, encodings
+    and type) decodes to the same values, which are shared. Holds the last
+    ``capacity`` decoded columns (an 80-era id column is about 8 MB).
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._columns: OrderedDict[tuple, pa.ChunkedArray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def read(self, parquet: pq.ParquetFile, raw: bytes, column: str) -> pa.Table:
+        """Every column of ``parquet`` (whose bytes are ``raw``), ``column`` taken from the cache when stored as before."""
+        names = parquet.schema_arrow.names
+        others = [n for n in names if n != column]
+        if names.count(column) != 1 or not others:
+            return parquet.read()
+        key = _stored_column_key(parquet, raw, names.index(column))
+        with self._lock:
+            decoded = self._columns.get(key)
+            if decoded is not None:
+                self._columns.move_to_end(key)
+        if decoded is None:
+            table = parquet.read()
+            with self._lock:
+                self._columns[key] = table.column(column)
+                while len(self._columns) > self.capacity:
+                    self._columns.popitem(last=False)
+            return table
+        return parquet.read(columns=others).add_column(names.index(column), parquet.schema_arrow.field(column), decoded)
+
+
+def _stored_column_key(parquet: pq.ParquetFile, raw: bytes, index: int) -> tuple:
+    """What decides column ``index``'s decoded values: its type, and each row group's rows, codec, encodings
+    and a SHA-256 of its stored bytes."""
+    metadata = parquet.metadata
+    key: list = [str(parquet.schema_arrow.field(index).type)]
+    stored = memoryview(raw)
+    for group in range(metadata.num_row_groups):
+        chunk = metadata.row_group(group).column(index)
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        digest = hashlib.sha256(stored[start : start + chunk.total_compressed_size]).digest()
+        key.append((metadata.row_group(group).num_rows, chunk.compression, chunk.encodings, digest))
+    return tuple(key)
+
+
+#: This process's decoded id columns (see :class:`StoredColumns`).
+STORED_COLUMNS = StoredColumns(capacity=2)
 
 
 def _read_csv(raw: bytes, text_column: str, number_column: str | None) -> pa.Table:

@@ -17,6 +17,7 @@ from numerai_dask.submissions import (
     FixedWidthIds,
     Predictions,
     Rejection,
+    StoredColumns,
     SubmissionError,
     as_arrow_ids,
     merge_model_files,
@@ -99,6 +100,35 @@ def test_pickled_objects_in_a_parquet_file_are_never_loaded() -> None:
     pq.write_table(table, buffer)
     with pytest.raises(SubmissionError, match="not numeric"):
         parse_prediction_file("p.parquet", buffer.getvalue())
+
+
+def test_a_column_stored_as_one_decoded_before_is_not_decoded_again() -> None:
+    """Same ids stored alike: the second file shares the first one's decoded ids (the same Arrow buffer) and keeps
+    its own predictions. Other ids, another codec or an evicted column are decoded, each with its own values."""
+    ids = [f"n{i:015x}" for i in range(1000)]
+
+    def stored(ids: list[str], value: float, codec: str = "snappy") -> bytes:
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"id": ids, "prediction": [value] * len(ids)}), buffer, compression=codec)
+        return buffer.getvalue()
+
+    cache = StoredColumns(capacity=1)
+
+    def read(raw: bytes) -> pa.Table:
+        return cache.read(pq.ParquetFile(pa.BufferReader(raw)), raw, "id")
+
+    def id_buffer(table: pa.Table) -> int:
+        return table.column("id").chunk(0).buffers()[2].address
+
+    first, again = read(stored(ids, 0.25)), read(stored(ids, 0.75))
+    assert id_buffer(again) == id_buffer(first) and len(cache) == 1
+    assert again.column("id").to_pylist() == ids and again.column("prediction").to_pylist() == [0.75] * 1000
+    assert again.schema.names == ["id", "prediction"]
+    other = read(stored([*ids[:-1], "n" + "f" * 15], 0.5))
+    assert other.column("id").to_pylist()[-1] == "n" + "f" * 15 and id_buffer(other) != id_buffer(first)
+    gzip = read(stored(ids, 0.5, "gzip"))
+    assert gzip.column("id").to_pylist() == ids and id_buffer(gzip) != id_buffer(first)
+    assert id_buffer(read(stored(ids, 0.5))) != id_buffer(first) and len(cache) == 1  # evicted by the gzip file
 
 
 # -------------------------------------------------------- one model
