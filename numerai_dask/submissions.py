@@ -582,21 +582,22 @@ class FixedWidthIds:
     @classmethod
     def of(cls, ids: pa.Array) -> FixedWidthIds | None:
         """The table of ``ids`` (unique), or None when their lengths differ or two of them share a hash."""
-        words = id_words(ids)
-        if words is None:
+        width = id_width(ids)
+        if width is None:
             return None
+        words = id_words(ids, width)
         hashes = _hash_words(words)
         order = np.argsort(hashes)
         keys = hashes[order]
         if np.any(keys[1:] == keys[:-1]):
             return None
-        return cls(len(ids[0].as_py().encode()), words, keys, order)
+        return cls(width, words, keys, order)
 
     def rows_of(self, ids: pa.Array) -> np.ndarray | None:
         """Each id's row (-1: not in the table), or None when ``ids`` are not all of the table's length."""
-        words = id_words(ids, self.width)
-        if words is None:
+        if id_width(ids) != self.width:
             return None
+        words = id_words(ids, self.width)
         hashes = _hash_words(words)
         by_hash = np.argsort(hashes)  # a binary search for keys in order stays in cache
         at = np.empty_like(by_hash)
@@ -608,20 +609,21 @@ class FixedWidthIds:
         return np.where(found, rows, -1)
 
 
-def id_words(ids: pa.Array, width: int | None = None) -> np.ndarray | None:
-    """Ids of :data:`ID_TYPE` as an (n, w) uint64 array of their bytes, zero-padded to whole words.
-
-    None unless every id is there and all have the same byte length (``width``, when given).
-    """
+def id_width(ids: pa.Array) -> int | None:
+    """The byte length every id of ``ids`` (:data:`ID_TYPE`) has; None when some id is missing or lengths differ."""
     if ids.null_count or not len(ids):
         return None
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64, count=len(ids) + 1, offset=8 * ids.offset)
-    first = int(offsets[1] - offsets[0])
-    if first == 0 or (width is not None and first != width) or np.any(np.diff(offsets) != first):
-        return None
-    width, padded = first, -(-first // 8) * 8
-    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=width * len(ids), offset=int(offsets[0]))
-    words = np.zeros((len(ids), padded), dtype=np.uint8)
+    width = int(offsets[1] - offsets[0])
+    return width if width > 0 and np.all(np.diff(offsets) == width) else None
+
+
+def id_words(ids: pa.Array, width: int) -> np.ndarray:
+    """Ids of :data:`ID_TYPE`, each ``width`` bytes (see :func:`id_width`), as an (n, w) uint64 array of
+    their bytes zero-padded to whole words."""
+    start = int(np.frombuffer(ids.buffers()[1], dtype=np.int64, count=1, offset=8 * ids.offset)[0])
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=width * len(ids), offset=start)
+    words = np.zeros((len(ids), -(-width // 8) * 8), dtype=np.uint8)
     words[:, :width] = data.reshape(len(ids), width)
     return words.view(np.uint64)
 
