@@ -81,7 +81,7 @@ from numerai_dask.pipeline import (
 )
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import FileInfo, Storage
-from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_model_files, split_by_era
+from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_model_files, rows_in, split_by_era
 
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
@@ -299,7 +299,7 @@ def appended_predictions(
     delta = merged_predictions(storage, model, appended, index)
     if delta is None:
         return None
-    eras, _ = index.locate(delta.ids)
+    eras, _ = index.locate_rows(rows_in(delta, index))
     if np.any(eras < 0):
         return None
     touched = [index.eras[i] for i in np.unique(eras) if index.resolved_of(index.eras[i]).any()]

@@ -557,7 +557,10 @@ class EraIndex:
 
     def locate(self, ids: Sequence[str] | pd.Index | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """For each id: its era's number (position in :attr:`eras`) and its position in that era; -1, -1 if unknown."""
-        rows = self.rows_of(ids)
+        return self.locate_rows(self.rows_of(ids))
+
+    def locate_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`locate` for ids whose rows are known already (see :meth:`rows_of`)."""
         known = rows >= 0
         numbers = np.where(known, np.searchsorted(self.starts, rows, side="right") - 1, -1)
         positions = np.where(known, rows - self.starts[np.maximum(numbers, 0)], -1)
@@ -643,6 +646,11 @@ def python_scalar(value: Hashable) -> Hashable:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def rows_in(predictions: Predictions, index: EraIndex) -> np.ndarray:
+    """Each prediction's row in ``index`` (-1: not in the data): found while parsing against it, else looked up now."""
+    return predictions.rows if predictions.rows is not None else index.rows_of(predictions.ids)
+
+
 def split_by_era(
     model: str, predictions: Predictions, index: EraIndex, *, files: Sequence[str] = ()
 ) -> tuple[dict[Hashable, np.ndarray], list[Rejection]]:
@@ -657,7 +665,7 @@ def split_by_era(
     Predictions parsed against an index must be split by that same index.
     """
     source = ", ".join(files)
-    rows = predictions.rows if predictions.rows is not None else index.rows_of(predictions.ids)
+    rows = rows_in(predictions, index)
     unknown = rows < 0
     if unknown.any():
         examples = _examples(sorted(predictions.ids.filter(pa.array(unknown)).to_pylist()))
