@@ -186,7 +186,7 @@ class StoredColumns:
     ``capacity`` decoded columns (an 80-era id column is about 8 MB).
     """
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._columns: OrderedDict[tuple, pa.ChunkedArray] = OrderedDict()
         self._lock = threading.Lock()
@@ -230,7 +230,7 @@ def _stored_column_key(parquet: pq.ParquetFile, raw: bytes, index: int) -> tuple
 
 
 #: This process's decoded id columns (see :class:`StoredColumns`).
-STORED_COLUMNS = StoredColumns(capacity=2)
+STORED_COLUMNS = StoredColumns()
 
 
 def _read_csv(raw: bytes, text_column: str, number_column: str | None) -> pa.Table:
