@@ -393,7 +393,7 @@ class Storage:
         groups, keep = list(range(metadata.num_row_groups)), None
         if eras is not None:
             values = self._era_values(path, schema, eras)
-            groups, only_wanted = _row_groups_with(metadata, values)
+            groups, only_wanted = _row_groups_with(metadata, schema.get_field_index("era"), values)
             keep = None if only_wanted else pc.field("era").isin(values)
         fetched = wanted if keep is None or "era" in wanted else [*wanted, "era"]
         with self._naming_bad_parquet(path):
@@ -536,10 +536,10 @@ def _pandas_index_columns(schema: pa.Schema) -> set[str]:
     return {c for c in metadata.get("index_columns", []) if isinstance(c, str)}
 
 
-def _row_groups_with(metadata: pq.FileMetaData, values: pa.Array) -> tuple[list[int], bool]:
-    """Row groups whose ``era`` min/max statistics may contain one of ``values`` (all when unknown), and
-    whether the statistics show that every row of them holds one of ``values`` (no row to filter out)."""
-    column = metadata.schema.to_arrow_schema().get_field_index("era")
+def _row_groups_with(metadata: pq.FileMetaData, column: int, values: pa.Array) -> tuple[list[int], bool]:
+    """Row groups whose era column's (number ``column``) min/max statistics may contain one of ``values`` (all
+    when unknown), and whether the statistics show that every row of them holds one of ``values`` (no row to
+    filter out)."""
     wanted = values.to_pylist()
     groups = []
     only_wanted = True
