@@ -227,15 +227,17 @@ def test_tasks_that_return_freed_memory_free_their_cycles_whether_they_return_or
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_a_worker_near_its_memory_thresholds_switches_glibc_to_eager_trimming(client: Client) -> None:
-    """A task's end switches a worker past half its first memory threshold (here spilling at 5 % of 1 GiB)
-    to eager trimming; a 2 GiB worker (~200 MiB) keeps glibc's own thresholds, as does a process outside Dask."""
+def test_a_worker_near_its_memory_thresholds_switches_glibc_to_eager_trimming() -> None:
+    """A fresh 1 GiB worker (spilling above 60 %) keeps glibc's own thresholds after a task; a task that ends
+    holding 320 MiB puts it past half of 60 % and switches it, for good. Outside Dask nothing switches."""
     released_and_trims_eagerly = lambda: (release_memory(), trims_eagerly())[1]  # noqa: E731 — pickled by value
+    holding_320_mib = lambda: (np.ones(40 * 2**20), release_memory(), trims_eagerly())[2]  # noqa: E731
     assert not released_and_trims_eagerly()
-    assert client.submit(released_and_trims_eagerly, pure=False).result() is False
-    with connect(ClusterSpec("local", {"workers": 1}, worker=WorkerSettings(memory_limit="1GiB", target=0.05)),
-                 log=lambda _: None) as small:
-        assert small.submit(released_and_trims_eagerly, pure=False).result() is True
+    with connect(ClusterSpec("local", {"workers": 1}, worker=WorkerSettings(memory_limit="1GiB")),
+                 log=lambda _: None) as fresh:
+        assert fresh.submit(released_and_trims_eagerly, pure=False).result() is False
+        assert fresh.submit(holding_320_mib, pure=False).result() is True
+        assert fresh.submit(trims_eagerly, pure=False).result() is True
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
