@@ -103,7 +103,8 @@ class WorkerSettings:
     in again, task after task. The job's tasks give their freed memory back
     when they end, and a worker near its memory thresholds switches glibc to
     Dask's setting itself (``pipeline.release_memory``), so the default leaves
-    it unset (None): the 20-era benchmark runs 8–10 % faster.
+    it unset (None): a 64-model load task took 0.67 s instead of 0.86 s in a plain process, and the
+    20-era job 9.2–10.3 s instead of 10.3–11.6 s in alternating runs.
     """
 
     threads: int = 1
