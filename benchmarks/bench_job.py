@@ -18,8 +18,8 @@ On one generated dataset (every model predicting every era, no unresolved era):
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
     (the features' Gram matrix, in float32 where that is exact, its eigenvalues
-    and, the features being of full rank, its Cholesky factor inverted: the
-    basis applied through the features, never formed, as the kernel does),
+    and, the features being of full rank, its inverse from its Cholesky factor:
+    the basis applied through the features, never formed, as the kernel does),
     and the GEMMs that project and measure exposures — with both cores busy doing only
     that: the arithmetic is timed in ``--workers`` processes at once, as the
     job's workers run. The ideal floor (one core's time divided by the number
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dask.utils import format_bytes, parse_bytes
-from scipy.linalg.lapack import dtrtri
+from scipy.linalg.lapack import dlauum, dtrtri
 from threadpoolctl import threadpool_limits
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
@@ -221,8 +221,9 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
             sums = small.sum(axis=0, dtype=np.float64)
             gram = (small.T @ small).astype(np.float64) - np.outer(sums, sums) / len(small)
             np.linalg.eigvalsh(gram)  # the rank and spread, then a Cholesky basis, as the kernel for such features
-            weights = dtrtri(np.linalg.cholesky(gram), lower=1)[0].T
-            residual = era.predictions - a @ (weights @ (weights.T @ (a.T @ era.predictions)))
+            inverse = dlauum(dtrtri(np.linalg.cholesky(gram), lower=1)[0], lower=1)[0]  # G⁻¹ = L⁻ᵀL⁻¹
+            inverse = np.tril(inverse) + np.tril(inverse, -1).T
+            residual = era.predictions - a @ (inverse @ (a.T @ era.predictions))
             a.T @ residual  # exposures: one more F × N × M product
         return time.perf_counter() - started
 

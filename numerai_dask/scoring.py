@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
-from scipy.linalg.lapack import dtrtri
+from scipy.linalg.lapack import dlauum, dtrtri
 from scipy.special import ndtri
 
 #: Singular values of the centred features below this fraction of the largest
@@ -182,8 +182,9 @@ def orthogonalize(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return v - np.outer(u, (v.T @ u) / (u @ u))
 
 
-def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, and their eigenvalue spread.
+def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
+    """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, their eigenvalue spread,
+    and whether ``W`` is the inverted Cholesky factor (upper triangular).
 
     1. the eigenvalues of ``G = aᵀa`` (``gram``, when the caller has it already);
     2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
@@ -199,22 +200,22 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
     rows of the basis (ties in neutralized predictions survive exactly).
     """
     if a.shape[1] == 0:
-        return np.zeros((0, 0)), 1.0
+        return np.zeros((0, 0)), 1.0, False
     gram = a.T @ a if gram is None else gram
     eigenvalues = np.linalg.eigvalsh(gram)
     largest = eigenvalues[-1]
     if largest <= 0:
-        return np.zeros((a.shape[1], 0)), 1.0
+        return np.zeros((a.shape[1], 0)), 1.0, False
     keep = eigenvalues > (rcond**2) * largest
     spread = float(largest / eigenvalues[keep][0])
     if keep.all() and spread <= SINGLE_PASS_SPREAD:
         inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
         if not failed:
-            return inverse.T, spread
+            return inverse.T, spread, True
     eigenvalues, eigenvectors = np.linalg.eigh(gram)
     keep = eigenvalues > (rcond**2) * eigenvalues[-1]
     kept = eigenvalues[keep]
-    return eigenvectors[:, keep] / np.sqrt(kept), float(eigenvalues[-1] / kept[0])
+    return eigenvectors[:, keep] / np.sqrt(kept), float(eigenvalues[-1] / kept[0]), False
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:
@@ -242,18 +243,34 @@ def small_integer_gram(features: np.ndarray) -> np.ndarray | None:
     return (x.T @ x).astype(np.float64) - np.outer(sums, sums) / len(x)
 
 
+def _weights_product(weights: np.ndarray, cholesky: bool) -> np.ndarray:
+    """``W·Wᵀ``, the map that takes ``factorᵀ·V`` to a projection's coefficients (symmetric, j × j).
+
+    For the Cholesky route (``W = L⁻ᵀ``) it is ``G⁻¹``, which LAPACK's
+    ``dlauum`` forms from the triangular ``L⁻¹`` in a third of a GEMM's work;
+    otherwise one GEMM.
+    """
+    if cholesky:
+        lower, failed = dlauum(weights.T, lower=1)
+        if not failed:
+            return np.tril(lower) + np.tril(lower, -1).T
+    return weights @ weights.T
+
+
 @dataclass(frozen=True)
 class FeatureSpace:
     """One era's features as scoring uses them, computed once and shared by every model.
 
     The orthonormal basis ``Q`` of ``[X, 1]`` is kept factored:
     ``Q = [factor·weights, 1/√N]``. Projecting on it then costs two thin GEMMs
-    through the (N, F) factor; the (N, k) basis itself is never formed.
+    through the (N, F) factor and one (F, F) product, through ``W·Wᵀ``
+    (:func:`_weights_product`); the (N, k) basis itself is never formed.
     """
 
     centred: np.ndarray  # (N, F) the features as float64, centred
     factor: np.ndarray  # (N, j) the centred features, or a first orthonormal basis of them (second pass)
     weights: np.ndarray  # (j, k) factor·weights is orthonormal and spans the centred features
+    coefficient_map: np.ndarray  # (j, j) weights·weightsᵀ
 
     @classmethod
     def of(cls, features: np.ndarray, rcond: float = BASIS_RCOND) -> FeatureSpace:
@@ -266,15 +283,17 @@ class FeatureSpace:
            (the Gram route squares the condition number), form that first basis
            and orthonormalize it once more, which restores orthogonality to
            machine precision;
-        4. the constant column ``1/√N`` is orthogonal to every centred column:
+        4. the map from ``factorᵀ·V`` to coefficients, ``weights·weightsᵀ``;
+        5. the constant column ``1/√N`` is orthogonal to every centred column:
            its part of a projection is the column mean.
         """
         centred = centred_columns(features)
-        weights, spread = _orthonormalizing_weights(centred, rcond, small_integer_gram(np.asarray(features)))
-        if spread <= SINGLE_PASS_SPREAD:
-            return cls(centred, centred, weights)
-        first = centred @ weights
-        return cls(centred, first, _orthonormalizing_weights(first, rcond)[0])
+        factor = centred
+        weights, spread, cholesky = _orthonormalizing_weights(centred, rcond, small_integer_gram(np.asarray(features)))
+        if spread > SINGLE_PASS_SPREAD:
+            factor = centred @ weights
+            weights, _, cholesky = _orthonormalizing_weights(factor, rcond)
+        return cls(centred, factor, weights, _weights_product(weights, cholesky))
 
     def project(self, values: np.ndarray) -> np.ndarray:
         """``QQᵀ·values``: each column's (or the vector's) least-squares fit on ``[X, 1]``.
@@ -282,7 +301,7 @@ class FeatureSpace:
         Column-major (N, M) input gives column-major output, so ranking the
         result needs no transposing copy.
         """
-        coefficients = self.weights @ (self.weights.T @ (self.factor.T @ values))
+        coefficients = self.coefficient_map @ (self.factor.T @ values)
         fitted = (coefficients.T @ self.factor.T).T
         fitted += values.mean(axis=0)
         return fitted
