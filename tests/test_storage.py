@@ -20,6 +20,7 @@ import s3fs
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 
+from numerai_dask import storage as storage_module
 from numerai_dask.storage import DEEP_NESTING, FileInfo, Storage, StorageError
 from numerai_dask.submissions import Rejection
 
@@ -207,6 +208,27 @@ def test_era_filter_reads_only_the_requested_eras(root: Root, eras: list) -> Non
     assert list(two.columns) == ["id", "target"]
     assert sorted(two["id"]) == sorted(frame.loc[frame["era"].isin([eras[0], eras[3]]), "id"])
     assert storage.read_data(path, ["era"], eras=[eras[0] + ("9" if isinstance(eras[0], str) else 9)]).empty
+
+
+@pytest.mark.parametrize("id_as_index", [False, True], ids=["id-column", "id-index"])
+def test_a_row_group_of_many_eras_is_filtered_a_few_columns_at_a_time(root: Root, id_as_index: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # pandas' default layout: every era in one row group, ids in any order
+    frame = data_frame(["0001", "0002", "0003", "0004"], rows_per_era=9)
+    for j in range(5):
+        frame[f"feature_{j}"] = np.arange(len(frame), dtype=np.int8) % (j + 2)
+    root.put("data/train.parquet", parquet_bytes(frame, id_as_index=id_as_index))
+    storage = root.storage()
+    path = storage.path("data/train.parquet")
+    columns = ["feature_int", *[f"feature_{j}" for j in range(5)], "target"]
+    whole = storage.read_data(path, columns, eras=["0002", "0004"])
+    monkeypatch.setattr(storage_module, "FILTER_READ_CELLS", 2 * len(frame))  # two columns per read
+    in_slices = storage.read_data(path, columns, eras=["0002", "0004"])
+    expected = frame.loc[frame["era"].isin(["0002", "0004"]), ["id", *columns]].reset_index(drop=True)
+    for rows in (whole, in_slices):
+        pd.testing.assert_frame_equal(rows, expected, check_dtype=False)
+        assert rows["feature_0"].dtype == np.int8
+    assert storage.read_data(path, columns, eras=["0009"]).empty
 
 
 def test_era_filter_with_the_wrong_era_type_says_so(memory_root: Root) -> None:
