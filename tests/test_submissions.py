@@ -130,6 +130,12 @@ def test_a_column_stored_as_one_decoded_before_is_not_decoded_again() -> None:
     assert gzip.column("id").to_pylist() == ids and id_buffer(gzip) != id_buffer(first)
     assert id_buffer(read(stored(ids, 0.5))) != id_buffer(first) and len(cache) == 1  # evicted by the gzip file
 
+    cache = StoredColumns(capacity=2)  # two columns of one layout but other bytes are both kept
+    shifted = [*ids[1:], ids[0]]
+    a, b = read(stored(ids, 0.1)), read(stored(shifted, 0.2))
+    assert id_buffer(read(stored(ids, 0.3))) == id_buffer(a) and id_buffer(read(stored(shifted, 0.4))) == id_buffer(b)
+    assert read(stored(shifted, 0.4)).column("id").to_pylist() == shifted and len(cache) == 2
+
 
 # -------------------------------------------------------- one model
 
