@@ -128,24 +128,41 @@ def _files_of(root: Path, model: str) -> list[str]:
 # --------------------------------------------------------------------------- (b)
 
 
-def numerai_dask_way(root: Path, out: Path, workers: int,
-                     settings: WorkerSettings) -> tuple[float, float, pd.DataFrame, list[int], dict]:
-    """Start a LocalCluster of workers with ``settings``, then time the job end to end on it.
+@dataclass(frozen=True)
+class JobRun:
+    """One timed run of the job on a fresh LocalCluster (see :func:`numerai_dask_way`)."""
 
-    Returns (cluster start seconds, job seconds, per-era table, each worker's
-    peak RSS in bytes, the manifest's timings).
-    """
+    cluster_seconds: float
+    job_seconds: float
+    per_era: pd.DataFrame
+    peaks: list[int]  # each worker's peak resident bytes
+    idle: list[int]  # each worker's resident bytes before the job, the job's modules loaded
+    stages: dict
+
+
+def numerai_dask_way(root: Path, out: Path, workers: int, settings: WorkerSettings) -> JobRun:
+    """Start a LocalCluster of workers with ``settings``, then time the job end to end on it."""
     started = time.perf_counter()
     spec = ClusterSpec("local", {"workers": workers}, worker=settings)
     with connect(spec, log=lambda _: None) as client:
         client.wait_for_workers(workers)
         cluster_seconds = time.perf_counter() - started
+        idle = client.run(idle_resident_bytes)
         started = time.perf_counter()
         result = run_job(client, Storage(str(root)), ScoringParams())
         publish_run(Storage(str(out)), result, new_run_id())
         job_seconds = time.perf_counter() - started
         peaks = client.run(peak_resident_bytes)
-    return cluster_seconds, job_seconds, result.per_era, list(peaks.values()), result.manifest["timings_seconds"]
+    return JobRun(cluster_seconds, job_seconds, result.per_era, list(peaks.values()), list(idle.values()),
+                  result.manifest["timings_seconds"])
+
+
+def idle_resident_bytes() -> int:
+    """This worker's resident memory now, before any task; its program has loaded the job's modules already
+    (spawn imports this script, which imports them, in every LocalCluster worker)."""
+    if "numerai_dask.pipeline" not in sys.modules:
+        raise RuntimeError("the worker has not loaded the job's modules: its idle size would not be comparable")
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
 def peak_resident_bytes() -> int:
@@ -321,10 +338,10 @@ def main() -> None:
         settings = WorkerSettings(memory_limit=args.memory_limit, malloc_trim_threshold=args.malloc_trim_threshold)
         if args.spill is not None:
             settings = replace(settings, target=min(settings.target, args.spill), spill=min(settings.spill, args.spill))
-        cluster_seconds, job_seconds, ours, peaks, stages = numerai_dask_way(root, Path(scratch) / "out",
-                                                                             args.workers, settings)
-        print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {stages}; "
-              f"LocalCluster start {cluster_seconds:.1f} s apart")
+        job = numerai_dask_way(root, Path(scratch) / "out", args.workers, settings)
+        job_seconds, ours, peaks = job.job_seconds, job.per_era, job.peaks
+        print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {job.stages}; "
+              f"LocalCluster start {job.cluster_seconds:.1f} s apart")
         bound = floor(root, args.workers, args.eras, args.rows_per_era, args.features, args.models, args.seed)
         print(f"(c) floor                       {bound.seconds:8.2f} s   (read bytes {bound.read:.2f} s + arithmetic "
               f"{bound.arithmetic:.2f} s, measured in {args.workers} processes at once)")
@@ -332,7 +349,7 @@ def main() -> None:
               f"{args.workers}; {args.workers} processes at once give {bound.machine_scaling:.2f}× the throughput "
               "of one on this machine)")
         if args.scaling:
-            _, one_worker, _, _, _ = numerai_dask_way(root, Path(scratch) / "out1", 1, settings)
+            one_worker = numerai_dask_way(root, Path(scratch) / "out1", 1, settings).job_seconds
             print(f"(b) on one worker               {one_worker:8.2f} s   → {args.workers} workers are "
                   f"{one_worker / job_seconds:.2f}× the throughput of one (goal ≥ 1.8)")
         working_set = era_working_set(root)
@@ -345,6 +362,10 @@ def main() -> None:
               + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else "")
               + (f"; MALLOC_TRIM_THRESHOLD_={args.malloc_trim_threshold}" if args.malloc_trim_threshold is not None
                  else ""))
+        above = [p - i for p, i in zip(peaks, job.idle)]
+        print(f"    above the idle worker       {', '.join(format_bytes(a) for a in above)} = "
+              f"{max(above) / working_set:.1f}× the working set (each worker idle before the job, the job's "
+              f"modules loaded: {', '.join(format_bytes(i) for i in job.idle)})")
         print(f"(b)/(c)                         {job_seconds / bound.seconds:8.2f}    (goal ≤ 2; against the ideal "
               f"floor {job_seconds / bound.ideal_seconds:.2f})")
         if not args.skip_reference:
