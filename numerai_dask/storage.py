@@ -554,7 +554,8 @@ def _filtered_rows(file: pq.ParquetFile, groups: list[int], columns: list[str], 
         return file.read_row_groups(groups, columns=columns).filter(wanted)
     parts = [file.read_row_groups(groups, columns=columns[i:i + at_once]).filter(wanted)
              for i in range(0, len(columns), at_once)]
-    return pa.Table.from_arrays([c for part in parts for c in part.columns], names=columns)
+    return pa.Table.from_arrays([c for part in parts for c in part.columns],
+                                names=[name for part in parts for name in part.column_names])
 
 
 def _row_groups_with(metadata: pq.FileMetaData, column: int, values: pa.Array) -> tuple[list[int], bool]:
