@@ -26,9 +26,10 @@ On one generated dataset (every model predicting every era, no unresolved era):
     of workers) is printed too, with the ratio between the two: what a second
     core gives on this machine.
 
-Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory and
-one era's working set (the peak of NumPy allocations while one era is scored,
-traced in this process), and the largest difference between (a)'s and (b)'s
+Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory (also
+above its resident size before the job, its libraries loaded) and one era's
+working set (the peak of NumPy allocations while one era is scored, traced in
+this process), and the largest difference between (a)'s and (b)'s
 numbers. Then a model of Numerai scale from measured per-era costs.
 """
 
