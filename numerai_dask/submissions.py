@@ -209,7 +209,7 @@ class StoredColumns:
             table = parquet.read()
             with self._lock:
                 self._columns.append((layout, stored, table.column(column)))
-                del self._columns[:-self.capacity]
+                del self._columns[:max(0, len(self._columns) - self.capacity)]
             return table
         return parquet.read(columns=others).add_column(names.index(column), parquet.schema_arrow.field(column), found[2])
 

@@ -136,6 +136,10 @@ def test_a_column_stored_as_one_decoded_before_is_not_decoded_again() -> None:
     assert id_buffer(read(stored(ids, 0.3))) == id_buffer(a) and id_buffer(read(stored(shifted, 0.4))) == id_buffer(b)
     assert read(stored(shifted, 0.4)).column("id").to_pylist() == shifted and len(cache) == 2
 
+    cache = StoredColumns(capacity=0)  # keeps nothing
+    kept, again = read(stored(ids, 0.1)), read(stored(ids, 0.2))
+    assert id_buffer(again) != id_buffer(kept) and len(cache) == 0
+
 
 # -------------------------------------------------------- one model
 
