@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 from dask.utils import format_bytes, parse_bytes
 from scipy.linalg.lapack import dlauum, dtrtri
 from threadpoolctl import threadpool_limits
@@ -163,7 +164,7 @@ def idle_resident_bytes() -> int:
     (spawn imports this script, which imports them, in every LocalCluster worker)."""
     if "numerai_dask.pipeline" not in sys.modules:
         raise RuntimeError("the worker has not loaded the job's modules: its idle size would not be comparable")
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    return psutil.Process().memory_info().rss
 
 
 def peak_resident_bytes() -> int:
