@@ -226,18 +226,36 @@ def test_tasks_that_return_freed_memory_free_their_cycles_whether_they_return_or
     assert load_model_batch.__name__ == "load_model_batch" and "window" in (load_model_batch.__doc__ or "")
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_a_worker_near_its_memory_thresholds_switches_glibc_to_eager_trimming() -> None:
-    """A fresh 1 GiB worker (spilling above 60 %) keeps glibc's own thresholds after a task; a task that ends
-    holding 320 MiB puts it past half of 60 % and switches it, for good. Outside Dask nothing switches."""
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and malloc_trim are glibc's")
+def test_a_worker_near_its_memory_thresholds_trims_its_heap_and_switches_glibc_to_eager_trimming() -> None:
+    """A fresh 1 GiB worker (spilling above 60 %) keeps its free heap pages and glibc's own thresholds after a
+    task; a task that ends holding 320 MiB puts it past half of 60 %: its heap is trimmed and glibc switched, for
+    good. Outside Dask nothing switches."""
     released_and_trims_eagerly = lambda: (release_memory(), trims_eagerly())[1]  # noqa: E731 — pickled by value
     holding_320_mib = lambda: (np.ones(40 * 2**20), release_memory(), trims_eagerly())[2]  # noqa: E731
+
+    def given_back_by_release(holding: int) -> int:
+        """Resident bytes ``release_memory`` gives back after 25 MiB are freed below a block still in use."""
+        resident = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096  # noqa: E731
+        held = np.ones(holding)
+        blocks = [bytearray(64 * 1024) for _ in range(400)]  # below malloc's mmap threshold: on the heap
+        kept = blocks[-1]
+        del blocks
+        before = resident()
+        release_memory()
+        given_back = before - resident()
+        assert len(kept) == 64 * 1024 and held.size == holding
+        return given_back
+
     assert not released_and_trims_eagerly()
     with connect(ClusterSpec("local", {"workers": 1}, worker=WorkerSettings(memory_limit="1GiB")),
                  log=lambda _: None) as fresh:
         assert fresh.submit(released_and_trims_eagerly, pure=False).result() is False
-        assert fresh.submit(holding_320_mib, pure=False).result() is True
+        assert fresh.submit(given_back_by_release, 0, pure=False).result() < 5 * 2**20
+        assert fresh.submit(trims_eagerly, pure=False).result() is False
+        assert fresh.submit(given_back_by_release, 40 * 2**20, pure=False).result() >= 20 * 2**20
         assert fresh.submit(trims_eagerly, pure=False).result() is True
+        assert fresh.submit(holding_320_mib, pure=False).result() is True
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
