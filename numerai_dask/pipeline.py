@@ -66,6 +66,8 @@ MIN_ERA_ROWS = 2
 #: A worker switches glibc to eager trimming once its process memory passes this share of its first
 #: memory threshold (see :func:`switch_to_eager_trimming`).
 EAGER_SHARE_OF_THRESHOLD = 0.5
+#: Dask priority of the tasks that cut a loaded batch into era slices (score tasks have 0): see :func:`build_graph`.
+SLICE_PRIORITY = 1
 #: glibc's ``mallopt`` parameters, and the values of eager trimming: Dask's trim threshold and glibc's
 #: initial mmap threshold (setting either turns glibc's dynamic thresholds off).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -654,6 +656,11 @@ def build_graph(
 ) -> tuple[list[Delayed], list[Delayed]]:
     """One load task per batch of models, one slice per (batch, era), one score task per era.
 
+    Slices go ahead of scoring (``SLICE_PRIORITY``): a worker would otherwise
+    cut its batches between its own eras, while the other worker waits for
+    those slices (0.5–0.7 s idle of a 7–8 s job in 3 of 4 runs of the 20-era
+    benchmark, against at most 0.08 s with the priority).
+
     Task names carry a token of this job's inputs and parameters: two jobs on
     one cluster must never share results.
     """
@@ -664,13 +671,15 @@ def build_graph(
                                                   dask_key_name=f"load-{i}-{token}")
         for i, batch in enumerate(model_batches)
     ]
+    with dask.annotate(priority=SLICE_PRIORITY):
+        slices = {era.label: [dask.delayed(era_slice, pure=True)(b, era.label) for b in loaded] for era in inputs.eras}
     scored = [
         dask.delayed(score_era_task, pure=True)(
             storage,
             era,
             inputs.features,
             params,
-            [dask.delayed(era_slice, pure=True)(b, era.label) for b in loaded],
+            slices[era.label],
             inputs.stakes,
             benchmark.get(era.label),
             dask_key_name=f"score-era-{era.label}-{token}",

@@ -63,6 +63,7 @@ from numerai_dask.pipeline import (
     ModelFiles,
     Phase,
     Progress,
+    SLICE_PRIORITY,
     TASK_RETRIES,
     ScoringParams,
     discover,
@@ -466,7 +467,7 @@ def _refresh_under_lease(
             cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep), keep_scores)
         folder = era_directory(era.label)
         write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet", f"{folder}/{run_id}.scores.parquet"))
-        slices = [client.submit(changed_slice, b, era.label, pure=False) for b in batches]
+        slices = [client.submit(changed_slice, b, era.label, pure=False, priority=SLICE_PRIORITY) for b in batches]
         futures[era.label] = client.submit(
             score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,
             benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,

@@ -21,7 +21,7 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, release_memory,
+from numerai_dask.pipeline import (SLICE_PRIORITY, JobError, ScoringParams, chunked, load_model_batch, release_memory,
                                    returning_freed_memory, run_job, trim_heap, trims_eagerly)
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
@@ -116,6 +116,38 @@ def test_load_windows_bounded_by_bytes_give_the_same_scores(tmp_path, client):
     one_task = run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=100, read_window_bytes=2**40))
     per_model = run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=100, read_window_bytes=1))
     pd.testing.assert_frame_equal(per_model.per_era, one_task.per_era, check_exact=True)
+
+
+def test_era_slices_reach_the_scheduler_ahead_of_every_score_task(tmp_path, client):
+    """Cutting a loaded batch into era slices runs before any era is scored on the worker that holds it: the other
+    worker waits for those slices (it waited 0.5–0.7 s of the 20-era benchmark's 7 s when they queued behind scoring)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Priorities(SchedulerPlugin):
+        name = "test-priorities"
+
+        def __init__(self) -> None:
+            self.seen: dict[str, tuple] = {}
+
+        def start(self, scheduler) -> None:
+            self.scheduler = scheduler
+
+        def transition(self, key, start, finish, *args, **kwargs) -> None:
+            if finish == "processing":
+                self.seen[key if isinstance(key, str) else key[0]] = self.scheduler.tasks[key].priority
+
+    generate(str(tmp_path), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
+    client.register_plugin(Priorities())
+    try:
+        run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=2))
+        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["test-priorities"].seen)
+    finally:
+        client.unregister_scheduler_plugin("test-priorities")
+    slices = [p for key, p in seen.items() if key.startswith("era_slice-")]
+    scores = [p for key, p in seen.items() if key.startswith("score-era-")]
+    assert len(slices) == 3 * 2 and len(scores) == 3
+    assert max(slices) < min(scores)  # Dask runs the smaller priority first
+    assert {p[0] for p in slices} == {-SLICE_PRIORITY} and {p[0] for p in scores} == {0}
 
 
 def test_chunked_cuts_runs_by_count_and_by_bytes():
