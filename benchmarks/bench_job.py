@@ -320,8 +320,9 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="auto", help="per worker, e.g. 600MiB (default: share of the machine)")
     parser.add_argument("--spill", type=float, help="spill to disk above this fraction of the memory limit "
                                                     "(default: WorkerSettings' 0.6 target and 0.7 spill)")
-    parser.add_argument("--malloc-trim-threshold", type=int, help="the workers' MALLOC_TRIM_THRESHOLD_ in bytes "
-                                                                    "(default: unset, glibc's own; Dask sets 65536)")
+    parser.add_argument("--malloc-trim-threshold", type=int, default=WorkerSettings.malloc_trim_threshold,
+                        help="the workers' MALLOC_TRIM_THRESHOLD_ in bytes (default: WorkerSettings', "
+                             f"{WorkerSettings.malloc_trim_threshold}; Dask sets 65536)")
     parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
     parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
@@ -362,8 +363,8 @@ def main() -> None:
               + (f"; memory limit {format_bytes(limit)} per worker, input files "
                  f"{size / (limit * args.workers):.1f}× the workers' total" if limit else "")
               + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else "")
-              + (f"; MALLOC_TRIM_THRESHOLD_={args.malloc_trim_threshold}" if args.malloc_trim_threshold is not None
-                 else ""))
+              + (f"; MALLOC_TRIM_THRESHOLD_={args.malloc_trim_threshold}"
+                 if args.malloc_trim_threshold != WorkerSettings.malloc_trim_threshold else ""))
         above = [p - i for p, i in zip(peaks, job.idle)]
         print(f"    above the idle worker       {', '.join(format_bytes(a) for a in above)} = "
               f"{max(above) / working_set:.1f}× the working set (each worker idle before the job, the job's "

@@ -402,8 +402,8 @@ def switch_to_eager_trimming() -> None:
 
     It is what Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` does from a worker's
     start, which the workers here are spared (``WorkerSettings.malloc_trim_threshold``):
-    large blocks are mapped on their own and unmapped when freed, and the
-    heap's top is trimmed past 64 KiB. Pages are then faulted in again task
+    blocks past 128 KiB are mapped on their own and unmapped when freed, and
+    the heap's top is trimmed past 64 KiB. Pages are then faulted in again task
     after task, but a worker near its memory thresholds would otherwise hold
     them while Dask spills and pauses for room: on 700 MiB workers spilling
     above 40 %, 80 eras took 71 s with peaks of 603–649 MiB when glibc kept

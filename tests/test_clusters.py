@@ -55,6 +55,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: What glibc must find in a worker's environment when the process starts (Dask's own trim threshold is 65536).
+ALLOCATOR_START = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+
 def process_environment(pid: int) -> dict[str, str]:
     """The environment a running process was started with."""
     entries = (Path("/proc") / str(pid) / "environ").read_bytes().decode().split("\0")
@@ -88,8 +92,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
                 names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
                 assert list(client.nthreads().values()) == [1, 1]
                 worker_pids = client.run(os.getpid).values()
-            assert not [pid for pid in worker_pids if "MALLOC_TRIM_THRESHOLD_" in process_environment(pid)]
-            assert [process_environment(pid).get("MALLOC_ARENA_MAX") for pid in worker_pids] == ["1", "1"]
+            assert [{k: process_environment(pid).get(k) for k in ALLOCATOR_START} for pid in worker_pids] \
+                == [ALLOCATOR_START] * 2
             joined = [name for name in names if name != "worker-1"]
             assert len(names) == 2 and joined[0].startswith(f"{socket.gethostname()}-") and joined[0].endswith(
                 "-worker-1")  # unique on the scheduler: named after the host it runs on
@@ -111,8 +115,7 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers")
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
-    assert not [env for env in local_environments if "MALLOC_TRIM_THRESHOLD_" in env]
-    assert [env.get("MALLOC_ARENA_MAX") for env in local_environments] == ["1", "1"]  # there when glibc starts
+    assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
     assert_frames_close(on_processes.table("leaderboard"), local.leaderboard, ["model"])
     assert len(local.per_era) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
