@@ -42,7 +42,7 @@ BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: keeps what it freed, which Dask counts as unmanaged memory and spills (or pauses) to make room for.
 ALLOCATOR_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 #: The nannies' variables for a worker's process that must be set before it starts: they set them
-#: before they spawn it (in a started worker, glibc would not read them again).
+#: before they spawn it (in a started worker, glibc and NumPy have read them already).
 PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
 #: One C heap (arena) for all of a worker's threads. With glibc's default of one per thread (up to
 #: 8 a core), memory freed in one thread's heap cannot serve arrays another thread allocates. On the
@@ -50,7 +50,13 @@ PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
 #: the page faults, and the job 7.39–7.58 s against 7.60–8.58 s.
 #: And large blocks mapped on their own only past 32 MiB, glibc's highest mmap threshold: where its
 #: dynamic threshold starts at 128 KiB and rises only as large blocks are freed.
-PRE_SPAWN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+#: And NumPy's arrays on ordinary pages, not transparent huge pages (NumPy reads this when imported).
+#: A huge page is faulted in whole, and on a virtual machine that hands free memory back to its
+#: host, fresh huge pages are slow to get: 160 MB touched in 0.33 s against 0.06 s here. On the
+#: 20-era benchmark, over eight alternating pairs: the job 6.71–7.47 s against 6.91–7.60 s
+#: (faster in seven), 0.3–0.6 s of system time a worker against 0.45–0.77, the same peaks.
+PRE_SPAWN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                         "NUMPY_MADVISE_HUGEPAGE": "0"}
 #: Where the nannies take the ``MALLOC_TRIM_THRESHOLD_`` they start workers with (see WorkerSettings).
 TRIM_THRESHOLD_KEY = f"{PRE_SPAWN_KEY}.MALLOC_TRIM_THRESHOLD_"
 #: The standard AWS environment the job's storage takes its S3 endpoint and credentials from.

@@ -24,6 +24,7 @@ from typing import Any
 
 import dask
 import dask_jobqueue
+import numpy as np
 import pytest
 import yaml
 from conftest import _accepts_tcp, free_port, start_service, wait_until
@@ -55,8 +56,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-#: What glibc must find in a worker's environment when the process starts (Dask's own trim threshold is 65536).
-ALLOCATOR_START = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+#: What glibc and NumPy must find in a worker's environment when the process starts (Dask's trim threshold is 65536).
+ALLOCATOR_START = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456",
+                   "NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
 def process_environment(pid: int) -> dict[str, str]:
@@ -112,10 +114,12 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
             {name: os.environ.get(name) for name in WorkerSettings().process_environment()}, dask_worker.state.nthreads,
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
         local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
+        huge_pages = client.run(lambda: np._core.multiarray._get_madvise_hugepage())
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers")
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
     assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
+    assert list(huge_pages.values()) == [False, False]  # NumPy read its variable when the worker imported it
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
     assert_frames_close(on_processes.table("leaderboard"), local.leaderboard, ["model"])
     assert len(local.per_era) == DATASET["n_models"] * (DATASET["n_eras"] - DATASET["n_unresolved"])
