@@ -44,17 +44,18 @@ ALLOCATOR_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 #: The nannies' variables for a worker's process that must be set before it starts: they set them
 #: before they spawn it (in a started worker, glibc and NumPy have read them already).
 PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
-#: One C heap (arena) for all of a worker's threads. With glibc's default of one per thread (up to
-#: 8 a core), memory freed in one thread's heap cannot serve arrays another thread allocates. On the
-#: 20-era benchmark, over four alternating pairs: peaks 453–474 MiB a worker against 478–527, half
-#: the page faults, and the job 7.39–7.58 s against 7.60–8.58 s.
-#: And large blocks mapped on their own only past 32 MiB, glibc's highest mmap threshold: where its
-#: dynamic threshold starts at 128 KiB and rises only as large blocks are freed.
-#: And NumPy's arrays on ordinary pages, not transparent huge pages (NumPy reads this when imported).
-#: A huge page is faulted in whole, and on a virtual machine that hands free memory back to its
-#: host, fresh huge pages are slow to get: 160 MB touched in 0.33 s against 0.06 s here. On the
-#: 20-era benchmark, over eight alternating pairs: the job 6.71–7.47 s against 6.91–7.60 s
-#: (faster in seven), 0.3–0.6 s of system time a worker against 0.45–0.77, the same peaks.
+#: What the nannies set that way, each measured on the 20-era benchmark in alternating pairs:
+#: - MALLOC_ARENA_MAX=1: one C heap for all of a worker's threads. With glibc's default of one per
+#:   thread (up to 8 a core), memory freed in one thread's heap cannot serve arrays another thread
+#:   allocates. Peaks 453–474 MiB a worker against 478–527, half the page faults, the job
+#:   7.39–7.58 s against 7.60–8.58 s (four pairs).
+#: - MALLOC_MMAP_THRESHOLD_=32 MiB, glibc's highest: large blocks are mapped on their own only past
+#:   it (glibc's dynamic threshold starts at 128 KiB and rises only as large blocks are freed). With
+#:   the trim threshold of WorkerSettings, freed pages stay for the next task.
+#: - NUMPY_MADVISE_HUGEPAGE=0: NumPy's arrays on ordinary pages, not transparent huge pages. A huge
+#:   page is faulted in whole, and on a virtual machine that hands free memory back to its host,
+#:   fresh huge pages are slow to get: 160 MB touched in 0.33 s against 0.06 s here. The job
+#:   6.71–7.47 s against 6.91–7.60 s (faster in seven of eight pairs), the same peaks.
 PRE_SPAWN_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
                          "NUMPY_MADVISE_HUGEPAGE": "0"}
 #: Where the nannies take the ``MALLOC_TRIM_THRESHOLD_`` they start workers with (see WorkerSettings).
@@ -115,10 +116,10 @@ class WorkerSettings:
 
     ``malloc_trim_threshold`` is the ``MALLOC_TRIM_THRESHOLD_`` the nannies start
     workers with (None: unset, which with a fixed mmap threshold is glibc's
-    128 KiB): glibc gives the top of its heap back once that much of it is free. Dask sets 65536, with which every task faulted its
-    arrays in afresh. The default, 256 MiB, with the 32 MiB mmap threshold
-    of ``PRE_SPAWN_ENVIRONMENT``, keeps a worker's freed pages for its next
-    task: on the 20-era benchmark, against glibc's own dynamic thresholds,
+    128 KiB): glibc gives the top of its heap back once that much of it is
+    free. Dask sets 65536, with which every task faulted its arrays in afresh.
+    The default, 256 MiB, with the 32 MiB mmap threshold of
+    ``PRE_SPAWN_ENVIRONMENT``, keeps a worker's freed pages for its next task: on the 20-era benchmark, against glibc's own dynamic thresholds,
     43,000 page faults a worker instead of 125,000, 0.5–0.6 s of system time
     instead of 0.7–1.0, the job 7.13–7.54 s instead of 7.33–7.79 in four
     alternating pairs, the same peaks (466–478 MiB against 465–476). A worker
