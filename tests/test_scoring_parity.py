@@ -10,6 +10,7 @@ from numerai_tools import scoring as nt
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.scoring import (
+    MODEL_BLOCK,
     SINGLE_PASS_SPREAD,
     DegenerateEraError,
     FeatureSpace,
@@ -248,6 +249,27 @@ def test_extra_targets_add_corr_columns_equal_to_numerai_corr():
         expected = nt.numerai_corr(frame, pd.Series(values, index=frame.index, name=name)).values
         np.testing.assert_allclose(scores[f"corr_{name}"], expected, rtol=0, atol=TOLERANCE)
     assert np.all(np.isnan(scores["corr_none"]))
+
+
+def test_more_models_than_one_block_score_as_the_reference():
+    """The metrics of one model alone are computed MODEL_BLOCK models at a time: across the blocks' edges, with
+    ties, an extra target with unresolved rows and a mask over the models, they are still the reference's."""
+    rng = np.random.default_rng(53)
+    m = 2 * MODEL_BLOCK + 3
+    predictions, target, features, stakes, benchmark = random_era(rng, 301, m, 9, tied_models=40)
+    partly = rng.integers(0, 5, 301) / 4
+    partly[:25] = np.nan
+    mine = score_era(predictions, target, features, stakes, benchmark, extra_targets={"partly": partly})
+    assert_parity({name: v for name, v in mine.items() if name != "corr_partly"},
+                  oracle(predictions, target, features, stakes, benchmark))
+    frame = pd.DataFrame(predictions, index=[f"id{i:04d}" for i in range(301)])
+    expected = nt.numerai_corr(frame, pd.Series(partly, index=frame.index, name="partly")).values
+    np.testing.assert_allclose(mine["corr_partly"], expected, rtol=0, atol=TOLERANCE)
+    mask = np.arange(m) % 7 == 3
+    part = score_era(predictions, target, features, stakes, benchmark, extra_targets={"partly": partly}, per_model=mask)
+    for name in ("corr", "fnc", "fe_max", "fe_rms", "corr_partly"):
+        np.testing.assert_allclose(part[name][mask], mine[name][mask], rtol=0, atol=1e-15, err_msg=name)
+        assert np.all(np.isnan(part[name][~mask]))
 
 
 def test_per_model_mask_limits_only_the_metrics_of_one_model():
