@@ -542,7 +542,8 @@ def model_scores_in_blocks(
     one N × M float64 array would be 400 MB.
     """
     parts = []
-    for start in range(0, ranks.doubled.shape[1], block):
+    models = ranks.doubled.shape[1]
+    for start in range(0, models, block) if models else [0]:  # no model: one empty block, empty results
         columns = Ranks(ranks.doubled[:, start : start + block])
         part = model_scores(columns, target, space, proportion)
         for name, values in extra_targets.items():

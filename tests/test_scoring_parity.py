@@ -284,3 +284,6 @@ def test_per_model_mask_limits_only_the_metrics_of_one_model():
         assert np.all(np.isnan(part[name][~mask]))
     for name in ("mmc", "bmc", "tc", "cwmm"):
         assert np.array_equal(part[name], full[name])
+    none = score_era(predictions, target, features, stakes, benchmark, extra_targets=extra, per_model=np.zeros(6, bool))
+    assert all(np.all(np.isnan(none[name])) for name in ("corr", "fnc", "fe_max", "fe_rms", "corr_jerome"))
+    assert np.array_equal(none["mmc"], full["mmc"])
