@@ -200,6 +200,19 @@ def tournament(eras: list, sizes: list[int], unresolved: set = frozenset(), seed
     return pd.concat(frames, ignore_index=True).sample(frac=1.0, random_state=seed, ignore_index=True)
 
 
+def test_era_index_sorts_ids_as_python_sorts_text() -> None:
+    """Any text, any length: each era's ids in the order of Python's ``sorted`` (code points), rows kept with them."""
+    rng = np.random.default_rng(8)
+    ids = sorted({"".join(rng.choice(list("aZ0_-é√日\U0001f600"), rng.integers(1, 6))) for _ in range(400)})
+    data = pd.DataFrame({"id": rng.permutation(ids), "era": rng.choice(["b", "a", "c"], len(ids)),
+                         "target": rng.random(len(ids))}).astype({"id": object})
+    index = EraIndex.from_frame(data)
+    assert index.eras == ["a", "b", "c"]
+    for era in index.eras:
+        assert index.ids_of(era).tolist() == sorted(data.loc[data["era"] == era, "id"])
+    assert data["id"].to_numpy()[np.argsort(index.data_rows)].tolist() == index.ids.to_pylist()
+
+
 @pytest.mark.parametrize("eras", [["0001", "0002", "0003"], [575, 576, 577]], ids=["str-eras", "int-eras"])
 def test_era_index_knows_each_eras_sorted_ids_and_resolved_rows(eras: list) -> None:
     data = tournament(eras, [5, 4, 3], unresolved={eras[2]})
