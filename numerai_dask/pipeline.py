@@ -276,11 +276,15 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
             files_by_era.setdefault(str(era), []).append(info.path)
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
-    duplicated = data["id"].duplicated(keep=False)
+    file_of_row = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
+    eraless = data["era"].isna().to_numpy()
+    if eraless.any():
+        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[eraless])))}: {eraless.sum()} rows have "
+                           "no era (a missing value in 'era'); every row must belong to an era")
+    duplicated = data["id"].duplicated(keep=False).to_numpy()
     if duplicated.any():
-        sources = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
         repeated = pd.unique(data["id"][duplicated])
-        raise StorageError(f"{display_files(storage, sorted(set(sources[duplicated])))}: {len(repeated)} ids appear "
+        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[duplicated])))}: {len(repeated)} ids appear "
                            f"on more than one row of the data, e.g. {repeated[0]!r}; each id must be one row")
     resolved = data[data[target].notna()].groupby("era", sort=True).size()
     if (resolved < MIN_ERA_ROWS).any():

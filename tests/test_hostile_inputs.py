@@ -144,6 +144,12 @@ def one_row_era(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, frame.iloc[[0]].rename(index=lambda _: "lonely-id").assign(era="9999")])
 
 
+def eraless_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    era = frame["era"].astype(object)
+    era.iloc[[2, 5]] = None
+    return frame.assign(era=era)
+
+
 def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, frame.iloc[[0]].rename(index=lambda _: other.index[0])])
 
@@ -155,9 +161,10 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (lambda f, _: f.drop(columns=["era"]), "no column(s) ['era']"),
         (lambda f, _: nan_feature(f), "feature column(s) feature_0001 have missing values (NaN)"),
         (lambda f, _: one_row_era(f), "era 9999 has only 1 row with a resolved target"),
+        (lambda f, _: eraless_rows(f), "2 rows have no era (a missing value in 'era')"),
         (repeated_id, "1 ids appear on more than one row of the data"),
     ],
-    ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "duplicate-id"],
+    ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "duplicate-id"],
 )
 def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     change: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame], problem: str, tmp_path: Path, dask_cluster: str,
