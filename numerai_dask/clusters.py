@@ -9,8 +9,9 @@ imported only when a spec chooses them.
 
 Every backend gives its workers the same settings, defined once here
 (:class:`WorkerSettings`): one BLAS/OpenMP thread per task thread, a memory
-limit, the spill thresholds as ``distributed.worker.memory.*`` config, and
-glibc's trim threshold (left to glibc unless set).
+limit, the spill thresholds as ``distributed.worker.memory.*`` config, and the
+allocator settings the nannies give a worker before it starts
+(:data:`PRE_SPAWN_ENVIRONMENT` and the trim threshold).
 S3 credentials are never part of a spec, a worker command line or the dask
 config (SSHCluster copies the config into a remote command line): the job
 reads them where it is submitted and ships them with its tasks, and Kubernetes
@@ -119,8 +120,8 @@ class WorkerSettings:
     128 KiB): glibc gives the top of its heap back once that much of it is
     free. Dask sets 65536, with which every task faulted its arrays in afresh.
     The default, 256 MiB, with the 32 MiB mmap threshold of
-    ``PRE_SPAWN_ENVIRONMENT``, keeps a worker's freed pages for its next task: on the 20-era benchmark, against glibc's own dynamic thresholds,
-    43,000 page faults a worker instead of 125,000, 0.5–0.6 s of system time
+    ``PRE_SPAWN_ENVIRONMENT``, keeps a worker's freed pages for its next task:
+    on the 20-era benchmark, against glibc's own dynamic thresholds, 43,000 page faults a worker instead of 125,000, 0.5–0.6 s of system time
     instead of 0.7–1.0, the job 7.13–7.54 s instead of 7.33–7.79 in four
     alternating pairs, the same peaks (466–478 MiB against 465–476). A worker
     near its memory thresholds gives its freed memory back when a task ends
