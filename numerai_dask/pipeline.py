@@ -458,7 +458,9 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
 
     Files are read concurrently ``read_window_bytes`` at a time; a window's
     models are ranked per era before the next window is read, so the task
-    holds at most one window of file bytes plus compact ranks.
+    holds at most one window of file bytes plus compact ranks. An era's
+    ranks are joined across windows one era at a time, each era's pieces
+    dropped as it is joined, so the batch's ranks are never held twice.
     """
     rejections: list[Rejection] = []
     names: dict[str, list[str]] = {}
@@ -481,7 +483,12 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
                 arrays.setdefault(label, []).append(values)
         for label, values in arrays.items():
             ranks.setdefault(label, []).append(compact_ranks(np.vstack(values)))
-    return ModelBatch({label: (names[label], np.vstack(ranks[label])) for label in names}, rejections)
+    return ModelBatch({label: (names[label], joined(ranks.pop(label))) for label in names}, rejections)
+
+
+def joined(pieces: list[np.ndarray]) -> np.ndarray:
+    """Arrays stacked along their first axis (the one array itself, uncopied, when there is only one)."""
+    return pieces[0] if len(pieces) == 1 else np.vstack(pieces)
 
 
 def compact_ranks(by_model: np.ndarray) -> np.ndarray:
