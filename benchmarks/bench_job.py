@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_job.py [--eras 20 --rows-per-era 5000 --features 705 --models 500]
                                              [--workers 2] [--memory-limit 2GiB] [--spill 0.4]
-                                             [--malloc-trim-threshold 65536] [--reference-eras K]
+                                             [--malloc-trim-threshold 65536] [--reference-eras K] [--repeat 3]
 
 On one generated dataset (every model predicting every era, no unresolved era):
 
@@ -13,8 +13,7 @@ On one generated dataset (every model predicting every era, no unresolved era):
 (b) ``numerai-dask score`` end to end — read, validate, score, reduce, publish —
     on a LocalCluster of ``--workers`` single-threaded processes that is
     already running (its start-up is printed apart). With ``--scaling`` also
-    on one worker, then on ``--workers`` again, for the throughput ratio of
-    two jobs measured alike (neither the process's first).
+    on one worker, for the throughput ratio.
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
@@ -26,6 +25,12 @@ On one generated dataset (every model predicting every era, no unresolved era):
     job's workers run. The ideal floor (one core's time divided by the number
     of workers) is printed too, with the ratio between the two: what a second
     core gives on this machine.
+
+(b), (c) and the one-worker job are measured ``--repeat`` times, interleaved
+(one of each per round, every job on a fresh cluster), and compared by their
+medians; every run is printed. On this machine a process's first job also pays
+for memory new to the machine (README), which the floor, measured later, did
+not: one run each would compare unlike conditions, and noise of ±15 % besides.
 
 Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory (also
 above its resident size before the job, its libraries loaded) and one era's
@@ -43,7 +48,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -248,6 +253,19 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
         return time.perf_counter() - started
 
 
+def median_floor(floors: list[Floor]) -> Floor:
+    """The run whose total is the median (its parts stay consistent with each other)."""
+    return sorted(floors, key=lambda f: f.seconds)[(len(floors) - 1) // 2]
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def runs_text(seconds: Iterable[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in seconds)
+
+
 # ---------------------------------------------------------------------- memory
 
 
@@ -327,10 +345,13 @@ def main() -> None:
     parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
     parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of (b), (c) and the one-worker job (medians)")
     parser.add_argument("--numerai-scale", action="store_true", help="model the time at Numerai scale")
     parser.add_argument("--dir", help="keep the generated dataset here and reuse it (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.dir or scratch)
@@ -342,27 +363,34 @@ def main() -> None:
         settings = WorkerSettings(memory_limit=args.memory_limit, malloc_trim_threshold=args.malloc_trim_threshold)
         if args.spill is not None:
             settings = replace(settings, target=min(settings.target, args.spill), spill=min(settings.spill, args.spill))
-        job = numerai_dask_way(root, Path(scratch) / "out", args.workers, settings)
-        job_seconds, ours, peaks = job.job_seconds, job.per_era, job.peaks
-        print(f"(b) numerai-dask score          {job_seconds:8.2f} s   stages {job.stages}; "
-              f"LocalCluster start {job.cluster_seconds:.1f} s apart")
-        bound = floor(root, args.workers, args.eras, args.rows_per_era, args.features, args.models, args.seed)
-        print(f"(c) floor                       {bound.seconds:8.2f} s   (read bytes {bound.read:.2f} s + arithmetic "
-              f"{bound.arithmetic:.2f} s, measured in {args.workers} processes at once)")
+        runs: list[JobRun] = []
+        floors: list[Floor] = []
+        one_worker: list[float] = []
+        for r in range(args.repeat):
+            runs.append(numerai_dask_way(root, Path(scratch) / f"out{r}", args.workers, settings))
+            floors.append(floor(root, args.workers, args.eras, args.rows_per_era, args.features, args.models,
+                                args.seed))
+            if args.scaling:
+                one_worker.append(numerai_dask_way(root, Path(scratch) / f"one{r}", 1, settings).job_seconds)
+        job, bound = runs[0], median_floor(floors)
+        job_seconds = median([run.job_seconds for run in runs])
+        ours = job.per_era
+        peaks = [max(worker) for worker in zip(*(run.peaks for run in runs))]
+        print(f"(b) numerai-dask score          {job_seconds:8.2f} s   median of {runs_text(r.job_seconds for r in runs)}"
+              f"; stages of the first {job.stages}; LocalCluster start {job.cluster_seconds:.1f} s apart")
+        print(f"(c) floor                       {bound.seconds:8.2f} s   median of {runs_text(f.seconds for f in floors)} "
+              f"(read bytes {bound.read:.2f} s + arithmetic {bound.arithmetic:.2f} s, measured in {args.workers} "
+              "processes at once)")
         print(f"    ideal floor                 {bound.ideal_seconds:8.2f} s   (the arithmetic on one core ÷ "
               f"{args.workers}; {args.workers} processes at once give {bound.machine_scaling:.2f}× the throughput "
               "of one on this machine)")
         if args.scaling:
-            # (b) above is this process's first job, which also pays for memory new to it (README); the
-            # one-worker job comes later, so it is compared with a job on ``--workers`` run right after it.
-            one_worker = numerai_dask_way(root, Path(scratch) / "out1", 1, settings).job_seconds
-            again = numerai_dask_way(root, Path(scratch) / "out2", args.workers, settings).job_seconds
-            print(f"(b) on one worker               {one_worker:8.2f} s   then on {args.workers} again {again:.2f} s → "
-                  f"{args.workers} workers are {one_worker / again:.2f}× the throughput of one (goal ≥ 1.8); "
-                  f"{one_worker / job_seconds:.2f}× against the first (b)")
+            alone = median(one_worker)
+            print(f"(b) on one worker               {alone:8.2f} s   median of {runs_text(one_worker)} → "
+                  f"{args.workers} workers are {alone / job_seconds:.2f}× the throughput of one (goal ≥ 1.8)")
         working_set = era_working_set(root)
         limit = parse_bytes(args.memory_limit) if args.memory_limit != "auto" else None
-        print(f"peak memory per worker          {', '.join(format_bytes(p) for p in peaks)}; "
+        print(f"peak memory per worker          {', '.join(format_bytes(p) for p in peaks)} (the largest of the runs); "
               f"one era's working set {format_bytes(working_set)}, the peak is {max(peaks) / working_set:.1f}× it "
               "(goal ≤ 3)"
               + (f"; memory limit {format_bytes(limit)} per worker, input files "
@@ -370,10 +398,11 @@ def main() -> None:
               + (f"; spilling above {args.spill:.0%} of it" if args.spill is not None else "")
               + (f"; MALLOC_TRIM_THRESHOLD_={args.malloc_trim_threshold}"
                  if args.malloc_trim_threshold != WorkerSettings.malloc_trim_threshold else ""))
-        above = [p - i for p, i in zip(peaks, job.idle)]
+        above = [max(worker) for worker in zip(*([p - i for p, i in zip(run.peaks, run.idle)] for run in runs))]
+        idle = [max(worker) for worker in zip(*(run.idle for run in runs))]
         print(f"    above the idle worker       {', '.join(format_bytes(a) for a in above)} = "
               f"{max(above) / working_set:.1f}× the working set (each worker idle before the job, the job's "
-              f"modules loaded: {', '.join(format_bytes(i) for i in job.idle)})")
+              f"modules loaded: {', '.join(format_bytes(i) for i in idle)})")
         print(f"(b)/(c)                         {job_seconds / bound.seconds:8.2f}    (goal ≤ 2; against the ideal "
               f"floor {job_seconds / bound.ideal_seconds:.2f})")
         if not args.skip_reference:
