@@ -452,7 +452,9 @@ def _refresh_under_lease(
         replaced.update(part)
     log(f"read {len(plan.full)} models in full and {len(plan.append)} from appended files")
 
-    # Phase 2: rescore the eras that changed.
+    # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task:
+    # at 600 eras × 2,376 feature names × 10,000 stakes, submitting took 3.5 s embedded against 1.2 s.
+    features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True)
     reuse: dict[str, dict] = {}
     futures = {}
     for era in inputs.eras:
@@ -469,7 +471,7 @@ def _refresh_under_lease(
         write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet", f"{folder}/{run_id}.scores.parquet"))
         slices = [client.submit(changed_slice, b, era.label, pure=False, priority=SLICE_PRIORITY) for b in batches]
         futures[era.label] = client.submit(
-            score_era_task, storage, era, inputs.features, params, slices, inputs.stakes,
+            score_era_task, storage, era, features, params, slices, stakes,
             benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
         )
     if on_progress is not None:

@@ -77,6 +77,36 @@ def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, da
     assert len(list((out / "runs").iterdir())) == 1
 
 
+def test_every_era_task_shares_one_copy_of_the_features_and_stakes(client, dataset):
+    """The feature names and stakes travel to the cluster once, as data every era's score task depends on, not
+    inside each task (at 600 eras × 2,376 names × 10,000 stakes submitting took 3.5 s embedded against 1.2 s)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Dependencies(SchedulerPlugin):
+        name = "test-score-dependencies"
+
+        def __init__(self) -> None:
+            self.seen: list[set[str]] = []
+
+        def start(self, scheduler) -> None:
+            self.scheduler = scheduler
+
+        def transition(self, key, start, finish, *args, **kwargs) -> None:
+            if finish == "processing" and str(key).startswith("score_era_task-"):
+                self.seen.append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
+
+    root, out, info = dataset
+    client.register_plugin(Dependencies())
+    try:
+        refresh(client, root, out)
+        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["test-score-dependencies"].seen)
+    finally:
+        client.unregister_scheduler_plugin("test-score-dependencies")
+    assert len(seen) == len(resolved_labels(info))
+    shared = set.intersection(*seen)  # each era has slices of its own: what all share is the names and the stakes
+    assert len(shared) == 2 and not any(key.startswith("changed_slice-") for key in shared)
+
+
 def test_new_model_reads_only_that_model(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
