@@ -453,7 +453,7 @@ def _refresh_under_lease(
     log(f"read {len(plan.full)} models in full and {len(plan.append)} from appended files")
 
     # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task:
-    # at 600 eras × 2,376 feature names × 10,000 stakes, submitting took 3.5 s embedded against 1.2 s.
+    # at 600 eras × 2,376 feature names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s scattered.
     features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True)
     reuse: dict[str, dict] = {}
     futures = {}
