@@ -30,6 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy.linalg.lapack import dlauum, dtrtri
+from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.special import ndtri
 
 #: Singular values of the centred features below this fraction of the largest
@@ -41,6 +42,11 @@ BASIS_RCOND = 1e-6
 #: eigenvalues (largest / smallest, the squared condition number); above this
 #: spread a second pass is taken, which restores orthonormality to machine precision.
 SINGLE_PASS_SPREAD = 1e4
+
+#: Feature counts up to this get every eigenvalue of their Gram matrix (cheap there); above it, the
+#: extreme two by Lanczos iteration, to this relative tolerance (see ``_positive_definite_spread``).
+LANCZOS_MIN_SIZE = 64
+LANCZOS_TOL = 1e-6
 
 #: ``meta_portfolio_contribution`` divides the gradient by this constant.
 TC_SCALE = 50.0
@@ -190,15 +196,16 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
     """Weights ``W`` making ``a·W`` an orthonormal basis of the column space of ``a``, their eigenvalue spread,
     and whether ``W`` is the inverted Cholesky factor (upper triangular).
 
-    1. the eigenvalues of ``G = aᵀa`` (``gram``, when the caller has it already);
-    2. drop directions whose singular value (√eigenvalue) is below ``rcond`` × the largest;
-    3. the spread: the largest kept eigenvalue over the smallest (the squared
-       condition number of what is kept);
-    4. when no direction is dropped and the spread is at most
-       :data:`SINGLE_PASS_SPREAD`, ``W = L⁻ᵀ`` with ``G = LLᵀ`` (Cholesky): the
-       same column space, orthonormal as accurately, and no eigenvectors to
-       compute (27 ms against 47 at 705 features); else ``W = V Λ^-½`` over the
-       kept eigenvectors, the spread taken from their eigenvalues.
+    1. ``G = aᵀa`` (``gram``, when the caller has it already);
+    2. when ``G = LLᵀ`` (Cholesky) exists and its eigenvalues spread over at most
+       :data:`SINGLE_PASS_SPREAD` (:func:`_positive_definite_spread`: then no
+       direction is below ``rcond``), ``W = L⁻ᵀ``: the same column space,
+       orthonormal as accurately, and no eigenvectors to compute (15 ms
+       against 53 at 705 features);
+    3. otherwise the eigenvalues and eigenvectors of ``G``: directions whose
+       singular value (√eigenvalue) is below ``rcond`` × the largest are
+       dropped, ``W = V Λ^-½`` over the kept ones, the spread being the largest
+       kept eigenvalue over the smallest (the squared condition number of what is kept).
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
@@ -206,20 +213,64 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
     if a.shape[1] == 0:
         return np.zeros((0, 0)), 1.0, False
     gram = a.T @ a if gram is None else gram
-    eigenvalues = np.linalg.eigvalsh(gram)
+    cholesky = _cholesky_weights(gram)
+    if cholesky is not None:
+        return (*cholesky, True)
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
     largest = eigenvalues[-1]
     if largest <= 0:
         return np.zeros((a.shape[1], 0)), 1.0, False
     keep = eigenvalues > (rcond**2) * largest
-    spread = float(largest / eigenvalues[keep][0])
-    if keep.all() and spread <= SINGLE_PASS_SPREAD:
-        inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
-        if not failed:
-            return inverse.T, spread, True
-    eigenvalues, eigenvectors = np.linalg.eigh(gram)
-    keep = eigenvalues > (rcond**2) * eigenvalues[-1]
     kept = eigenvalues[keep]
-    return eigenvectors[:, keep] / np.sqrt(kept), float(eigenvalues[-1] / kept[0]), False
+    return eigenvectors[:, keep] / np.sqrt(kept), float(largest / kept[0]), False
+
+
+def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``L⁻ᵀ`` and the spread of ``G = LLᵀ``, or None when ``G`` has no Cholesky factor or spreads past
+    :data:`SINGLE_PASS_SPREAD`.
+
+    1. the Cholesky factor ``L`` (none: ``G`` is not numerically positive definite);
+    2. its inverse ``L⁻¹`` (LAPACK ``dtrtri``);
+    3. the spread of ``G``'s eigenvalues (:func:`_positive_definite_spread`).
+    """
+    try:
+        lower = np.linalg.cholesky(gram)
+    except np.linalg.LinAlgError:
+        return None
+    inverse, failed = dtrtri(lower, lower=1)
+    if failed:
+        return None
+    spread = _positive_definite_spread(gram, inverse)
+    if not spread <= SINGLE_PASS_SPREAD:  # also NaN
+        return None
+    return inverse.T, spread
+
+
+def _positive_definite_spread(gram: np.ndarray, lower_inverse: np.ndarray) -> float:
+    """The largest eigenvalue of ``G`` over its smallest, given ``L⁻¹`` with ``G = LLᵀ``.
+
+    1. the largest eigenvalue of ``G``, by Lanczos iteration (ARPACK);
+    2. the largest eigenvalue of ``G⁻¹ = L⁻ᵀL⁻¹`` (the smallest of ``G``
+       inverted), the same way through two triangular products per step;
+    3. their product.
+
+    Lanczos converges to the extreme eigenvalues in a few dozen products: at
+    5,000 rows × 2,376 features 0.15 s against 0.63 s for every eigenvalue
+    (``eigvalsh``; 7 against 18 ms at 705), to a relative 1e-6 there. A few
+    features (at most :data:`LANCZOS_MIN_SIZE`), or no convergence, take ``eigvalsh``.
+    """
+    n = len(gram)
+    if n > LANCZOS_MIN_SIZE:
+        start = np.random.default_rng(0).standard_normal(n)  # fixed: the same era always takes the same route
+        inverse = LinearOperator((n, n), matvec=lambda v: lower_inverse.T @ (lower_inverse @ v), dtype=np.float64)
+        try:
+            largest, inverse_largest = (eigsh(m, k=1, which="LA", v0=start, tol=LANCZOS_TOL,
+                                              return_eigenvectors=False)[0] for m in (gram, inverse))
+            return float(largest * inverse_largest)
+        except ArpackError:
+            pass
+    eigenvalues = np.linalg.eigvalsh(gram)
+    return float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > 0 else np.inf
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:

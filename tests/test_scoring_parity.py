@@ -10,6 +10,8 @@ from numerai_tools import scoring as nt
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.scoring import (
+    BASIS_RCOND,
+    LANCZOS_MIN_SIZE,
     MODEL_BLOCK,
     SINGLE_PASS_SPREAD,
     DegenerateEraError,
@@ -17,6 +19,8 @@ from numerai_dask.scoring import (
     Ranks,
     average_ranks_doubled,
     feature_basis,
+    _orthonormalizing_weights,
+    _positive_definite_spread,
     neutralize,
     score_era,
     small_integer_gram,
@@ -61,6 +65,40 @@ def test_random_eras_with_ties_odd_sizes_constant_and_duplicate_features(seed):
     assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_many_features_constant_or_duplicated_or_not(seed):
+    """Past LANCZOS_MIN_SIZE features the route is chosen from two Lanczos eigenvalues: full rank takes the
+    Cholesky route, a constant or duplicated feature the eigenvector route; numerai-tools' numbers either way."""
+    rng = np.random.default_rng(100 + seed)
+    f = LANCZOS_MIN_SIZE + int(rng.integers(1, 100))
+    predictions, target, features, stakes, benchmark = random_era(rng, int(rng.integers(300, 700)) | 1, 4, f,
+                                                                  tied_models=1)
+    if seed == 1:
+        features[:, 0] = 3
+    if seed == 2:
+        features[:, 1] = features[:, 2]
+    centred = features - features.mean(axis=0)
+    assert _orthonormalizing_weights(centred, BASIS_RCOND)[2] == (seed == 0)
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+@pytest.mark.parametrize("size", [LANCZOS_MIN_SIZE, 300])
+def test_the_spread_of_a_positive_definite_matrix_is_its_extreme_eigenvalues_ratio(size):
+    """Lanczos (past LANCZOS_MIN_SIZE) or every eigenvalue: the same ratio, to 1e-6, well or ill conditioned."""
+    from scipy.linalg.lapack import dtrtri
+
+    rng = np.random.default_rng(size)
+    for scale in (1.0, 1e-3):
+        vectors = np.linalg.qr(rng.normal(size=(size, size)))[0]
+        values = np.geomspace(scale, 1.0, size) * rng.uniform(0.5, 2.0)
+        gram = (vectors * values) @ vectors.T
+        gram = (gram + gram.T) / 2
+        inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
+        assert not failed
+        assert _positive_definite_spread(gram, inverse) == pytest.approx(values.max() / values.min(), rel=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_few_features_and_tied_predictions_keep_residual_ties(seed):
     """Duplicate (features, prediction) rows: FNC's second ranking must keep their exact ties."""
@@ -101,18 +139,23 @@ def test_the_gram_matrix_of_small_integer_features_is_exact():
     assert small_integer_gram(np.full((17, 2), 1000, dtype=np.int16)) is None  # 17 · 1000² ≥ 2²⁴
 
 
+@pytest.mark.parametrize("n_features", [30, 100])  # every eigenvalue, then the extreme two by Lanczos
 @pytest.mark.parametrize("noise", [1.0, 1e-3])
-def test_near_collinear_features_keep_an_orthonormal_basis_and_parity(noise):
+def test_near_collinear_features_keep_an_orthonormal_basis_and_parity(noise, n_features):
     """Float features that copy others up to ``noise``: at 1e-3 the Gram route's
     eigenvalues spread past SINGLE_PASS_SPREAD (a second pass is taken), at 1 not;
     the basis stays orthonormal and every metric equal to numerai-tools either way."""
     rng = np.random.default_rng(21)
-    predictions, target, base, stakes, benchmark = random_era(rng, 600, 5, 30, tied_models=2)
+    predictions, target, base, stakes, benchmark = random_era(rng, 600, 5, n_features, tied_models=2)
     copies = base[:, :10] + noise * rng.normal(size=(600, 10))
     features = np.hstack([base.astype(np.float64), copies])
     centred = features - features.mean(axis=0)
-    eigenvalues = np.linalg.eigvalsh(centred.T @ centred)
+    gram = centred.T @ centred
+    eigenvalues = np.linalg.eigvalsh(gram)
     assert (eigenvalues[-1] / eigenvalues[0] > SINGLE_PASS_SPREAD) == (noise < 0.1)
+    _, spread, cholesky = _orthonormalizing_weights(centred, BASIS_RCOND, gram)
+    assert cholesky == (noise > 0.1)
+    assert spread == pytest.approx(eigenvalues[-1] / eigenvalues[0], rel=1e-6)
     basis = feature_basis(features)
     np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
     mine = score_era(predictions, target, features, stakes, benchmark)
