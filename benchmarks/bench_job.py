@@ -17,8 +17,9 @@ On one generated dataset (every model predicting every era, no unresolved era):
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
-    (the features' Gram matrix, in float32 where that is exact, its eigenvalues
-    and, the features being of full rank, its inverse from its Cholesky factor:
+    (the features' Gram matrix, in float32 where that is exact, its Cholesky
+    factor, its extreme eigenvalues by Lanczos and, the features being of full
+    rank and well conditioned, its inverse from that factor:
     the basis applied through the features, never formed, as the kernel does),
     and the GEMMs that project and measure exposures — with both cores busy doing only
     that: the arithmetic is timed in ``--workers`` processes at once, as the
@@ -58,12 +59,13 @@ import pandas as pd
 import psutil
 from dask.utils import format_bytes, parse_bytes
 from scipy.linalg.lapack import dlauum, dtrtri
+from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
 from numerai_dask.pipeline import ScoringParams, read_era_rows, discover, run_job
 from numerai_dask.report import new_run_id, publish_run
-from numerai_dask.scoring import score_era
+from numerai_dask.scoring import LANCZOS_TOL, score_era
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate, make_era
 
@@ -245,8 +247,13 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
             small = era.features.astype(np.float32)  # exact for 0–4 buckets, as the kernel's Gram matrix
             sums = small.sum(axis=0, dtype=np.float64)
             gram = (small.T @ small).astype(np.float64) - np.outer(sums, sums) / len(small)
-            np.linalg.eigvalsh(gram)  # the rank and spread, then a Cholesky basis, as the kernel for such features
-            inverse = dlauum(dtrtri(np.linalg.cholesky(gram), lower=1)[0], lower=1)[0]  # G⁻¹ = L⁻ᵀL⁻¹
+            lower_inverse = dtrtri(np.linalg.cholesky(gram), lower=1)[0]
+            # the spread, from the extreme eigenvalues of G and G⁻¹, as the kernel for such features
+            start = np.random.default_rng(0).standard_normal(len(gram))
+            eigsh(gram, k=1, which="LA", v0=start, tol=LANCZOS_TOL, return_eigenvectors=False)
+            eigsh(LinearOperator(gram.shape, matvec=lambda v: lower_inverse.T @ (lower_inverse @ v), dtype=float),
+                  k=1, which="LA", v0=start, tol=LANCZOS_TOL, return_eigenvectors=False)
+            inverse = dlauum(lower_inverse, lower=1)[0]  # G⁻¹ = L⁻ᵀL⁻¹
             inverse = np.tril(inverse) + np.tril(inverse, -1).T
             residual = era.predictions - a @ (inverse @ (a.T @ era.predictions))
             a.T @ residual  # exposures: one more F × N × M product
