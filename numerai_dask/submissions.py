@@ -487,6 +487,11 @@ class EraIndex:
         self.__dict__.update(state)
         self.__post_init__()
 
+    @property
+    def nbytes(self) -> int:
+        """The size of what travels to workers (see ``__getstate__``), the era labels aside."""
+        return self.ids.nbytes + self.starts.nbytes + self.resolved.nbytes + self.data_rows.nbytes
+
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> EraIndex:
         """Build from a DataFrame with columns ``id``, ``era`` (no missing value) and ``target`` (NaN = unresolved).

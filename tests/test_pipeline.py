@@ -141,6 +141,25 @@ def test_a_load_task_never_holds_its_batch_of_ranks_twice(tmp_path):
     assert peak < 2 * ranks
 
 
+def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, client):
+    """Dask warns of large graphs, meant for data copied into many tasks; the era index and the benchmark are
+    in the graph once each and grow with the data's rows (80 eras of 5,000 rows made every job warn)."""
+    import warnings
+
+    import dask
+
+    generate(str(tmp_path), n_eras=4, rows_per_era=20_000, n_features=4, n_models=3, n_unresolved=0, seed=8)
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "256kB"}), \
+            warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = run_job(client, Storage(str(tmp_path)), ScoringParams())
+    assert len(result.per_era) == 4 * 3
+    assert not [w for w in seen if "large graph" in str(w.message)]
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "256kB"}), \
+            pytest.warns(UserWarning, match="large graph"):  # anything else that is large still warns
+        client.compute(dask.delayed(len)(np.zeros(2**16))).result()
+
+
 def test_era_slices_reach_the_scheduler_ahead_of_every_score_task(tmp_path, client):
     """Cutting a loaded batch into era slices runs before any era is scored on the worker that holds it: the other
     worker waits for those slices (it waited 0.5–0.7 s of the 20-era benchmark's 7 s when they queued behind scoring)."""
