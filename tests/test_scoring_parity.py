@@ -24,6 +24,7 @@ from numerai_dask.scoring import (
     neutralize,
     score_era,
     small_integer_gram,
+    stake_weight,
     tie_kept_rank,
 )
 
@@ -313,6 +314,17 @@ def test_more_models_than_one_block_score_as_the_reference():
     for name in ("corr", "fnc", "fe_max", "fe_rms", "corr_partly"):
         np.testing.assert_allclose(part[name][mask], mine[name][mask], rtol=0, atol=1e-15, err_msg=name)
         assert np.all(np.isnan(part[name][~mask]))
+
+
+def test_the_meta_model_is_summed_bit_for_bit_as_numerai_tools_sums_it():
+    """Ranking the meta model keeps exactly the reference's ties only if every row rounds as pandas rounds it:
+    the running sum over more models than one block must add the columns in pandas' order."""
+    rng = np.random.default_rng(43)
+    predictions = rng.random((301, MODEL_BLOCK * 2 + 3))
+    predictions[:, :5] = np.round(predictions[:, :5] * 4) / 4
+    stakes = rng.exponential(size=predictions.shape[1])
+    theirs = nt.stake_weight(nt.tie_kept_rank(pd.DataFrame(predictions)), pd.Series(stakes))
+    np.testing.assert_array_equal(stake_weight(Ranks.of(predictions), stakes), theirs.to_numpy())
 
 
 def test_per_model_mask_limits_only_the_metrics_of_one_model():
