@@ -608,7 +608,7 @@ def model_scores_in_blocks(
     results side by side are the metrics of all the models; only the
     temporaries shrink: at 5,000 rows × 705 features × 500 models, these
     metrics peak at 44 MiB traced instead of 86, and :func:`score_era` at 79
-    instead of 120 (its cross-model metrics need 43); blocks of 256 took 250 ms
+    instead of 120; blocks of 256 took 250 ms
     there, of 128 267 ms and all 500 at once 270 ms. At Numerai's 10,000 models
     one N × M float64 array would be 400 MB.
     """
