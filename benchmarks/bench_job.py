@@ -36,7 +36,8 @@ not: one run each would compare unlike conditions, and noise of ±15 % besides.
 Prints a table with (a)/(b), (b)/(c), each worker's peak resident memory (also
 above its resident size before the job, its libraries loaded) and one era's
 working set (the peak of NumPy allocations while one era is scored, traced in
-this process), and the largest difference between (a)'s and (b)'s
+this process; and in resident memory, what one era alone takes in a worker of
+its own), and the largest difference between (a)'s and (b)'s
 numbers. Then a model of Numerai scale from measured per-era costs.
 """
 
@@ -63,7 +64,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import ScoringParams, read_era_rows, discover, run_job
+from numerai_dask.pipeline import EraPlan, ScoringParams, read_era_rows, discover, run_job
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.scoring import LANCZOS_TOL, score_era
 from numerai_dask.storage import Storage
@@ -278,20 +279,42 @@ def runs_text(seconds: Iterable[float]) -> str:
 
 def era_working_set(root: Path) -> int:
     """Peak bytes NumPy allocates while one era is read and scored (traced in this process)."""
-    storage = Storage(str(root))
-    params = ScoringParams()
-    inputs = discover(storage, params)
-    era = inputs.eras[0]
+    era = first_era(root)
     tracemalloc.start()
-    rows = read_era_rows(storage, era, ["era", *inputs.features, params.target], params.target)
-    n, m = len(rows), len(inputs.submissions)
-    predictions = np.random.default_rng(0).random((n, m))
-    with threadpool_limits(1):
-        score_era(predictions, rows[params.target].to_numpy(np.float64), rows[inputs.features].to_numpy(),
-                  np.ones(m), np.random.default_rng(1).random(n))
+    score_one_era(*era)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak
+
+
+def era_resident_set(root: Path, settings: WorkerSettings) -> int:
+    """Resident bytes one era takes in a worker of its own: the worker's peak while it reads and scores one era,
+    above its size before (the job's modules loaded) — the era's working set as the workers' peaks measure it."""
+    era = first_era(root)
+    with connect(ClusterSpec("local", {"workers": 1}, worker=settings), log=lambda _: None) as client:
+        client.wait_for_workers(1)
+        (before,) = client.run(idle_resident_bytes).values()
+        client.submit(score_one_era, *era, pure=False).result()
+        (peak,) = client.run(peak_resident_bytes).values()
+    return peak - before
+
+
+def first_era(root: Path) -> tuple[Storage, EraPlan, list[str], int]:
+    """What scoring the dataset's first era takes: its storage, the era, the feature names, the number of models."""
+    storage = Storage(str(root))
+    inputs = discover(storage, ScoringParams())
+    return storage, inputs.eras[0], inputs.features, len(inputs.submissions)
+
+
+def score_one_era(storage: Storage, era: EraPlan, features: list[str], models: int) -> None:
+    """Read one era's rows and score them for random predictions of ``models`` models."""
+    target = ScoringParams().target
+    rows = read_era_rows(storage, era, ["era", *features, target], target)
+    n = len(rows)
+    predictions = np.random.default_rng(0).random((n, models))
+    with threadpool_limits(1):
+        score_era(predictions, rows[target].to_numpy(np.float64), rows[features].to_numpy(),
+                  np.ones(models), np.random.default_rng(1).random(n))
 
 
 # ------------------------------------------------------------------ Numerai scale
@@ -410,6 +433,10 @@ def main() -> None:
         print(f"    above the idle worker       {', '.join(format_bytes(a) for a in above)} = "
               f"{max(above) / working_set:.1f}× the working set (each worker idle before the job, the job's "
               f"modules loaded: {', '.join(format_bytes(i) for i in idle)})")
+        resident = era_resident_set(root, settings)
+        print(f"    one era alone in a worker   {format_bytes(resident)} resident above the idle worker (its working set "
+              f"in resident memory): the peak is {max(peaks) / resident:.1f}× it (goal ≤ 3), "
+              f"{max(above) / resident:.1f}× above the idle worker")
         print(f"(b)/(c)                         {job_seconds / bound.seconds:8.2f}    (goal ≤ 2; against the ideal "
               f"floor {job_seconds / bound.ideal_seconds:.2f})")
         if not args.skip_reference:
