@@ -277,9 +277,12 @@ def runs_text(seconds: Iterable[float]) -> str:
 # ---------------------------------------------------------------------- memory
 
 
-def era_working_set(root: Path) -> int:
+#: What scoring one era takes: the storage, the era, the feature names, the number of models.
+OneEra = tuple[Storage, EraPlan, list[str], int]
+
+
+def era_working_set(era: OneEra) -> int:
     """Peak bytes NumPy allocates while one era is read and scored (traced in this process)."""
-    era = first_era(root)
     tracemalloc.start()
     score_one_era(*era)
     _, peak = tracemalloc.get_traced_memory()
@@ -287,10 +290,9 @@ def era_working_set(root: Path) -> int:
     return peak
 
 
-def era_resident_set(root: Path, settings: WorkerSettings) -> int:
+def era_resident_set(era: OneEra, settings: WorkerSettings) -> int:
     """Resident bytes one era takes in a worker of its own: the worker's peak while it reads and scores one era,
     above its size before (the job's modules loaded) — the era's working set as the workers' peaks measure it."""
-    era = first_era(root)
     with connect(ClusterSpec("local", {"workers": 1}, worker=settings), log=lambda _: None) as client:
         client.wait_for_workers(1)
         (before,) = client.run(idle_resident_bytes).values()
@@ -299,7 +301,7 @@ def era_resident_set(root: Path, settings: WorkerSettings) -> int:
     return peak - before
 
 
-def first_era(root: Path) -> tuple[Storage, EraPlan, list[str], int]:
+def first_era(root: Path) -> OneEra:
     """What scoring the dataset's first era takes: its storage, the era, the feature names, the number of models."""
     storage = Storage(str(root))
     inputs = discover(storage, ScoringParams())
@@ -418,7 +420,8 @@ def main() -> None:
             alone = median(one_worker)
             print(f"(b) on one worker               {alone:8.2f} s   median of {runs_text(one_worker)} → "
                   f"{args.workers} workers are {alone / job_seconds:.2f}× the throughput of one (goal ≥ 1.8)")
-        working_set = era_working_set(root)
+        era = first_era(root)
+        working_set = era_working_set(era)
         limit = parse_bytes(args.memory_limit) if args.memory_limit != "auto" else None
         print(f"peak memory per worker          {', '.join(format_bytes(p) for p in peaks)} (the largest of the runs); "
               f"one era's working set {format_bytes(working_set)}, the peak is {max(peaks) / working_set:.1f}× it "
@@ -433,7 +436,7 @@ def main() -> None:
         print(f"    above the idle worker       {', '.join(format_bytes(a) for a in above)} = "
               f"{max(above) / working_set:.1f}× the working set (each worker idle before the job, the job's "
               f"modules loaded: {', '.join(format_bytes(i) for i in idle)})")
-        resident = era_resident_set(root, settings)
+        resident = era_resident_set(era, settings)
         print(f"    one era alone in a worker   {format_bytes(resident)} resident above the idle worker (its working set "
               f"in resident memory): the peak is {max(peaks) / resident:.1f}× it (goal ≤ 3), "
               f"{max(above) / resident:.1f}× above the idle worker")
