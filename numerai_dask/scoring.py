@@ -57,8 +57,8 @@ RESIDUAL_RTOL = 1e-9
 
 METRICS = ("corr", "fnc", "mmc", "tc", "cwmm", "fe_max", "fe_rms")
 
-#: The metrics of one model alone are computed this many models at a time: their temporaries
-#: (several N × block float64 arrays in FNC) then stay the same size whatever the number of models.
+#: Every metric is computed this many models at a time: its temporaries (several N × block float64
+#: arrays in FNC) then stay the same size whatever the number of models.
 MODEL_BLOCK = 256
 
 #: Doubled ranks are at most 2N + 1: 32-bit integers hold any era, at half the memory traffic of 64.
