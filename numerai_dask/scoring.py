@@ -440,6 +440,17 @@ def _spread(columns: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squares, 0.0))
 
 
+def in_model_blocks(ranks: Ranks, block: int = MODEL_BLOCK) -> Iterator[tuple[slice, Ranks]]:
+    """The columns of ``ranks``, ``block`` at a time, each block with its slice of the columns.
+
+    With no model there is one empty block, so the results of a block loop are empty arrays, not missing.
+    """
+    models = ranks.doubled.shape[1]
+    for start in range(0, models, block) if models else [0]:
+        columns = slice(start, start + block)
+        yield columns, Ranks(ranks.doubled[:, columns])
+
+
 def stake_weight(ranks: Ranks, stakes: np.ndarray, block: int = MODEL_BLOCK) -> np.ndarray:
     """Stake-weighted meta model of the tie-kept ranks: ``Σⱼ sⱼ·rankedⱼ / Σs`` (equal weights when the stakes sum to 0).
 
@@ -614,22 +625,11 @@ def model_scores_in_blocks(
     """
     extra = {f"corr_{name}": np.asarray(values, dtype=np.float64) for name, values in extra_targets.items()}
     parts = []
-    for _, columns in in_model_blocks(ranks, block):
-        part = model_scores(columns, target, space, proportion)
-        part.update({name: corr_with_target(columns, values) for name, values in extra.items()})
-        parts.append(part)
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
-def in_model_blocks(ranks: Ranks, block: int = MODEL_BLOCK) -> Iterator[tuple[slice, Ranks]]:
-    """The columns of ``ranks``, ``block`` at a time, each block with its slice of the columns.
-
-    With no model there is one empty block, so the results of a block loop are empty arrays, not missing.
-    """
-    models = ranks.doubled.shape[1]
-    for start in range(0, models, block) if models else [0]:
-        columns = slice(start, start + block)
-        yield columns, Ranks(ranks.doubled[:, columns])
+    for _, part in in_model_blocks(ranks, block):
+        scores = model_scores(part, target, space, proportion)
+        scores.update({name: corr_with_target(part, values) for name, values in extra.items()})
+        parts.append(scores)
+    return {name: np.concatenate([scores[name] for scores in parts]) for name in parts[0]}
 
 
 def ensemble_scores(
