@@ -113,11 +113,13 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
         settings = client.run(lambda dask_worker: (
             {name: os.environ.get(name) for name in WorkerSettings().process_environment()}, dask_worker.state.nthreads,
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
+        profiling = client.run(lambda dask_worker: dask_worker.periodic_callbacks["profile"].callback_time)
         local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
         huge_pages = client.run(lambda: np._core.multiarray._get_madvise_hugepage())
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers")
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
+    assert list(profiling.values()) == [100, 100]  # ms: the profiler samples at WorkerSettings' interval, not 10 ms
     assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
     assert list(huge_pages.values()) == [False, False]  # NumPy read its variable when the worker imported it
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
@@ -206,6 +208,9 @@ def test_every_shipped_spec_loads_and_every_kind_has_one() -> None:
         ("kind: local\nworker: {thread: 2}\n", "unknown key(s) ['thread'] in worker"),
         ("kind: local\nworker: {spill: 0.5}\n", "target ≤ spill ≤ pause ≤ terminate, got [0.6, 0.5, 0.8, 0.95]"),
         ("kind: local\nworker: {malloc_trim_threshold: 64KiB}\n", "malloc_trim_threshold must be bytes (an integer"),
+        ("kind: local\nworker: {profile_interval: 100}\n", "profile_interval must be a duration (e.g. 100ms) or null"),
+        ("kind: local\nworker: {profile_interval: 0ms}\n", "profile_interval must be a duration (e.g. 100ms) or null"),
+        ("kind: local\nworker: {profile_interval: fortnightly}\n", "profile_interval must be a duration"),
         ("kind: scheduler\naddress: tcp://a:1\nscheduler_file: s.json\n", "exactly one of address, scheduler_file"),
         ("kind: scheduler\naddress: tcp://a:1\nworker: {threads: 1}\n", "unknown key(s) ['worker'] for kind scheduler"),
         ("kind: ssh\nhosts: [only-one]\n", "hosts must list the scheduler's host, then at least one worker host"),
@@ -231,9 +236,11 @@ def test_a_missing_backend_library_names_the_extra_that_installs_it() -> None:
         clusters.backend("no_such_backend", "ssh")
 
 
-def test_worker_environment_is_what_dask_reads_back() -> None:
-    """The environment form of the spill thresholds means the same config to a worker that reads it."""
-    settings = WorkerSettings(target=0.5, spill=0.6, pause=0.7, terminate=0.9, malloc_trim_threshold=65536)
+@pytest.mark.parametrize("profile_interval", ["250ms", None])
+def test_worker_environment_is_what_dask_reads_back(profile_interval: str | None) -> None:
+    """The environment form of the spill thresholds and the profiler means the same config to a worker that reads it."""
+    settings = WorkerSettings(target=0.5, spill=0.6, pause=0.7, terminate=0.9, malloc_trim_threshold=65536,
+                              profile_interval=profile_interval)
     code = ("import dask.config, distributed, json; print(json.dumps({k: dask.config.get(k) for k in "
             f"{list(settings.dask_config())!r}}}))")
     read = subprocess.run([sys.executable, "-c", code], env={**settings.environment(), "PATH": "/usr/bin:/bin"},
