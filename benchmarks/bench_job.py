@@ -13,7 +13,10 @@ On one generated dataset (every model predicting every era, no unresolved era):
 (b) ``numerai-dask score`` end to end — read, validate, score, reduce, publish —
     on a LocalCluster of ``--workers`` single-threaded processes that is
     already running (its start-up is printed apart). With ``--scaling`` also
-    on one worker, for the throughput ratio.
+    on one worker, for the throughput ratio; and on one worker with the whole
+    cluster held to one core, which takes from the one worker what two take from
+    each other: the cores the client, the scheduler, the nannies and the
+    workers' event loops use.
 (c) the floor: raw NumPy doing only the unavoidable work at the same sizes —
     reading every input file's bytes, one argsort per model column per ranking
     (two rankings: predictions and FNC residuals), one factorization per era
@@ -44,13 +47,15 @@ numbers. Then a model of Numerai scale from measured per-era costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -151,11 +156,13 @@ class JobRun:
     stages: dict
 
 
-def numerai_dask_way(root: Path, out: Path, workers: int, settings: WorkerSettings) -> JobRun:
-    """Start a LocalCluster of workers with ``settings``, then time the job end to end on it."""
+def numerai_dask_way(root: Path, out: Path, workers: int, settings: WorkerSettings,
+                     cores: int | None = None) -> JobRun:
+    """Start a LocalCluster of workers with ``settings``, then time the job end to end on it; with ``cores``,
+    the cluster's processes and this one (client, scheduler, nannies) run on that many cores only."""
     started = time.perf_counter()
     spec = ClusterSpec("local", {"workers": workers}, worker=settings)
-    with connect(spec, log=lambda _: None) as client:
+    with on_cores(cores), connect(spec, log=lambda _: None) as client:
         client.wait_for_workers(workers)
         cluster_seconds = time.perf_counter() - started
         idle = client.run(idle_resident_bytes)
@@ -166,6 +173,20 @@ def numerai_dask_way(root: Path, out: Path, workers: int, settings: WorkerSettin
         peaks = client.run(peak_resident_bytes)
     return JobRun(cluster_seconds, job_seconds, result.per_era, list(peaks.values()), list(idle.values()),
                   result.manifest["timings_seconds"])
+
+
+@contextlib.contextmanager
+def on_cores(count: int | None) -> Iterator[None]:
+    """This process, and every process it starts meanwhile, on ``count`` of its cores (None: all of them)."""
+    if count is None:
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(allowed)[:count])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def idle_resident_bytes() -> int:
@@ -376,7 +397,7 @@ def main() -> None:
                              f"{WorkerSettings.malloc_trim_threshold}; Dask sets 65536)")
     parser.add_argument("--reference-eras", type=int, help="compute only this many eras with numerai-tools and scale")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a), e.g. for a memory run")
-    parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker")
+    parser.add_argument("--scaling", action="store_true", help="also run (b) on one worker, and on one core")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of (b), (c) and the one-worker job (medians)")
     parser.add_argument("--numerai-scale", action="store_true", help="model the time at Numerai scale")
     parser.add_argument("--dir", help="keep the generated dataset here and reuse it (default: a temporary folder)")
@@ -398,12 +419,14 @@ def main() -> None:
         runs: list[JobRun] = []
         floors: list[Floor] = []
         one_worker: list[float] = []
+        one_core: list[float] = []
         for r in range(args.repeat):
             runs.append(numerai_dask_way(root, Path(scratch) / f"out{r}", args.workers, settings))
             floors.append(floor(root, args.workers, args.eras, args.rows_per_era, args.features, args.models,
                                 args.seed))
             if args.scaling:
                 one_worker.append(numerai_dask_way(root, Path(scratch) / f"one{r}", 1, settings).job_seconds)
+                one_core.append(numerai_dask_way(root, Path(scratch) / f"core{r}", 1, settings, cores=1).job_seconds)
         job, bound = runs[0], median_floor(floors)
         job_seconds = median([run.job_seconds for run in runs])
         ours = job.per_era
@@ -420,6 +443,10 @@ def main() -> None:
             alone = median(one_worker)
             print(f"(b) on one worker               {alone:8.2f} s   median of {runs_text(one_worker)} → "
                   f"{args.workers} workers are {alone / job_seconds:.2f}× the throughput of one (goal ≥ 1.8)")
+            on_one = median(one_core)
+            print(f"    one worker on one core      {on_one:8.2f} s   median of {runs_text(one_core)} → "
+                  f"{args.workers} workers on {len(os.sched_getaffinity(0))} cores are {on_one / job_seconds:.2f}× "
+                  "the throughput of one worker on one core (the cluster's own processes on that core too)")
         era = first_era(root)
         working_set = era_working_set(era)
         limit = parse_bytes(args.memory_limit) if args.memory_limit != "auto" else None
