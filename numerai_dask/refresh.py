@@ -432,8 +432,10 @@ def _refresh_under_lease(
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
 
-    # Phase 1: read the changed models.
-    index = client.scatter(inputs.index, broadcast=True)
+    # Phase 1: read the changed models. Scattered data takes keys of this refresh's own (hash=False): under a key
+    # hashed from its content, data scattered again while the previous refresh's release of that key is still on
+    # its way is lost, and the tasks that need it are cancelled (dask/distributed#8576).
+    index = client.scatter(inputs.index, broadcast=True, hash=False)
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
     batches = []
     counts = []
@@ -454,7 +456,7 @@ def _refresh_under_lease(
 
     # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task:
     # at 600 eras × 2,376 feature names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s scattered.
-    features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True)
+    features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True, hash=False)
     reuse: dict[str, dict] = {}
     futures = {}
     for era in inputs.eras:

@@ -77,34 +77,54 @@ def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, da
     assert len(list((out / "runs").iterdir())) == 1
 
 
-def test_every_era_task_shares_one_copy_of_the_features_and_stakes(client, dataset):
-    """The feature names and stakes travel to the cluster once, as data every era's score task depends on, not
-    inside each task (at 600 eras × 2,376 names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s)."""
+def refresh_watching(client, root: Path, out: Path, *prefixes: str) -> dict[str, list[set[str]]]:
+    """Refresh, and return for each prefix the keys each task of the refresh whose key starts so depends on."""
     from distributed.diagnostics.plugin import SchedulerPlugin
 
-    class Dependencies(SchedulerPlugin):
-        name = "test-score-dependencies"
+    class Dependencies(SchedulerPlugin):  # defined here, so it travels to the scheduler by value
+        name = "test-task-dependencies"
 
         def __init__(self) -> None:
-            self.seen: list[set[str]] = []
+            self.seen: dict[str, list[set[str]]] = {prefix: [] for prefix in prefixes}
 
         def start(self, scheduler) -> None:
             self.scheduler = scheduler
 
         def transition(self, key, start, finish, *args, **kwargs) -> None:
-            if finish == "processing" and str(key).startswith("score_era_task-"):
-                self.seen.append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
+            for prefix in prefixes:
+                if finish == "processing" and str(key).startswith(prefix):
+                    self.seen[prefix].append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
 
-    root, out, info = dataset
     client.register_plugin(Dependencies())
     try:
         refresh(client, root, out)
-        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["test-score-dependencies"].seen)
+        return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins[Dependencies.name].seen)
     finally:
-        client.unregister_scheduler_plugin("test-score-dependencies")
+        client.unregister_scheduler_plugin(Dependencies.name)
+
+
+def test_every_era_task_shares_one_copy_of_the_features_and_stakes(client, dataset):
+    """The feature names and stakes travel to the cluster once, as data every era's score task depends on, not
+    inside each task (at 600 eras × 2,376 names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s)."""
+    root, out, info = dataset
+    seen = refresh_watching(client, root, out, "score_era_task-")["score_era_task-"]
     assert len(seen) == len(resolved_labels(info))
     shared = set.intersection(*seen)  # each era has slices of its own: what all share is the names and the stakes
     assert len(shared) == 2 and not any(key.startswith("changed_slice-") for key in shared)
+
+
+def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
+    """Data scattered again under a key hashed from its content, while the previous refresh's release of that key
+    is still on its way, is lost, and the tasks that need it are cancelled (dask/distributed#8576: back-to-back
+    refreshes failed with "lost dependencies"). The era index, names and stakes take keys of each refresh's own."""
+    root, out, info = dataset
+    scattered = []
+    for newcomer in ("newcomer_1", "newcomer_2"):  # the same index, names and stakes each time, and one more model
+        ids = data_frame(root)["id"]
+        write_csv(root / "submissions" / f"{newcomer}.csv", ids, np.random.default_rng(1).random(len(ids)))
+        seen = refresh_watching(client, root, out, "load_changed_models-", "score_era_task-")
+        scattered.append(set.intersection(*seen["load_changed_models-"]) | set.intersection(*seen["score_era_task-"]))
+    assert len(scattered[0]) == len(scattered[1]) == 3 and not scattered[0] & scattered[1]
 
 
 def test_new_model_reads_only_that_model(client, dataset):
