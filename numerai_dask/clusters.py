@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
-from dask.utils import parse_timedelta
 import yaml
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
 
 #: BLAS and OpenMP pools: one thread for each task thread, or the two levels of threads fight over cores.
@@ -246,7 +246,7 @@ def _is_duration(value: Any) -> bool:
     """Whether ``value`` is a positive duration as dask config writes one (``"100ms"``, ``"1s"``)."""
     try:
         return isinstance(value, str) and parse_timedelta(value) > 0
-    except (ValueError, KeyError, IndexError):  # what dask's parser raises for a number, a unit, an empty text
+    except (ValueError, KeyError, IndexError):  # dask's parser on a malformed number, an unknown unit, no text
         return False
 
 

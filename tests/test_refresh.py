@@ -91,8 +91,10 @@ def refresh_watching(client, root: Path, out: Path, *prefixes: str) -> dict[str,
             self.scheduler = scheduler
 
         def transition(self, key, start, finish, *args, **kwargs) -> None:
+            if finish != "processing":
+                return
             for prefix in prefixes:
-                if finish == "processing" and str(key).startswith(prefix):
+                if str(key).startswith(prefix):
                     self.seen[prefix].append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
 
     client.register_plugin(Dependencies())
