@@ -90,7 +90,10 @@ class Console:
 
 
 def duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h10m``: short enough for a progress line."""
+    """``0.4s``, ``42s``, ``3m05s``, ``2h10m``: short enough for a progress line; tenths below ten seconds, where
+    whole seconds would show a small job's stages as ``0s``."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"

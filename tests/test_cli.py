@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from numerai_dask.cli import main, spec_from_job_file
+from numerai_dask.cli import duration, main, progress_line, spec_from_job_file
 from numerai_dask.leaderboard import build_leaderboard
-from numerai_dask.pipeline import JobError, JobResult, ScoringParams, run_job
+from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, run_job
 from numerai_dask.report import render_html
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
@@ -429,3 +429,16 @@ def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) ->
     report = Path(done.stdout.splitlines()[-1].removeprefix("report: "))
     assert report.is_file() and report.is_relative_to(tmp_path / "demo" / "leaderboard" / "runs")
     assert "<h1>Leaderboard</h1>" in report.read_text()
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(0.04, "0.0s"), (0.42, "0.4s"), (9.94, "9.9s"), (9.96, "10s"),
+                                                (42.4, "42s"), (59.6, "1m00s"), (185, "3m05s"), (7_800, "2h10m")])
+def test_durations_are_short_and_a_short_stage_is_not_zero(seconds: float, shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+def test_a_progress_line_says_how_far_how_long_and_how_long_still() -> None:
+    assert progress_line(Progress("score", "eras", 120, 500, 65.2, 206.0)) == \
+        "score: 120/500 eras (24%) · 1m05s · ETA 3m26s"
+    assert progress_line(Progress("read and validate", "models", 40, 40, 0.31, 0.0)) == \
+        "read and validate: 40/40 models (100%) · 0.3s"
