@@ -492,12 +492,13 @@ def correlation_contributions(
     """
     t = _contribution_target(target)
     gaussian_references = [Ranks.of(reference).gaussian() for reference in references]
+    along = [(m, (t @ m) / (m @ m)) for m in gaussian_references]  # each reference and tᵀm/mᵀm, once
     parts: list[list[np.ndarray]] = [[] for _ in references]
     for _, part in in_model_blocks(ranks, block):
         p = part.gaussian()
         tp = t @ p
-        for contributions, m in zip(parts, gaussian_references):
-            contributions.append((tp - (t @ m) * (m @ p) / (m @ m)) / len(t))
+        for contributions, (m, share) in zip(parts, along):
+            contributions.append((tp - share * (m @ p)) / len(t))
     return [np.concatenate(contributions) for contributions in parts]
 
 
