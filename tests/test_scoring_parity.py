@@ -296,8 +296,8 @@ def test_extra_targets_add_corr_columns_equal_to_numerai_corr():
 
 
 def test_more_models_than_one_block_score_as_the_reference():
-    """The metrics of one model alone are computed MODEL_BLOCK models at a time: across the blocks' edges, with
-    ties, an extra target with unresolved rows and a mask over the models, they are still the reference's."""
+    """Every metric is computed MODEL_BLOCK models at a time: across the blocks' edges, with ties, an extra target
+    with unresolved rows and a mask over the models, they are still the reference's."""
     rng = np.random.default_rng(53)
     m = 2 * MODEL_BLOCK + 3
     predictions, target, features, stakes, benchmark = random_era(rng, 301, m, 9, tied_models=40)
