@@ -22,8 +22,8 @@ On one generated dataset (every model predicting every era, no unresolved era):
     (two rankings: predictions and FNC residuals), one factorization per era
     (the features' Gram matrix, in float32 where that is exact, its Cholesky
     factor, its extreme eigenvalues by Lanczos and, the features being of full
-    rank and well conditioned, its inverse from that factor:
-    the basis applied through the features, never formed, as the kernel does),
+    rank and well conditioned, its inverse from that factor, by the kernel's own
+    functions: the basis applied through the features, never formed),
     and the GEMMs that project and measure exposures — with both cores busy doing only
     that: the arithmetic is timed in ``--workers`` processes at once, as the
     job's workers run. The ideal floor (one core's time divided by the number
@@ -64,14 +64,12 @@ import numpy as np
 import pandas as pd
 import psutil
 from dask.utils import format_bytes, parse_bytes
-from scipy.linalg.lapack import dlauum, dtrtri
-from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
 from numerai_dask.pipeline import EraPlan, ScoringParams, read_era_rows, discover, run_job
 from numerai_dask.report import new_run_id, publish_run
-from numerai_dask.scoring import LANCZOS_TOL, score_era
+from numerai_dask.scoring import _cholesky_weights, _weights_product, score_era, small_integer_gram
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate, make_era
 
@@ -266,17 +264,11 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
                 np.argsort(np.ascontiguousarray(era.predictions.T), axis=1)
             x = era.features.astype(np.float64)
             a = x - x.mean(axis=0)
-            small = era.features.astype(np.float32)  # exact for 0–4 buckets, as the kernel's Gram matrix
-            sums = small.sum(axis=0, dtype=np.float64)
-            gram = (small.T @ small).astype(np.float64) - np.outer(sums, sums) / len(small)
-            lower_inverse = dtrtri(np.linalg.cholesky(gram), lower=1)[0]
-            # the spread, from the extreme eigenvalues of G and G⁻¹, as the kernel for such features
-            start = np.random.default_rng(0).standard_normal(len(gram))
-            eigsh(gram, k=1, which="LA", v0=start, tol=LANCZOS_TOL, return_eigenvectors=False)
-            eigsh(LinearOperator(gram.shape, matvec=lambda v: lower_inverse.T @ (lower_inverse @ v), dtype=float),
-                  k=1, which="LA", v0=start, tol=LANCZOS_TOL, return_eigenvectors=False)
-            inverse = dlauum(lower_inverse, lower=1)[0]  # G⁻¹ = L⁻ᵀL⁻¹
-            inverse = np.tril(inverse) + np.tril(inverse, -1).T
+            # the kernel's own factorization for such features: the Gram matrix in float32 (exact for 0–4
+            # buckets), its Cholesky factor inverted, the spread from the extreme eigenvalues of G and G⁻¹,
+            # and G⁻¹ = L⁻ᵀL⁻¹
+            weights, _ = _cholesky_weights(small_integer_gram(era.features))
+            inverse = _weights_product(weights, cholesky=True)
             residual = era.predictions - a @ (inverse @ (a.T @ era.predictions))
             a.T @ residual  # exposures: one more F × N × M product
         return time.perf_counter() - started
