@@ -316,6 +316,22 @@ def test_read_many_returns_bytes_and_errors_per_path(root: Root) -> None:
     assert storage.read_many([]) == {}
 
 
+def test_local_reads_prefetch_without_stalling_on_what_is_not_a_file(tmp_path) -> None:
+    """The page-cache hint opens every path first: a FIFO (whose plain open waits for a writer),
+    a folder or a missing path must neither stall nor fail it, and the reads still report them."""
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "a.csv").write_bytes(b"id,prediction\n")
+    os.mkfifo(tmp_path / "submissions" / "pipe.csv")
+    (tmp_path / "submissions" / "folder.csv").mkdir()
+    storage = Storage(str(tmp_path))
+    paths = [storage.path("submissions", name) for name in ("a.csv", "pipe.csv", "folder.csv", "missing.csv")]
+    storage_module.prefetch_local(paths)
+    contents = storage.read_many([paths[0], *paths[2:]])
+    assert contents[paths[0]] == b"id,prediction\n"
+    assert isinstance(contents[paths[2]], IsADirectoryError)
+    assert isinstance(contents[paths[3]], FileNotFoundError)
+
+
 def test_read_many_reads_hundreds_of_small_s3_objects_concurrently(s3_server, s3_bucket) -> None:
     fs = s3_server.filesystem()
     bucket = s3_bucket.removeprefix("s3://")
