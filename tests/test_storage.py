@@ -316,6 +316,7 @@ def test_read_many_returns_bytes_and_errors_per_path(root: Root) -> None:
     assert storage.read_many([]) == {}
 
 
+@pytest.mark.timeout(30)  # a stalled open fails here, not at the suite's 10 minutes
 def test_local_reads_prefetch_without_stalling_on_what_is_not_a_file(tmp_path) -> None:
     """The page-cache hint opens every path first: a FIFO (whose plain open waits for a writer),
     a folder or a missing path must neither stall nor fail it, and the reads still report them."""
