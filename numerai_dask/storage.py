@@ -56,6 +56,7 @@ MODEL_NAME_RULE = f"a model name is 1 to {MAX_MODEL_NAME} characters from A-Z, a
 DEEP_NESTING = ("nested too deep: a model's files go directly in submissions/<model>/ "
                 "('/' cannot be part of a model name)")
 FOLDER_AS_FILE = "a folder where a prediction file should be; upload one .csv or .parquet file (not a folder of parts)"
+#: Threads that read the files of a synchronous filesystem other than the local one (memory://…) together.
 READ_THREADS = 16
 #: Row groups that hold other eras too are decoded and filtered at most this many values at a time.
 FILTER_READ_CELLS = 2**25
