@@ -56,6 +56,8 @@ MODEL_NAME_RULE = f"a model name is 1 to {MAX_MODEL_NAME} characters from A-Z, a
 DEEP_NESTING = ("nested too deep: a model's files go directly in submissions/<model>/ "
                 "('/' cannot be part of a model name)")
 FOLDER_AS_FILE = "a folder where a prediction file should be; upload one .csv or .parquet file (not a folder of parts)"
+NOT_A_FILE = ("not a regular file (a link to nothing, a pipe or a device) where a prediction file should be; "
+              "upload the file itself")
 #: Threads that read the files of a synchronous filesystem other than the local one (memory://…) together.
 READ_THREADS = 16
 #: Row groups that hold other eras too are decoded and filtered at most this many values at a time.
@@ -249,7 +251,8 @@ class Storage:
         Files with other extensions are ignored. Rejected, each with its reason
         and never used to build a path: an invalid model name (escaped for
         printing), files nested deeper than ``submissions/<model>/``, a folder
-        named like a file (``<model>.parquet/``), a compressed file
+        named like a file (``<model>.parquet/``), a pipe, device or dangling
+        link named like a prediction file (never opened), a compressed file
         (``<model>.csv.gz``), and — without being read — a file larger than
         ``max_bytes``; a model's other files still count.
         """
@@ -541,9 +544,13 @@ def _submission_entry(relative: str, entry: dict, max_bytes: int | None) -> tupl
     (every file of one badly named model, every file of one too-deep folder).
     """
     parts = relative.split("/")
-    if entry.get("type") != "file":
+    if entry.get("type") == "directory":
         if len(parts) == 1 and file_kind(relative):
             return relative, FOLDER_AS_FILE, relative
+        return None
+    if entry.get("type") != "file":  # never opened: a pipe's read would wait for a writer for ever
+        if len(parts) <= 2 and file_kind(parts[-1]):
+            return (relative if len(parts) == 1 else parts[0]), NOT_A_FILE, relative
         return None
     compression = compressed_kind(parts[-1])
     if file_kind(parts[-1]) is None and compression is None:

@@ -90,6 +90,17 @@ def empty_folder(corpus: Corpus, relpath: str) -> None:
     (corpus.root / "submissions" / relpath).mkdir(parents=True)
 
 
+def fifo(corpus: Corpus, relpath: str) -> None:
+    """A named pipe: opening it for reading would wait for a writer for ever."""
+    path = corpus.root / "submissions" / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+
+
+def dangling_link(corpus: Corpus, relpath: str) -> None:
+    (corpus.root / "submissions" / relpath).symlink_to(corpus.root / "no-such-file.csv")
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of bad submission: how to write it, and the rejection it must get."""
@@ -178,6 +189,9 @@ KINDS: list[Kind] = [
          model="folder_model.csv"),
     Kind("folder_of_parts", lambda c: c.put("dask_model.parquet/part.0.parquet", parquet(c.frame())),
          "a folder where a prediction file should be", model="dask_model.parquet"),
+    Kind("named_pipe", lambda c: fifo(c, "pipe_model.csv"), "not a regular file", model="pipe_model.csv"),
+    Kind("pipe_in_folder", lambda c: fifo(c, "model_003/zz_pipe.csv"), "not a regular file", model="model_003"),
+    Kind("dangling_link", lambda c: dangling_link(c, "gone_model.csv"), "not a regular file", model="gone_model.csv"),
     Kind("bad_reupload", lambda c: c.put("model_002/zz_reupload.csv", csv(c.with_values(2.0))),
          "1 predictions are outside [0, 1]", model="model_002"),
 ]
