@@ -65,15 +65,11 @@ SUBMISSION_BYTES_PER_ROW = 100
 SUBMISSION_SLACK_BYTES = 1 << 20
 #: Fewer resolved rows than this in an era means the data is wrong (a correlation needs two points).
 MIN_ERA_ROWS = 2
-#: A worker switches glibc to eager trimming once its process memory passes this share of its first
-#: memory threshold (see :func:`switch_to_eager_trimming`).
-EAGER_SHARE_OF_THRESHOLD = 0.5
+#: A worker gives its free heap pages back after each task once its process memory passes this share of its
+#: first memory threshold (see :func:`release_memory`).
+TRIM_SHARE_OF_THRESHOLD = 0.5
 #: Dask priority of the tasks that cut a loaded batch into era slices (score tasks have 0): see :func:`build_graph`.
 SLICE_PRIORITY = 1
-#: glibc's ``mallopt`` parameters, and the values of eager trimming: Dask's trim threshold and glibc's
-#: initial mmap threshold (setting either turns glibc's dynamic thresholds off).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-EAGER_TRIM_THRESHOLD, EAGER_MMAP_THRESHOLD = 65536, 128 * 1024
 
 
 class JobError(Exception):
@@ -340,10 +336,10 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
 
 
 @functools.cache
-def _glibc(function: str) -> Callable[..., int] | None:
-    """A function of glibc's allocator (``malloc_trim``, ``mallopt``), or None where the C library has none."""
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
     name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), function, None) if name else None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
 
 
 def trim_heap() -> None:
@@ -354,14 +350,14 @@ def trim_heap() -> None:
     of the worker: on the 80-era benchmark about 100 MiB a worker, for which it
     spilled data and paused.
     """
-    trim = _glibc("malloc_trim")
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
 
 def release_memory() -> None:
     """Free what only reference cycles still hold; a worker near its memory thresholds also gives the C heap's
-    free pages back (:func:`trim_heap`) and switches glibc to eager trimming (:func:`switch_to_eager_trimming`).
+    free pages back (:func:`trim_heap`).
 
     Python frees objects in reference cycles only when its cyclic collector
     runs, which allocation counts decide. After the 80-era benchmark a worker
@@ -377,16 +373,25 @@ def release_memory() -> None:
     trimming after every task cost each worker about 0.3 s of system time and
     the job about 0.3 s (7.87 against 7.58 s over four alternating pairs), with
     the same peaks within noise (470–505 against 479–508 MiB).
+
+    A worker near its thresholds gives its free pages back only when a task
+    ends: within a task glibc keeps reusing them. Such a worker used to
+    switch glibc to Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` for good too
+    (every block past 128 KiB mapped on its own, unmapped when freed), and
+    every task then faulted its arrays in afresh: on 700 MiB workers at 80
+    eras, loads took 17.8–21.4 s of task time (both workers) against 13.1–14.4 and scores
+    43.6–49.9 s against 37.6–39.5, the job 33.0–40.2 s against 27.3–32.3, with
+    the same peaks (456–613 against 469–567 MiB; spilling above 40 %, 50 % and
+    70 %, two alternating pairs each).
     """
     gc.collect()
     _freeze_survivors()
     if worker_memory_is_near_thresholds():
-        switch_to_eager_trimming()
         trim_heap()
 
 
 def worker_memory_is_near_thresholds() -> bool:
-    """Whether this Dask worker's process memory is above EAGER_SHARE_OF_THRESHOLD of the first memory
+    """Whether this Dask worker's process memory is above TRIM_SHARE_OF_THRESHOLD of the first memory
     threshold at which it acts (spilling, pausing); False outside a worker or without a memory limit."""
     try:
         worker = get_worker()
@@ -397,35 +402,7 @@ def worker_memory_is_near_thresholds() -> bool:
                              memory.memory_pause_fraction) if f]
     if not memory.memory_limit or not fractions:
         return False
-    return worker.monitor.get_process_memory() > EAGER_SHARE_OF_THRESHOLD * min(fractions) * memory.memory_limit
-
-
-_eager_trimming = False
-
-
-def switch_to_eager_trimming() -> None:
-    """From now on, have glibc give freed memory back at once (once per process, for good).
-
-    It is what Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` does from a worker's
-    start, which the workers here are spared (``WorkerSettings.malloc_trim_threshold``):
-    blocks past 128 KiB are mapped on their own and unmapped when freed, and
-    the heap's top is trimmed past 64 KiB. Pages are then faulted in again task
-    after task, but a worker near its memory thresholds would otherwise hold
-    them while Dask spills and pauses for room: on 700 MiB workers spilling
-    above 40 %, 80 eras took 71 s with peaks of 603–649 MiB when glibc kept
-    them, against 46 s and 509–545 MiB with Dask's setting.
-    """
-    global _eager_trimming
-    mallopt = _glibc("mallopt")
-    if _eager_trimming or mallopt is None:
-        return
-    _eager_trimming = bool(mallopt(M_MMAP_THRESHOLD, EAGER_MMAP_THRESHOLD)
-                           and mallopt(M_TRIM_THRESHOLD, EAGER_TRIM_THRESHOLD))
-
-
-def trims_eagerly() -> bool:
-    """Whether this process switched glibc to eager trimming (:func:`switch_to_eager_trimming`)."""
-    return _eager_trimming
+    return worker.monitor.get_process_memory() > TRIM_SHARE_OF_THRESHOLD * min(fractions) * memory.memory_limit
 
 
 @functools.cache
@@ -435,13 +412,10 @@ def _freeze_survivors() -> None:
 
 
 def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
-    """A Dask task function that calls :func:`release_memory` when it ends, whether it returns or raises
-    (and that switches to eager trimming before it starts, when its worker is near its thresholds already)."""
+    """A Dask task function that calls :func:`release_memory` when it ends, whether it returns or raises."""
 
     @functools.wraps(task)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        if worker_memory_is_near_thresholds():
-            switch_to_eager_trimming()
         try:
             return task(*args, **kwargs)
         finally:
