@@ -151,7 +151,7 @@ def score(spec: JobSpec, console: Console = Console()) -> int:
     previous = read_previous(out)
     with connect(spec, console.say) as client:
         console.say(f"reading {source.display_url}: the data's eras and ids, submissions, stakes")
-        result = run_job(client, source, spec.params, log=console.say, on_progress=console.progress)
+        result = run_job(client, source, spec.params, scratch=out, log=console.say, on_progress=console.progress)
         console.say("correlating the top models' predictions")
         result.prediction_correlation = prediction_correlations(client, source, result)
     if previous is not None and previous.leaderboard is not None:

@@ -9,13 +9,17 @@ The job runs in four steps:
    concurrently, a window of bytes at a time, validate them, apply
    re-uploads, and cut each model's
    predictions into per-era arrays (rows = the era's resolved ids, sorted),
-   ranked there: the scoring needs only tie-kept ranks, which travel as
-   uint16 — a quarter of the predictions' bytes.
+   ranked there: the scoring needs only tie-kept ranks, kept as uint16 — a
+   quarter of the predictions' bytes. The batch's ranks are written to one
+   file in the job's scratch folder, era after era; the task returns only
+   where each era's part lies (:class:`StagedBatch`).
 3. **score** (one task per resolved era): read that era's rows (features kept
-   int8, only the columns needed) from the files that hold it, gather the era's
-   slices from every batch, and call :func:`numerai_dask.scoring.score_era`
-   once for all models valid in the era. A worker holds one era's working set.
-4. **reduce** (client): the per-era tables become the leaderboard.
+   int8, only the columns needed) from the files that hold it, read the era's
+   part of every batch's scratch file, and call
+   :func:`numerai_dask.scoring.score_era` once for all models valid in the
+   era. A worker holds one task's working set: no ranks wait in its memory.
+4. **reduce** (client): the per-era tables become the leaderboard; the
+   scratch folder is removed.
 
 Predictions (small) travel to the era's features (large), never the reverse.
 """
@@ -30,6 +34,7 @@ import gc
 import io
 import platform
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ParamSpec, TypeVar
@@ -46,7 +51,7 @@ from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
 from numerai_dask.storage import FileInfo, Storage, StorageError
-from numerai_dask.submissions import EraIndex, Rejection, merge_model_files, split_by_era
+from numerai_dask.submissions import EraIndex, Rejection, describe_error, merge_model_files, split_by_era
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -68,8 +73,9 @@ MIN_ERA_ROWS = 2
 #: A worker gives its free heap pages back after each task once its process memory passes this share of its
 #: first memory threshold (see :func:`release_memory`).
 TRIM_SHARE_OF_THRESHOLD = 0.5
-#: Dask priority of the tasks that cut a loaded batch into era slices (score tasks have 0): see :func:`build_graph`.
-SLICE_PRIORITY = 1
+#: The folder at the top of the scratch storage where a job's load tasks write the batches' ranks for its score
+#: tasks is named this and the job's own id; it is removed when the job ends (see :func:`run_job`).
+SCRATCH_PREFIX = ".numerai-dask-scratch-"
 
 
 class JobError(Exception):
@@ -155,6 +161,31 @@ class ModelBatch:
     """A batch of models cut by era: era label → (model names, ranked predictions, models × rows; see :func:`compact_ranks`)."""
 
     by_era: dict[str, tuple[list[str], np.ndarray]]
+    rejections: list[Rejection]
+
+
+@dataclass(frozen=True)
+class StagedRanks:
+    """Where one era's ranks of a batch lie in the batch's scratch file: its models (indices into the batch's
+    names) and its bytes, models × rows of ``dtype``."""
+
+    models: np.ndarray
+    offset: int
+    rows: int
+    dtype: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.models) * self.rows * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch of models loaded and ranked, its ranks in a scratch file: era label → where they lie."""
+
+    relpath: str
+    names: list[str]
+    by_era: dict[str, StagedRanks]
     rejections: list[Rejection]
 
 
@@ -462,6 +493,59 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
     return ModelBatch({label: (names[label], joined(ranks.pop(label))) for label in names}, rejections)
 
 
+@returning_freed_memory
+def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraIndex, read_window_bytes: int,
+                      scratch: Storage, relpath: str) -> StagedBatch:
+    """Load a batch of models (:func:`load_model_batch`) and write its ranks to ``relpath`` in ``scratch``
+    (one Dask task): what the era tasks will read, instead of ranks waiting in a worker's memory.
+
+    Held in memory, every era's ranks stay in the workers until their era is
+    scored, and Dask spills them only once a worker's memory passes its spill
+    threshold: at 80 eras on 700 MiB workers the first score task, started with
+    all of them in memory, peaked at 553–576 MiB. Written out, a worker holds
+    one task's working set (409–437 MiB there).
+    """
+    batch = load_model_batch.__wrapped__(storage, models, index, read_window_bytes)  # memory released once, below
+    names = sorted({name for era_names, _ in batch.by_era.values() for name in era_names})
+    position = {name: i for i, name in enumerate(names)}
+    by_era: dict[str, StagedRanks] = {}
+    offset = 0
+    for label, (era_names, ranks) in batch.by_era.items():
+        by_era[label] = StagedRanks(np.array([position[n] for n in era_names], dtype=np.int32), offset,
+                                    ranks.shape[1], ranks.dtype.str)
+        offset += ranks.nbytes
+    scratch.write_parts(relpath, (memoryview(ranks).cast("B") for _, ranks in batch.by_era.values()))
+    return StagedBatch(relpath, names, by_era, batch.rejections)
+
+
+def staged_era_slices(scratch: Storage, batches: Sequence[StagedBatch], label: str) -> list[tuple[list[str], np.ndarray]]:
+    """One era's ranks of every batch that has any, read from the scratch files together: (model names, models × rows)."""
+    parts = [(batch, batch.by_era[label]) for batch in batches if label in batch.by_era]
+    try:
+        contents = scratch.read_ranges([b.relpath for b, _ in parts], [p.offset for _, p in parts],
+                                       [p.end for _, p in parts])
+    except OSError as error:
+        raise JobError(f"era {label}: cannot read the job's scratch at {scratch.display_url} ({describe_error(error)}); "
+                       "every worker must reach it") from error
+    return [([batch.names[i] for i in part.models], np.frombuffer(data, part.dtype).reshape(len(part.models), part.rows))
+            for (batch, part), data in zip(parts, contents)]
+
+
+def score_staged_era_task(
+    storage: Storage,
+    era: EraPlan,
+    features: list[str],
+    params: ScoringParams,
+    scratch: Storage,
+    batches: list[StagedBatch],
+    stakes: pd.Series | None,
+    benchmark: np.ndarray | None,
+) -> EraScores:
+    """Score one era (:func:`score_era_task`, one Dask task) from its ranks in the batches' scratch files."""
+    return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label), stakes,
+                          benchmark)
+
+
 def joined(pieces: list[np.ndarray]) -> np.ndarray:
     """Arrays stacked along their first axis (the one array itself, uncopied, when there is only one)."""
     return pieces[0] if len(pieces) == 1 else np.vstack(pieces)
@@ -470,11 +554,6 @@ def joined(pieces: list[np.ndarray]) -> np.ndarray:
 def compact_ranks(by_model: np.ndarray) -> np.ndarray:
     """Predictions (models × rows) as their tie-kept doubled ranks, compact: all the scoring needs of them."""
     return Ranks.of(by_model.T).compact()
-
-
-def era_slice(batch: ModelBatch, label: str) -> tuple[list[str], np.ndarray] | None:
-    """The part of one batch that one era needs (a small object to move between workers)."""
-    return batch.by_era.get(label)
 
 
 def batch_rejections(batch: ModelBatch) -> list[Rejection]:
@@ -639,39 +718,35 @@ def chunked(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes:
 
 def build_graph(
     storage: Storage, inputs: JobInputs, params: ScoringParams, benchmark: dict[str, np.ndarray],
-    model_batches: list[list[ModelFiles]],
+    model_batches: list[list[ModelFiles]], scratch: Storage, folder: str,
 ) -> tuple[list[Delayed], list[Delayed]]:
-    """One load task per batch of models, one slice per (batch, era), one score task per era.
+    """One load task per batch of models, its ranks written to ``folder`` in ``scratch``; one score task per era,
+    which reads its part of every batch's file.
 
-    Slices go ahead of scoring (``SLICE_PRIORITY``): a worker would otherwise
-    cut its batches between its own eras, while the other worker waits for
-    those slices (0.5–0.7 s idle of a 7–8 s job in 3 of 4 runs of the 20-era
-    benchmark, against at most 0.08 s with the priority).
-
-    Task names carry a token of this job's inputs and parameters: two jobs on
-    one cluster must never share results. What every era task takes (the era
+    Task names carry a token of this job's inputs, parameters and scratch
+    folder: two jobs on one cluster must never share results, nor one job's
+    scratch files, which it removes when it ends. What every era task takes (the era
     index, the feature names, the stakes) is one node of the graph, not a copy
     in each task that Dask would walk and ship: at 600 eras × 2,376 features
     walking the names alone took 1.3 s.
     """
-    token = dask.base.tokenize(storage, input_record(inputs), params)
+    token = dask.base.tokenize(storage, input_record(inputs), params, scratch, folder)
     index = dask.delayed(inputs.index, traverse=False, name=f"era-index-{token}")
     features = dask.delayed(inputs.features, traverse=False, name=f"features-{token}")
     stakes = dask.delayed(inputs.stakes, traverse=False, name=f"stakes-{token}")
     loaded = [
-        dask.delayed(load_model_batch, pure=True)(storage, batch, index, params.read_window_bytes,
-                                                  dask_key_name=f"load-{i}-{token}")
+        dask.delayed(stage_model_batch, pure=True)(storage, batch, index, params.read_window_bytes, scratch,
+                                                   f"{folder}/batch-{i}.ranks", dask_key_name=f"load-{i}-{token}")
         for i, batch in enumerate(model_batches)
     ]
-    with dask.annotate(priority=SLICE_PRIORITY):
-        slices = {era.label: [dask.delayed(era_slice, pure=True)(b, era.label) for b in loaded] for era in inputs.eras}
     scored = [
-        dask.delayed(score_era_task, pure=True)(
+        dask.delayed(score_staged_era_task, pure=True)(
             storage,
             era,
             features,
             params,
-            slices[era.label],
+            scratch,
+            loaded,
             stakes,
             benchmark.get(era.label),
             dask_key_name=f"score-era-{era.label}-{token}",
@@ -719,12 +794,17 @@ def run_job(
     storage: Storage,
     params: ScoringParams,
     *,
+    scratch: Storage | None = None,
     log: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> JobResult:
     """Discover, load, score and reduce on ``client``'s cluster: the whole job short of publishing.
 
-    ``on_progress`` hears how far reading and validating (models) and scoring (eras) are.
+    The load tasks leave the batches' ranks for the score tasks in a folder of
+    their own at the top of ``scratch`` (default: ``storage``; :data:`SCRATCH_PREFIX`),
+    which every worker must reach; the folder is removed when the job ends,
+    whether it succeeds or fails. ``on_progress`` hears how far reading and
+    validating (models) and scoring (eras) are.
     """
     started = time.perf_counter()
     inputs = discover(storage, params)
@@ -734,13 +814,18 @@ def run_job(
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
     model_batches = batches(inputs.submissions, params)
-    scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches)
-    with large_graph_allowance(inputs.index.nbytes + sum(values.nbytes for values in benchmark.values())):
-        futures = client.compute(scored + rejected, retries=TASK_RETRIES)
-    if on_progress is not None:
-        follow([Phase("read and validate", "models", futures[len(scored):], [len(b) for b in model_batches]),
-                Phase("score", "eras", futures[: len(scored)])], on_progress)
-    results = client.gather(futures)
+    scratch = storage if scratch is None else scratch
+    folder = f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
+    scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches, scratch, folder)
+    try:
+        with large_graph_allowance(inputs.index.nbytes + sum(values.nbytes for values in benchmark.values())):
+            futures = client.compute(scored + rejected, retries=TASK_RETRIES)
+        if on_progress is not None:
+            follow([Phase("read and validate", "models", futures[len(scored):], [len(b) for b in model_batches]),
+                    Phase("score", "eras", futures[: len(scored)])], on_progress)
+        results = client.gather(futures)
+    finally:
+        remove_scratch(scratch, folder, log)
     era_results: list[EraScores] = results[: len(scored)]
     rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
     computed = time.perf_counter()
@@ -748,6 +833,14 @@ def run_job(
     skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}
     timings = {"discover": discovered - started, "score": computed - discovered}
     return job_result(storage, params, inputs, tables, skipped, rejections, timings)
+
+
+def remove_scratch(scratch: Storage, folder: str, log: Callable[[str], None]) -> None:
+    """Remove a job's scratch folder; a failure to is told, not raised (the job's result stands without it)."""
+    try:
+        scratch.delete(folder)
+    except OSError as error:
+        log(f"could not remove the job's scratch {scratch.display(folder)}: {describe_error(error)}")
 
 
 def job_result(

@@ -63,12 +63,10 @@ from numerai_dask.pipeline import (
     ModelFiles,
     Phase,
     Progress,
-    SLICE_PRIORITY,
     TASK_RETRIES,
     ScoringParams,
     discover,
     compact_ranks,
-    era_slice,
     follow,
     in_batches,
     input_record,
@@ -87,6 +85,10 @@ from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_mod
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Dask priority of the tasks that cut the changed models into era slices (score tasks have 0): a worker would
+#: otherwise cut its batches between its own eras while the other waits for those slices (0.5–0.7 s idle of a
+#: 7–8 s job in 3 of 4 runs of the 20-era benchmark when a full run cut them so, at most 0.08 s with the priority).
+SLICE_PRIORITY = 1
 
 
 class LeaseBusy(JobError):
@@ -358,7 +360,8 @@ def load_changed_models(
 
 
 def changed_slice(changed: ChangedModels, label: str) -> tuple[list[str], np.ndarray] | None:
-    return era_slice(changed.batch, label)
+    """The part of the changed models that one era needs (a small object to move between workers)."""
+    return changed.batch.by_era.get(label)
 
 
 def replaced_models(changed: ChangedModels) -> dict[str, frozenset[str] | None]:

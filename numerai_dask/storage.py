@@ -23,7 +23,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -458,17 +458,42 @@ class Storage:
         """
         target = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
-            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-            try:
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                os.replace(temporary, target)
-            finally:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
+            self._replace_local(target, [data])
         else:
             self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
+
+    def write_parts(self, relpath: str, parts: Iterable[bytes | memoryview]) -> None:
+        """Write one object from consecutive parts, never joined in memory (a multipart upload on object stores).
+
+        Locally, as :meth:`write_bytes`, the parts go to a temporary sibling that then replaces the target. Other
+        filesystems with folders (not object stores, whose filesystems are asynchronous) get the folder made first.
+        """
+        target = self.path(relpath)
+        if isinstance(self.fs, LocalFileSystem):
+            self._replace_local(target, parts)
+            return
+        if not isinstance(self.fs, AsyncFileSystem):
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        with self.fs.open(target, "wb") as handle:
+            for part in parts:
+                handle.write(part)
+
+    def _replace_local(self, target: str, parts: Iterable[bytes | memoryview]) -> None:
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(temporary, "wb") as handle:
+                for part in parts:
+                    handle.write(part)
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+    def read_ranges(self, relpaths: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+        """Byte ranges ``[start, end)`` of files under the root, fetched together (one request each on object stores)."""
+        paths = [self.path(relpath) for relpath in relpaths]
+        return retrying(lambda: self.fs.cat_ranges(paths, list(starts), list(ends), on_error="raise"))
 
     def write_text(self, relpath: str, text: str) -> None:
         """Write UTF-8 text as one object."""

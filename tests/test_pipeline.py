@@ -21,7 +21,7 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (SLICE_PRIORITY, JobError, ScoringParams, chunked, load_model_batch, release_memory,
+from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, release_memory,
                                    returning_freed_memory, run_job, trim_heap)
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
@@ -160,36 +160,49 @@ def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, 
         client.compute(dask.delayed(len)(np.zeros(2**16))).result()
 
 
-def test_era_slices_reach_the_scheduler_ahead_of_every_score_task(tmp_path, client):
-    """Cutting a loaded batch into era slices runs before any era is scored on the worker that holds it: the other
-    worker waits for those slices (it waited 0.5–0.7 s of the 20-era benchmark's 7 s when they queued behind scoring)."""
-    from distributed.diagnostics.plugin import SchedulerPlugin
+def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_themselves(tmp_path):
+    """A load task's result says where each era's ranks lie in its scratch file; read back, they are exactly the
+    loaded batch's, model names and all, and the result itself is a small fraction of them."""
+    from numerai_dask.pipeline import batches, discover, stage_model_batch, staged_era_slices
 
-    class Priorities(SchedulerPlugin):
-        name = "test-priorities"
+    generate(str(tmp_path), n_eras=20, rows_per_era=200, n_features=4, n_models=150, n_unresolved=0, seed=5)
+    storage = Storage(str(tmp_path))
+    inputs = discover(storage, ScoringParams())
+    (models,) = batches(inputs.submissions, ScoringParams(models_per_task=len(inputs.submissions)))
+    (model_file,) = [f for f in models[7].paths]
+    Path(model_file).write_text("id,prediction\n")  # a rejected model: absent from every era
+    scratch = Storage(f"memory://staged-{tmp_path.name}")
+    staged = stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job/batch-0.ranks")
+    loaded = load_model_batch(storage, models, inputs.index)
+    assert staged.rejections == loaded.rejections and len(loaded.rejections) == 1
+    assert sorted(staged.by_era) == sorted(loaded.by_era) and len(loaded.by_era) == 20
+    for label, (names, ranks) in loaded.by_era.items():
+        ((read_names, read_ranks),) = staged_era_slices(scratch, [staged], label)
+        assert read_names == names and len(names) == 149
+        np.testing.assert_array_equal(read_ranks, ranks)
+        assert read_ranks.dtype == ranks.dtype == np.uint16
+    assert staged_era_slices(scratch, [staged], "no such era") == []
+    ranks_bytes = sum(ranks.nbytes for _, ranks in loaded.by_era.values())
+    assert len(scratch.read_bytes("job/batch-0.ranks")) == ranks_bytes
+    assert len(pickle.dumps(staged)) < ranks_bytes / 10
 
-        def __init__(self) -> None:
-            self.seen: dict[str, tuple] = {}
 
-        def start(self, scheduler) -> None:
-            self.scheduler = scheduler
-
-        def transition(self, key, start, finish, *args, **kwargs) -> None:
-            if finish == "processing":
-                self.seen[key if isinstance(key, str) else key[0]] = self.scheduler.tasks[key].priority
-
-    generate(str(tmp_path), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
-    client.register_plugin(Priorities())
-    try:
-        run_job(client, Storage(str(tmp_path)), ScoringParams(models_per_task=2))
-        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["test-priorities"].seen)
-    finally:
-        client.unregister_scheduler_plugin("test-priorities")
-    slices = [p for key, p in seen.items() if key.startswith("era_slice-")]
-    scores = [p for key, p in seen.items() if key.startswith("score-era-")]
-    assert len(slices) == 3 * 2 and len(scores) == 3
-    assert max(slices) < min(scores)  # Dask runs the smaller priority first
-    assert {p[0] for p in slices} == {-SLICE_PRIORITY} and {p[0] for p in scores} == {0}
+def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_path, client):
+    """The ranks wait in a folder of the job's own in the scratch storage (the root by default), gone when the job
+    ends, and the scores do not depend on where; a scratch the workers cannot share (each worker process has a
+    ``memory://`` of its own, and the four load tasks spread over both workers) fails the job with the reason."""
+    generate(str(tmp_path / "root"), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
+    storage = Storage(str(tmp_path / "root"))
+    before = sorted(p.name for p in (tmp_path / "root").iterdir())
+    (tmp_path / "scratch").mkdir()
+    elsewhere = run_job(client, storage, ScoringParams(models_per_task=1), scratch=Storage(str(tmp_path / "scratch")))
+    assert list((tmp_path / "scratch").iterdir()) == []
+    by_default = run_job(client, storage, ScoringParams(models_per_task=1))
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
+    pd.testing.assert_frame_equal(elsewhere.per_era, by_default.per_era, check_exact=True)
+    with pytest.raises(JobError, match="every worker must reach it"):
+        run_job(client, storage, ScoringParams(models_per_task=1), scratch=Storage("memory://not-shared"))
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
 
 
 def test_chunked_cuts_runs_by_count_and_by_bytes():

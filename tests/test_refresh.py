@@ -13,7 +13,7 @@ from distributed import Client
 
 from numerai_dask.leaderboard import PayoutRule
 from numerai_dask.pipeline import ScoringParams, run_job
-from numerai_dask.refresh import Lease, LeaseBusy, refresh_once
+from numerai_dask.refresh import SLICE_PRIORITY, Lease, LeaseBusy, refresh_once
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -77,8 +77,9 @@ def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, da
     assert len(list((out / "runs").iterdir())) == 1
 
 
-def refresh_watching(client, root: Path, out: Path, *prefixes: str) -> dict[str, list[set[str]]]:
-    """Refresh, and return for each prefix the keys each task of the refresh whose key starts so depends on."""
+def refresh_watching(client, root: Path, out: Path, *prefixes: str, priorities: bool = False) -> dict[str, list]:
+    """Refresh, and return for each prefix the keys each task of the refresh whose key starts so depends on
+    (with ``priorities``, each such task's Dask priority instead)."""
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     class Dependencies(SchedulerPlugin):  # defined here, so it travels to the scheduler by value
@@ -95,7 +96,8 @@ def refresh_watching(client, root: Path, out: Path, *prefixes: str) -> dict[str,
                 return
             for prefix in prefixes:
                 if str(key).startswith(prefix):
-                    self.seen[prefix].append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
+                    task = self.scheduler.tasks[key]
+                    self.seen[prefix].append(task.priority if priorities else {str(d.key) for d in task.dependencies})
 
     client.register_plugin(Dependencies())
     try:
@@ -113,6 +115,20 @@ def test_every_era_task_shares_one_copy_of_the_features_and_stakes(client, datas
     assert len(seen) == len(resolved_labels(info))
     shared = set.intersection(*seen)  # each era has slices of its own: what all share is the names and the stakes
     assert len(shared) == 2 and not any(key.startswith("changed_slice-") for key in shared)
+
+
+def test_era_slices_reach_the_scheduler_ahead_of_every_score_task(client, dataset):
+    """Cutting the changed models into era slices runs before any era is scored on the worker that holds them: the
+    other worker waits for those slices (it waited 0.5–0.7 s of the 20-era benchmark's 7 s when a full run's slices
+    queued behind scoring)."""
+    root, out, info = dataset
+    ids = data_frame(root)["id"]
+    write_csv(root / "submissions" / "newcomer_priority.csv", ids, np.random.default_rng(3).random(len(ids)))
+    seen = refresh_watching(client, root, out, "changed_slice-", "score_era_task-", priorities=True)
+    slices, scores = seen["changed_slice-"], seen["score_era_task-"]
+    assert slices and len(scores) == len(resolved_labels(info))
+    assert max(slices) < min(scores)  # Dask runs the smaller priority first
+    assert {p[0] for p in slices} == {-SLICE_PRIORITY} and {p[0] for p in scores} == {0}
 
 
 def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
