@@ -129,7 +129,7 @@ def test_job_survives_a_worker_killed_mid_job(tmp_path: Path, dask_cluster: str)
 
     Eras stall on their data reads until the kill has been seen by the
     scheduler, so the kill lands mid-job every time: the dead worker's results
-    (loaded batches, per-era slices) and running era tasks must be redone on
+    (the loaded batches' records of their scratch files) and running era tasks must be redone on
     the other worker, and the scores must not change.
     """
     root = make_dataset(tmp_path / "root", seed=11)
