@@ -503,9 +503,10 @@ def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: Era
     scored, and Dask spills them only once a worker's memory passes its spill
     threshold: at 80 eras on 700 MiB workers the first score task, started with
     all of them in memory, peaked at 553–576 MiB. Written out, a worker holds
-    one task's working set (409–437 MiB there).
+    one task's working set (418–450 MiB there, ``bench_job.py --eras 80 --memory-limit 700MiB``).
     """
-    batch = load_model_batch.__wrapped__(storage, models, index, read_window_bytes)  # memory released once, below
+    # load_model_batch without its own release_memory: this task releases once it has written the batch out.
+    batch = load_model_batch.__wrapped__(storage, models, index, read_window_bytes)
     names = sorted({name for era_names, _ in batch.by_era.values() for name in era_names})
     position = {name: i for i, name in enumerate(names)}
     by_era: dict[str, StagedRanks] = {}

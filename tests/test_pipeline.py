@@ -169,7 +169,7 @@ def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_them
     storage = Storage(str(tmp_path))
     inputs = discover(storage, ScoringParams())
     (models,) = batches(inputs.submissions, ScoringParams(models_per_task=len(inputs.submissions)))
-    (model_file,) = [f for f in models[7].paths]
+    (model_file,) = models[7].paths
     Path(model_file).write_text("id,prediction\n")  # a rejected model: absent from every era
     scratch = Storage(f"memory://staged-{tmp_path.name}")
     staged = stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job/batch-0.ranks")
