@@ -241,6 +241,9 @@ def test_s3_failing_transiently_changes_no_score(s3_server, dask_cluster: str,
             result = run_job(client, Storage(root, options), PARAMS)
         folder = publish_run(Storage(f"{root}/out", options), result, new_run_id())
     assert set(proxy.injected) == set(FAULTS), proxy.injected
+    fs = s3_server.filesystem()
+    fs.invalidate_cache()
+    assert fs.ls(root, detail=False) and not fs.glob(f"{root}/.numerai-dask-scratch-*")  # the job's scratch removed
     published = Storage(f"{root}/out", s3_server.storage_options)
     assert json.loads(published.read_bytes("latest.json"))["path"] == folder
     assert_same_scores(JobResult(*[pd.read_parquet(io.BytesIO(published.read_bytes(f"{folder}/{name}.parquet")))
