@@ -126,7 +126,7 @@ class WorkerSettings:
     instead of 0.7–1.0, the job 7.13–7.54 s instead of 7.33–7.79 in four
     alternating pairs, the same peaks (466–478 MiB against 465–476). A worker
     near its memory thresholds gives its freed memory back when a task ends
-    (``pipeline.release_memory``), keeping these thresholds within the task.
+    (``pipeline.release_memory``); glibc's thresholds stay as the worker started with them.
 
     ``profile_interval`` is how often Dask's statistical profiler samples a
     worker's threads (``distributed.worker.profile.interval``; None turns the
