@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
-from distributed import Client, Future, as_completed, get_worker
+from distributed import Client, Future, as_completed, get_worker, wait
 from threadpoolctl import threadpool_limits
 
 from numerai_dask import __version__
@@ -166,17 +166,18 @@ class ModelBatch:
 
 @dataclass(frozen=True)
 class StagedRanks:
-    """Where one era's ranks of a batch lie in the batch's scratch file: its models (indices into the batch's
-    names) and its bytes, models × rows of ``dtype``."""
+    """Where one era's ranks of a batch lie in the batch's scratch file: its bytes, ``count`` models × ``rows``
+    of ``dtype``, and which models they are (indices into the batch's names; None: all of them, in order)."""
 
-    models: np.ndarray
     offset: int
+    count: int
     rows: int
     dtype: str
+    models: np.ndarray | None
 
     @property
     def end(self) -> int:
-        return self.offset + len(self.models) * self.rows * np.dtype(self.dtype).itemsize
+        return self.offset + self.count * self.rows * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -495,9 +496,12 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
 
 @returning_freed_memory
 def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraIndex, read_window_bytes: int,
-                      scratch: Storage, relpath: str) -> StagedBatch:
-    """Load a batch of models (:func:`load_model_batch`) and write its ranks to ``relpath`` in ``scratch``
-    (one Dask task): what the era tasks will read, instead of ranks waiting in a worker's memory.
+                      scratch: Storage, folder: str) -> StagedBatch:
+    """Load a batch of models (:func:`load_model_batch`) and write its ranks to a file of its own in ``folder``
+    of ``scratch`` (one Dask task): what the era tasks will read, instead of ranks waiting in a worker's memory.
+
+    Each run of the task writes a new file, so a task run again (its result
+    lost with a worker) never rewrites a file that a score task may be reading.
 
     Held in memory, every era's ranks stay in the workers until their era is
     scored, and Dask spills them only once a worker's memory passes its spill
@@ -512,10 +516,15 @@ def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: Era
     by_era: dict[str, StagedRanks] = {}
     offset = 0
     for label, (era_names, ranks) in batch.by_era.items():
-        by_era[label] = StagedRanks(np.array([position[n] for n in era_names], dtype=np.int32), offset,
-                                    ranks.shape[1], ranks.dtype.str)
+        members = None if era_names == names else np.array([position[n] for n in era_names], dtype=np.int32)
+        by_era[label] = StagedRanks(offset, len(era_names), ranks.shape[1], ranks.dtype.str, members)
         offset += ranks.nbytes
-    scratch.write_parts(relpath, (memoryview(ranks).cast("B") for _, ranks in batch.by_era.values()))
+    relpath = f"{folder}/{uuid.uuid4().hex}.ranks"
+    try:
+        scratch.write_parts(relpath, (memoryview(ranks).cast("B") for _, ranks in batch.by_era.values()))
+    except OSError as error:
+        raise JobError(f"cannot write the job's scratch {scratch.display(relpath)} ({describe_error(error)}); "
+                       "the workers must be able to write there (the output storage, --out)") from error
     return StagedBatch(relpath, names, by_era, batch.rejections)
 
 
@@ -528,7 +537,8 @@ def staged_era_slices(scratch: Storage, batches: Sequence[StagedBatch], label: s
     except OSError as error:
         raise JobError(f"era {label}: cannot read the job's scratch at {scratch.display_url} ({describe_error(error)}); "
                        "every worker must reach it") from error
-    return [([batch.names[i] for i in part.models], np.frombuffer(data, part.dtype).reshape(len(part.models), part.rows))
+    return [(batch.names if part.models is None else [batch.names[i] for i in part.models],
+             np.frombuffer(data, part.dtype).reshape(part.count, part.rows))
             for (batch, part), data in zip(parts, contents)]
 
 
@@ -736,8 +746,8 @@ def build_graph(
     features = dask.delayed(inputs.features, traverse=False, name=f"features-{token}")
     stakes = dask.delayed(inputs.stakes, traverse=False, name=f"stakes-{token}")
     loaded = [
-        dask.delayed(stage_model_batch, pure=True)(storage, batch, index, params.read_window_bytes, scratch,
-                                                   f"{folder}/batch-{i}.ranks", dask_key_name=f"load-{i}-{token}")
+        dask.delayed(stage_model_batch, pure=True)(storage, batch, index, params.read_window_bytes, scratch, folder,
+                                                   dask_key_name=f"load-{i}-{token}")
         for i, batch in enumerate(model_batches)
     ]
     scored = [
@@ -802,9 +812,12 @@ def run_job(
     """Discover, load, score and reduce on ``client``'s cluster: the whole job short of publishing.
 
     The load tasks leave the batches' ranks for the score tasks in a folder of
-    their own at the top of ``scratch`` (default: ``storage``; :data:`SCRATCH_PREFIX`),
-    which every worker must reach; the folder is removed when the job ends,
-    whether it succeeds or fails. ``on_progress`` hears how far reading and
+    their own at the top of ``scratch`` (:data:`SCRATCH_PREFIX`; by default
+    ``storage``, the input root, under which the CLI's default output lies too),
+    which every worker must reach and write to. The folder is removed when the
+    job ends: when it fails, once its other tasks have ended; when it is
+    interrupted, its tasks are cancelled, and one already running may still
+    write there afterwards. ``on_progress`` hears how far reading and
     validating (models) and scoring (eras) are.
     """
     started = time.perf_counter()
@@ -818,6 +831,7 @@ def run_job(
     scratch = storage if scratch is None else scratch
     folder = f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
     scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches, scratch, folder)
+    futures: list[Future] = []
     try:
         with large_graph_allowance(inputs.index.nbytes + sum(values.nbytes for values in benchmark.values())):
             futures = client.compute(scored + rejected, retries=TASK_RETRIES)
@@ -825,6 +839,13 @@ def run_job(
             follow([Phase("read and validate", "models", futures[len(scored):], [len(b) for b in model_batches]),
                     Phase("score", "eras", futures[: len(scored)])], on_progress)
         results = client.gather(futures)
+    except Exception:
+        if futures:
+            wait(futures)  # the job's other tasks run on after one fails: they end before their scratch is removed
+        raise
+    except BaseException:
+        client.cancel(futures)  # interrupted: tasks already running may still write once the folder is gone
+        raise
     finally:
         remove_scratch(scratch, folder, log)
     era_results: list[EraScores] = results[: len(scored)]

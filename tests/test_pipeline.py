@@ -23,7 +23,7 @@ from oracle import TOLERANCE, oracle
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
 from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, release_memory,
                                    returning_freed_memory, run_job, trim_heap)
-from numerai_dask.storage import Storage
+from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
 METRICS = ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")
@@ -162,35 +162,46 @@ def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, 
 
 def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_themselves(tmp_path):
     """A load task's result says where each era's ranks lie in its scratch file; read back, they are exactly the
-    loaded batch's, model names and all, and the result itself is a small fraction of them."""
+    loaded batch's, model names and all, whether an era has all of the batch's models or some; each run writes a
+    file of its own; and the result itself is a small fraction of the ranks."""
     from numerai_dask.pipeline import batches, discover, stage_model_batch, staged_era_slices
 
     generate(str(tmp_path), n_eras=20, rows_per_era=200, n_features=4, n_models=150, n_unresolved=0, seed=5)
     storage = Storage(str(tmp_path))
     inputs = discover(storage, ScoringParams())
     (models,) = batches(inputs.submissions, ScoringParams(models_per_task=len(inputs.submissions)))
-    (model_file,) = models[7].paths
-    Path(model_file).write_text("id,prediction\n")  # a rejected model: absent from every era
+    (empty,) = models[7].paths
+    Path(empty).write_text("id,prediction\n")  # a rejected model: absent from every era
+    data = pd.concat([pd.read_parquet(f, columns=["era"]).reset_index() for f in (tmp_path / "data").glob("*.parquet")])
+    early = set(sorted(data["era"].unique())[:10])
+    covering = next(m for m in models[8:] if len(m.paths) == 1 and m.paths[0].endswith(".csv"))
+    (partial,) = covering.paths
+    predictions = pd.read_csv(partial)
+    predictions[predictions["id"].isin(data.loc[data["era"].isin(early), "id"])].to_csv(partial, index=False)
     scratch = Storage(f"memory://staged-{tmp_path.name}")
-    staged = stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job/batch-0.ranks")
+    staged = stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job")
     loaded = load_model_batch(storage, models, inputs.index)
-    assert staged.rejections == loaded.rejections and len(loaded.rejections) == 1
+    assert staged.rejections == loaded.rejections
     assert sorted(staged.by_era) == sorted(loaded.by_era) and len(loaded.by_era) == 20
     for label, (names, ranks) in loaded.by_era.items():
         ((read_names, read_ranks),) = staged_era_slices(scratch, [staged], label)
-        assert read_names == names and len(names) == 149
+        assert read_names == names and len(names) == (149 if covering.model in names else 148)
+        assert (staged.by_era[label].models is None) == (len(names) == 149)
         np.testing.assert_array_equal(read_ranks, ranks)
         assert read_ranks.dtype == ranks.dtype == np.uint16
+    assert sum(covering.model in names for names, _ in loaded.by_era.values()) == 10
     assert staged_era_slices(scratch, [staged], "no such era") == []
     ranks_bytes = sum(ranks.nbytes for _, ranks in loaded.by_era.values())
-    assert len(scratch.read_bytes("job/batch-0.ranks")) == ranks_bytes
+    assert staged.relpath.startswith("job/") and len(scratch.read_bytes(staged.relpath)) == ranks_bytes
+    assert stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job").relpath != staged.relpath
     assert len(pickle.dumps(staged)) < ranks_bytes / 10
 
 
 def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_path, client):
     """The ranks wait in a folder of the job's own in the scratch storage (the root by default), gone when the job
     ends, and the scores do not depend on where; a scratch the workers cannot share (each worker process has a
-    ``memory://`` of its own, and the four load tasks spread over both workers) fails the job with the reason."""
+    ``memory://`` of its own, and the four load tasks spread over both workers) fails the job with the reason. A job
+    that fails in a score task (after every load task, on which each depends) removes its scratch too."""
     generate(str(tmp_path / "root"), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
     storage = Storage(str(tmp_path / "root"))
     before = sorted(p.name for p in (tmp_path / "root").iterdir())
@@ -202,6 +213,13 @@ def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_p
     pd.testing.assert_frame_equal(elsewhere.per_era, by_default.per_era, check_exact=True)
     with pytest.raises(JobError, match="every worker must reach it"):
         run_job(client, storage, ScoringParams(models_per_task=1), scratch=Storage("memory://not-shared"))
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
+    last = sorted((tmp_path / "root" / "data").glob("*.parquet"))[-1]
+    frame = pd.read_parquet(last)
+    frame["feature_0001"] = frame["feature_0001"].astype(float).where(frame.index != frame.index[0])  # one NaN
+    frame.to_parquet(last)
+    with pytest.raises(StorageError, match="missing values"):  # a score task fails, the others run on
+        run_job(client, storage, ScoringParams(models_per_task=1))
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
 
 
