@@ -336,10 +336,10 @@ def test_a_worker_near_its_memory_thresholds_gives_its_free_heap_back_when_a_tas
     """A fresh 1 GiB worker (spilling above 60 %) keeps its free heap pages after a task; once it holds enough
     to pass half of 60 %, they are given back. Either way glibc keeps its thresholds: the next freed blocks
     stay in the heap for the next task, and no task maps its arrays afresh."""
+    resident = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096  # noqa: E731 — pickled by value
 
     def given_back_by_release(holding: int) -> int:
         """Resident bytes ``release_memory`` gives back after 25 MiB are freed below a block still in use."""
-        resident = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096  # noqa: E731
         held = np.ones(holding)
         blocks = [bytearray(64 * 1024) for _ in range(400)]  # below malloc's mmap threshold: on the heap
         kept = blocks[-1]
@@ -353,7 +353,6 @@ def test_a_worker_near_its_memory_thresholds_gives_its_free_heap_back_when_a_tas
     def freed_at_once() -> int:
         """Resident bytes given back the moment 25 MiB of heap blocks are freed (with Dask's glibc setting,
         ``MALLOC_TRIM_THRESHOLD_=65536``, all of them: 24 MiB measured)."""
-        resident = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096  # noqa: E731
         blocks = [bytearray(64 * 1024) for _ in range(400)]
         before = resident()
         del blocks
