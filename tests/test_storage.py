@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -473,6 +474,30 @@ def test_local_writes_leave_no_temporary_files(tmp_path) -> None:
     storage.write_text("latest.json", "{}")
     storage.write_text("latest.json", '{"run_id": "x"}')
     assert os.listdir(tmp_path / "out") == ["latest.json"]
+
+
+def test_write_parts_past_the_block_size_is_an_s3_multipart_upload_read_back_whole_and_in_ranges(
+    s3_server, s3_bucket
+) -> None:
+    """A job's scratch file at Numerai scale is hundreds of MB: s3fs uploads it in parts of its block size.
+
+    With 5 MiB blocks (S3's smallest part), 12 MiB written as four uneven parts
+    must become one object of several parts (its ETag ends in ``-<parts>``) whose
+    bytes, and ranges across the part boundaries, read back exactly.
+    """
+    block = 5 * 2**20
+    storage = Storage(s3_bucket, {**s3_server.storage_options, "default_block_size": block})
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, size, dtype=np.uint8) for size in (3 * 2**20, 4 * 2**20, 2**20 + 7, 4 * 2**20)]
+    storage.write_parts("scratch/batch.ranks", (memoryview(part) for part in parts))
+    whole = np.concatenate(parts).tobytes()
+    etag = s3_server.filesystem().info(f"{s3_bucket.removeprefix('s3://')}/scratch/batch.ranks")["ETag"]
+    assert re.fullmatch(r'"?[0-9a-f]{32}-([2-9]|\d\d+)"?', etag), f"not a multipart upload: ETag {etag}"
+    assert storage.read_bytes("scratch/batch.ranks") == whole
+    starts, ends = [0, block - 3, 2 * block - 1, len(whole) - 10], [5, block + 3, 2 * block + 1, len(whole)]
+    assert storage.read_ranges(["scratch/batch.ranks"] * 4, starts, ends) == [
+        whole[start:end] for start, end in zip(starts, ends)
+    ]
 
 
 # ----------------------------------------------------------- real cluster
