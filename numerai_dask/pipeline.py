@@ -971,7 +971,9 @@ def prediction_correlations(
     files = [ModelFiles.of(m, inputs.submissions[m]) for m in top]
     index = dask.delayed(inputs.index, traverse=False)
     task = dask.delayed(rank_correlation_task, pure=True)(storage, files, index)
-    return client.compute(task, retries=TASK_RETRIES).result()
+    with large_graph_allowance(inputs.index.nbytes):
+        future = client.compute(task, retries=TASK_RETRIES)
+    return future.result()
 
 
 def rank_correlation_task(storage: Storage, models: list[ModelFiles], index: EraIndex) -> pd.DataFrame:

@@ -21,8 +21,8 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, release_memory,
-                                   returning_freed_memory, run_job, trim_heap)
+from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, prediction_correlations,
+                                   release_memory, returning_freed_memory, run_job, trim_heap)
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -143,7 +143,8 @@ def test_a_load_task_never_holds_its_batch_of_ranks_twice(tmp_path):
 
 def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, client):
     """Dask warns of large graphs, meant for data copied into many tasks; the era index and the benchmark are
-    in the graph once each and grow with the data's rows (80 eras of 5,000 rows made every job warn)."""
+    in the graph once each and grow with the data's rows (80 eras of 5,000 rows made every job warn, and the
+    correlation of the leaderboard's models, which takes the era index too)."""
     import warnings
 
     import dask
@@ -153,7 +154,8 @@ def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, 
             warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         result = run_job(client, Storage(str(tmp_path)), ScoringParams())
-    assert len(result.per_era) == 4 * 3
+        correlations = prediction_correlations(client, Storage(str(tmp_path)), result)
+    assert len(result.per_era) == 4 * 3 and correlations.shape == (3, 3)
     assert not [w for w in seen if "large graph" in str(w.message)]
     with dask.config.set({"distributed.admin.large-graph-warning-threshold": "256kB"}), \
             pytest.warns(UserWarning, match="large graph"):  # anything else that is large still warns
