@@ -510,7 +510,15 @@ def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: Era
     one task's working set (418–450 MiB there, ``bench_job.py --eras 80 --memory-limit 700MiB``).
     """
     # load_model_batch without its own release_memory: this task releases once it has written the batch out.
-    batch = load_model_batch.__wrapped__(storage, models, index, read_window_bytes)
+    return stage_batch(load_model_batch.__wrapped__(storage, models, index, read_window_bytes), scratch, folder)
+
+
+def stage_batch(batch: ModelBatch, scratch: Storage, folder: str) -> StagedBatch:
+    """Write a loaded batch's ranks, era after era, to a new file in ``folder`` of ``scratch``: where each era's lie.
+
+    An era holding all of the batch's models records no index list: at
+    Numerai scale the lists would be sent to every era task.
+    """
     names = sorted({name for era_names, _ in batch.by_era.values() for name in era_names})
     position = {name: i for i, name in enumerate(names)}
     by_era: dict[str, StagedRanks] = {}
@@ -531,6 +539,8 @@ def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: Era
 def staged_era_slices(scratch: Storage, batches: Sequence[StagedBatch], label: str) -> list[tuple[list[str], np.ndarray]]:
     """One era's ranks of every batch that has any, read from the scratch files together: (model names, models × rows)."""
     parts = [(batch, batch.by_era[label]) for batch in batches if label in batch.by_era]
+    if not parts:
+        return []
     try:
         contents = scratch.read_ranges([b.relpath for b, _ in parts], [p.offset for _, p in parts],
                                        [p.end for _, p in parts])
@@ -551,10 +561,12 @@ def score_staged_era_task(
     batches: list[StagedBatch],
     stakes: pd.Series | None,
     benchmark: np.ndarray | None,
+    cache: EraCache | None = None,
+    write: CacheWrite | None = None,
 ) -> EraScores:
     """Score one era (:func:`score_era_task`, one Dask task) from its ranks in the batches' scratch files."""
     return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label), stakes,
-                          benchmark)
+                          benchmark, cache, write)
 
 
 def joined(pieces: list[np.ndarray]) -> np.ndarray:
@@ -815,10 +827,8 @@ def run_job(
     their own at the top of ``scratch`` (:data:`SCRATCH_PREFIX`; by default
     ``storage``, the input root, under which the CLI's default output lies too),
     which every worker must reach and write to. The folder is removed when the
-    job ends: when it fails, once its other tasks have ended; when it is
-    interrupted, its tasks are cancelled, and one already running may still
-    write there afterwards. ``on_progress`` hears how far reading and
-    validating (models) and scoring (eras) are.
+    job ends (see :func:`job_scratch`). ``on_progress`` hears how far reading
+    and validating (models) and scoring (eras) are.
     """
     started = time.perf_counter()
     inputs = discover(storage, params)
@@ -828,26 +838,14 @@ def run_job(
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
     model_batches = batches(inputs.submissions, params)
-    scratch = storage if scratch is None else scratch
-    folder = f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
-    scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches, scratch, folder)
-    futures: list[Future] = []
-    try:
+    with job_scratch(client, storage if scratch is None else scratch, log) as job:
+        scored, rejected = build_graph(storage, inputs, params, benchmark, model_batches, job.storage, job.folder)
         with large_graph_allowance(inputs.index.nbytes + sum(values.nbytes for values in benchmark.values())):
-            futures = client.compute(scored + rejected, retries=TASK_RETRIES)
+            futures = job.track(client.compute(scored + rejected, retries=TASK_RETRIES))
         if on_progress is not None:
             follow([Phase("read and validate", "models", futures[len(scored):], [len(b) for b in model_batches]),
                     Phase("score", "eras", futures[: len(scored)])], on_progress)
         results = client.gather(futures)
-    except Exception:
-        if futures:
-            wait(futures)  # the job's other tasks run on after one fails: they end before their scratch is removed
-        raise
-    except BaseException:
-        client.cancel(futures)  # interrupted: tasks already running may still write once the folder is gone
-        raise
-    finally:
-        remove_scratch(scratch, folder, log)
     era_results: list[EraScores] = results[: len(scored)]
     rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
     computed = time.perf_counter()
@@ -855,6 +853,43 @@ def run_job(
     skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}
     timings = {"discover": discovered - started, "score": computed - discovered}
     return job_result(storage, params, inputs, tables, skipped, rejections, timings)
+
+
+@dataclass
+class JobScratch:
+    """A job's scratch folder at the top of ``storage``, and the job's tasks that may write there."""
+
+    storage: Storage
+    folder: str
+    tasks: list[Future] = field(default_factory=list)
+
+    def track(self, futures: list[Future]) -> list[Future]:
+        """Count ``futures`` among the tasks that must end before the folder is removed; return them."""
+        self.tasks += futures
+        return futures
+
+
+@contextlib.contextmanager
+def job_scratch(client: Client, storage: Storage, log: Callable[[str], None]) -> Iterator[JobScratch]:
+    """A new scratch folder (:data:`SCRATCH_PREFIX`) at the top of ``storage``, removed when the block ends.
+
+    When the block fails, the folder is removed once its tracked tasks have
+    ended: they run on after one of them fails, and would write again. When
+    it is interrupted, they are cancelled instead, and one already running
+    may still write there afterwards. A failed removal is logged, not raised.
+    """
+    job = JobScratch(storage, f"{SCRATCH_PREFIX}{uuid.uuid4().hex}")
+    try:
+        yield job
+    except Exception:
+        if job.tasks:
+            wait(job.tasks)
+        raise
+    except BaseException:
+        client.cancel(job.tasks)
+        raise
+    finally:
+        remove_scratch(storage, job.folder, log)
 
 
 def remove_scratch(scratch: Storage, folder: str, log: Callable[[str], None]) -> None:

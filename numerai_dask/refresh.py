@@ -65,18 +65,21 @@ from numerai_dask.pipeline import (
     Progress,
     TASK_RETRIES,
     ScoringParams,
+    StagedBatch,
     discover,
     compact_ranks,
     follow,
     in_batches,
     input_record,
     job_result,
+    job_scratch,
     load_benchmark,
     load_model_batch,
     prediction_correlations,
     read_parquet,
     returning_freed_memory,
-    score_era_task,
+    score_staged_era_task,
+    stage_batch,
 )
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import FileInfo, Storage
@@ -85,10 +88,6 @@ from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_mod
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: Dask priority of the tasks that cut the changed models into era slices (score tasks have 0): a worker would
-#: otherwise cut its batches between its own eras while the other waits for those slices (0.5–0.7 s idle of a
-#: 7–8 s job in 3 of 4 runs of the 20-era benchmark when a full run cut them so, at most 0.08 s with the priority).
-SLICE_PRIORITY = 1
 
 
 class LeaseBusy(JobError):
@@ -278,9 +277,10 @@ def plan_refresh(storage: Storage, inputs: JobInputs, params: ScoringParams, sta
 
 @dataclass(frozen=True)
 class ChangedModels:
-    """A batch of re-read models: their predictions by era, and per model the eras replaced (None = all)."""
+    """A batch of re-read models: their ranks by era in the refresh's scratch, and per model the eras replaced
+    (None = all)."""
 
-    batch: ModelBatch
+    batch: StagedBatch
     replaced: dict[str, frozenset[str] | None]
 
 
@@ -331,8 +331,11 @@ def load_changed_models(
     index: EraIndex,
     previous_eras: dict[str, dict],
     read_window_bytes: int,
+    scratch: Storage,
+    folder: str,
 ) -> ChangedModels:
-    """Read a batch of changed models (one Dask task): appended files alone where that suffices.
+    """Read a batch of changed models (one Dask task): appended files alone where that suffices; write their
+    ranks to ``folder`` of ``scratch`` for the era tasks, as a full run's load tasks do.
 
     ``append`` holds (appended files, all the model's files); a model whose
     appended files do not suffice is read in full.
@@ -350,18 +353,19 @@ def load_changed_models(
             names.setdefault(label, []).append(every_file.model)
             arrays.setdefault(label, []).append(values)
     full = sorted(full, key=lambda m: m.model)
-    loaded = load_model_batch(storage, full, index, read_window_bytes)
+    # load_model_batch without its own release_memory: this task releases once it has written the batch out.
+    loaded = load_model_batch.__wrapped__(storage, full, index, read_window_bytes)
     replaced.update({m.model: None for m in full})
     for label, (models, matrix) in loaded.by_era.items():
         names.setdefault(label, []).extend(models)
         arrays.setdefault(label, []).append(matrix)
     by_era = {label: (names[label], np.vstack([np.atleast_2d(a) for a in arrays[label]])) for label in names}
-    return ChangedModels(ModelBatch(by_era, loaded.rejections), replaced)
+    return ChangedModels(stage_batch(ModelBatch(by_era, loaded.rejections), scratch, folder), replaced)
 
 
-def changed_slice(changed: ChangedModels, label: str) -> tuple[list[str], np.ndarray] | None:
-    """The part of the changed models that one era needs (a small object to move between workers)."""
-    return changed.batch.by_era.get(label)
+def changed_ranks(changed: ChangedModels) -> StagedBatch:
+    """Where the changed models' ranks lie in the scratch (a small record every era task takes)."""
+    return changed.batch
 
 
 def replaced_models(changed: ChangedModels) -> dict[str, frozenset[str] | None]:
@@ -440,48 +444,52 @@ def _refresh_under_lease(
     # its way is lost, and the tasks that need it are cancelled (dask/distributed#8576).
     index = client.scatter(inputs.index, broadcast=True, hash=False)
     work = [(m, "full") for m in plan.full] + [(m, "append") for m in sorted(plan.append)]
-    batches = []
-    counts = []
-    for chunk in in_batches(work, params.models_per_task):  # as a full run's: read windows bound the memory
-        counts.append(len(chunk))
-        batches.append(client.submit(
-            load_changed_models, storage,
-            [ModelFiles.of(m, inputs.submissions[m]) for m, kind in chunk if kind == "full"],
-            [(plan.append[m], ModelFiles.of(m, inputs.submissions[m])) for m, kind in chunk if kind == "append"],
-            index, plan.previous_eras, params.read_window_bytes, pure=False, retries=TASK_RETRIES,
-        ))
-    if on_progress is not None:
-        follow([Phase("read and validate", "models", batches, counts)], on_progress)
-    replaced: dict[str, frozenset[str] | None] = {}
-    for part in client.gather(client.map(replaced_models, batches, pure=False)):
-        replaced.update(part)
-    log(f"read {len(plan.full)} models in full and {len(plan.append)} from appended files")
+    with job_scratch(client, out, log) as job:
+        batches = []
+        counts = []
+        for chunk in in_batches(work, params.models_per_task):  # as a full run's: read windows bound the memory
+            counts.append(len(chunk))
+            batches += job.track([client.submit(
+                load_changed_models, storage,
+                [ModelFiles.of(m, inputs.submissions[m]) for m, kind in chunk if kind == "full"],
+                [(plan.append[m], ModelFiles.of(m, inputs.submissions[m])) for m, kind in chunk if kind == "append"],
+                index, plan.previous_eras, params.read_window_bytes, out, job.folder, pure=False,
+                retries=TASK_RETRIES,
+            )])
+        if on_progress is not None:
+            follow([Phase("read and validate", "models", batches, counts)], on_progress)
+        replaced: dict[str, frozenset[str] | None] = {}
+        for part in client.gather(client.map(replaced_models, batches, pure=False)):
+            replaced.update(part)
+        log(f"read {len(plan.full)} models in full and {len(plan.append)} from appended files")
 
-    # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task:
-    # at 600 eras × 2,376 feature names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s scattered.
-    features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True, hash=False)
-    reuse: dict[str, dict] = {}
-    futures = {}
-    for era in inputs.eras:
-        work_era = era_work(era, plan, replaced, bool(plan.full) or bool(plan.append))
-        if work_era is None:
-            reuse[era.label] = plan.previous_eras[era.label]
-            continue
-        keep, keep_scores = work_era
-        before = plan.previous_eras.get(era.label)
-        cache = None
-        if before is not None and before.get("predictions") and keep:
-            cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep), keep_scores)
-        folder = era_directory(era.label)
-        write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet", f"{folder}/{run_id}.scores.parquet"))
-        slices = [client.submit(changed_slice, b, era.label, pure=False, priority=SLICE_PRIORITY) for b in batches]
-        futures[era.label] = client.submit(
-            score_era_task, storage, era, features, params, slices, stakes,
-            benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
-        )
-    if on_progress is not None:
-        follow([Phase("score", "eras", list(futures.values()))], on_progress)
-    scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
+        # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task: at
+        # 600 eras × 2,376 feature names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s scattered.
+        features, stakes = client.scatter([inputs.features, inputs.stakes], broadcast=True, hash=False)
+        staged = client.map(changed_ranks, batches, pure=False)
+        reuse: dict[str, dict] = {}
+        futures = {}
+        for era in inputs.eras:
+            work_era = era_work(era, plan, replaced, bool(plan.full) or bool(plan.append))
+            if work_era is None:
+                reuse[era.label] = plan.previous_eras[era.label]
+                continue
+            keep, keep_scores = work_era
+            before = plan.previous_eras.get(era.label)
+            cache = None
+            if before is not None and before.get("predictions") and keep:
+                cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep), keep_scores)
+            folder = era_directory(era.label)
+            write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet",
+                                                  f"{folder}/{run_id}.scores.parquet"))
+            futures[era.label] = client.submit(
+                score_staged_era_task, storage, era, features, params, out, staged, stakes,
+                benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
+            )
+            job.track([futures[era.label]])
+        if on_progress is not None:
+            follow([Phase("score", "eras", list(futures.values()))], on_progress)
+        scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
     rejections = (inputs.rejections + benchmark_rejections
                   + [r for part in client.gather(client.map(changed_rejections, batches, pure=False)) for r in part]
                   + carried_rejections(state, plan, replaced))

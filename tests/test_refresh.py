@@ -12,9 +12,9 @@ import pytest
 from distributed import Client
 
 from numerai_dask.leaderboard import PayoutRule
-from numerai_dask.pipeline import ScoringParams, run_job
-from numerai_dask.refresh import SLICE_PRIORITY, Lease, LeaseBusy, refresh_once
-from numerai_dask.storage import Storage
+from numerai_dask.pipeline import SCRATCH_PREFIX, ScoringParams, run_job
+from numerai_dask.refresh import Lease, LeaseBusy, refresh_once
+from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
 TOLERANCE = 1e-12
@@ -60,6 +60,10 @@ def write_csv(path: Path, ids, values) -> None:
     pd.DataFrame({"id": ids, "prediction": values}).to_csv(path, index=False)
 
 
+def scratch_folders(out: Path) -> list[Path]:
+    return sorted(out.glob(f"{SCRATCH_PREFIX}*"))
+
+
 def data_frame(root: Path) -> pd.DataFrame:
     frames = [pd.read_parquet(p).reset_index() for p in sorted((root / "data").glob("*.parquet"))]
     return pd.concat(frames, ignore_index=True)
@@ -70,6 +74,7 @@ def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, da
     first = refresh(client, root, out)
     assert_equals_full_score(client, root, first)
     assert first.eras_rescored == resolved_labels(info)
+    assert not scratch_folders(out)  # the changed models' ranks waited there for the era tasks
     latest = (out / "latest.json").read_text()
     again = refresh(client, root, out)
     assert again.run_folder is None and again.message.startswith("nothing to do")
@@ -77,9 +82,8 @@ def test_first_refresh_is_a_full_score_and_no_change_is_nothing_to_do(client, da
     assert len(list((out / "runs").iterdir())) == 1
 
 
-def refresh_watching(client, root: Path, out: Path, *prefixes: str, priorities: bool = False) -> dict[str, list]:
-    """Refresh, and return for each prefix the keys each task of the refresh whose key starts so depends on
-    (with ``priorities``, each such task's Dask priority instead)."""
+def refresh_watching(client, root: Path, out: Path, *prefixes: str) -> dict[str, list[set[str]]]:
+    """Refresh, and return for each prefix the keys each task of the refresh whose key starts so depends on."""
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     class Dependencies(SchedulerPlugin):  # defined here, so it travels to the scheduler by value
@@ -96,8 +100,7 @@ def refresh_watching(client, root: Path, out: Path, *prefixes: str, priorities: 
                 return
             for prefix in prefixes:
                 if str(key).startswith(prefix):
-                    task = self.scheduler.tasks[key]
-                    self.seen[prefix].append(task.priority if priorities else {str(d.key) for d in task.dependencies})
+                    self.seen[prefix].append({str(d.key) for d in self.scheduler.tasks[key].dependencies})
 
     client.register_plugin(Dependencies())
     try:
@@ -107,28 +110,35 @@ def refresh_watching(client, root: Path, out: Path, *prefixes: str, priorities: 
         client.unregister_scheduler_plugin(Dependencies.name)
 
 
-def test_every_era_task_shares_one_copy_of_the_features_and_stakes(client, dataset):
+def test_every_era_task_shares_one_copy_of_the_features_stakes_and_staged_ranks(client, dataset):
     """The feature names and stakes travel to the cluster once, as data every era's score task depends on, not
-    inside each task (at 600 eras × 2,376 names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s)."""
+    inside each task (at 600 eras × 2,376 names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s);
+    so does the record of where each batch of changed models' ranks lies in the scratch: no era has data of its own."""
     root, out, info = dataset
-    seen = refresh_watching(client, root, out, "score_era_task-")["score_era_task-"]
+    seen = refresh_watching(client, root, out, "score_staged_era_task-")["score_staged_era_task-"]
     assert len(seen) == len(resolved_labels(info))
-    shared = set.intersection(*seen)  # each era has slices of its own: what all share is the names and the stakes
-    assert len(shared) == 2 and not any(key.startswith("changed_slice-") for key in shared)
+    shared = set.intersection(*seen)
+    assert all(keys == shared for keys in seen)
+    staged = {key for key in shared if key.startswith("changed_ranks-")}
+    assert len(staged) == -(-len(info.models) // PARAMS.models_per_task) and len(shared - staged) == 2
 
 
-def test_era_slices_reach_the_scheduler_ahead_of_every_score_task(client, dataset):
-    """Cutting the changed models into era slices runs before any era is scored on the worker that holds them: the
-    other worker waits for those slices (it waited 0.5–0.7 s of the 20-era benchmark's 7 s when a full run's slices
-    queued behind scoring)."""
-    root, out, info = dataset
+def test_a_refresh_whose_scoring_fails_removes_its_scratch_and_publishes_nothing(client, dataset):
+    """A new model's ranks wait in a scratch folder of the output; when the era tasks then fail (a feature with a
+    missing value), the folder is removed and the previous run stays the latest."""
+    root, out, _ = dataset
+    refresh(client, root, out)
+    latest = (out / "latest.json").read_text()
     ids = data_frame(root)["id"]
-    write_csv(root / "submissions" / "newcomer_priority.csv", ids, np.random.default_rng(3).random(len(ids)))
-    seen = refresh_watching(client, root, out, "changed_slice-", "score_era_task-", priorities=True)
-    slices, scores = seen["changed_slice-"], seen["score_era_task-"]
-    assert slices and len(scores) == len(resolved_labels(info))
-    assert max(slices) < min(scores)  # Dask runs the smaller priority first
-    assert {p[0] for p in slices} == {-SLICE_PRIORITY} and {p[0] for p in scores} == {0}
+    write_csv(root / "submissions" / "newcomer_failing.csv", ids, np.random.default_rng(4).random(len(ids)))
+    path = sorted((root / "data").glob("*.parquet"))[0]
+    frame = pd.read_parquet(path)
+    frame["feature_0001"] = frame["feature_0001"].astype(float).mask(np.arange(len(frame)) == 3)
+    frame.to_parquet(path)
+    with pytest.raises(StorageError, match="feature_0001 have missing values"):
+        refresh(client, root, out)
+    assert not scratch_folders(out)
+    assert (out / "latest.json").read_text() == latest and len(list((out / "runs").iterdir())) == 1
 
 
 def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
@@ -140,8 +150,9 @@ def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
     for newcomer in ("newcomer_1", "newcomer_2"):  # the same index, names and stakes each time, and one more model
         ids = data_frame(root)["id"]
         write_csv(root / "submissions" / f"{newcomer}.csv", ids, np.random.default_rng(1).random(len(ids)))
-        seen = refresh_watching(client, root, out, "load_changed_models-", "score_era_task-")
-        scattered.append(set.intersection(*seen["load_changed_models-"]) | set.intersection(*seen["score_era_task-"]))
+        seen = refresh_watching(client, root, out, "load_changed_models-", "score_staged_era_task-")
+        by_era = {key for key in set.intersection(*seen["score_staged_era_task-"]) if not key.startswith("changed_ranks-")}
+        scattered.append(set.intersection(*seen["load_changed_models-"]) | by_era)
     assert len(scattered[0]) == len(scattered[1]) == 3 and not scattered[0] & scattered[1]
 
 
