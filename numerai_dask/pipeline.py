@@ -73,8 +73,9 @@ MIN_ERA_ROWS = 2
 #: A worker gives its free heap pages back after each task once its process memory passes this share of its
 #: first memory threshold (see :func:`release_memory`).
 TRIM_SHARE_OF_THRESHOLD = 0.5
-#: The folder at the top of the scratch storage where a job's load tasks write the batches' ranks for its score
-#: tasks is named this and the job's own id; it is removed when the job ends (see :func:`run_job`).
+#: The folder at the top of the scratch storage where the load tasks of a job or a refresh write the batches'
+#: ranks for its era tasks is named this and the job's own id; it is removed when the job ends
+#: (see :func:`job_scratch`).
 SCRATCH_PREFIX = ".numerai-dask-scratch-"
 
 
@@ -514,7 +515,8 @@ def stage_model_batch(storage: Storage, models: Sequence[ModelFiles], index: Era
 
 
 def stage_batch(batch: ModelBatch, scratch: Storage, folder: str) -> StagedBatch:
-    """Write a loaded batch's ranks, era after era, to a new file in ``folder`` of ``scratch``: where each era's lie.
+    """Write a loaded batch's ranks, era after era, to a new file in ``folder`` of ``scratch``; return where each
+    era's ranks lie.
 
     An era holding all of the batch's models records no index list: at
     Numerai scale the lists would be sent to every era task.
@@ -564,7 +566,8 @@ def score_staged_era_task(
     cache: EraCache | None = None,
     write: CacheWrite | None = None,
 ) -> EraScores:
-    """Score one era (:func:`score_era_task`, one Dask task) from its ranks in the batches' scratch files."""
+    """Score one era (:func:`score_era_task`, one Dask task, with its ``cache`` and ``write``) from its ranks in the
+    batches' scratch files."""
     return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label), stakes,
                           benchmark, cache, write)
 
@@ -857,7 +860,8 @@ def run_job(
 
 @dataclass
 class JobScratch:
-    """A job's scratch folder at the top of ``storage``, and the job's tasks that may write there."""
+    """A job's scratch folder at the top of ``storage``, and the tasks that must end before it is removed (those
+    that write there, or depend on them)."""
 
     storage: Storage
     folder: str
@@ -882,14 +886,23 @@ def job_scratch(client: Client, storage: Storage, log: Callable[[str], None]) ->
     try:
         yield job
     except Exception:
-        if job.tasks:
-            wait(job.tasks)
+        await_or_cancel(client, job.tasks)
         raise
     except BaseException:
         client.cancel(job.tasks)
         raise
     finally:
         remove_scratch(storage, job.folder, log)
+
+
+def await_or_cancel(client: Client, tasks: list[Future]) -> None:
+    """Wait until ``tasks`` have ended; cancel them instead if interrupted meanwhile (Ctrl-C)."""
+    try:
+        if tasks:
+            wait(tasks)
+    except BaseException:
+        client.cancel(tasks)
+        raise
 
 
 def remove_scratch(scratch: Storage, folder: str, log: Callable[[str], None]) -> None:
