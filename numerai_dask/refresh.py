@@ -73,6 +73,7 @@ from numerai_dask.pipeline import (
     input_record,
     job_result,
     job_scratch,
+    joined,
     load_benchmark,
     load_model_batch,
     prediction_correlations,
@@ -353,13 +354,14 @@ def load_changed_models(
             names.setdefault(label, []).append(every_file.model)
             arrays.setdefault(label, []).append(values)
     full = sorted(full, key=lambda m: m.model)
-    # load_model_batch without its own release_memory: this task releases once it has written the batch out.
+    # Unwrapped, as in stage_model_batch: this task releases memory once, after the batch is written.
     loaded = load_model_batch.__wrapped__(storage, full, index, read_window_bytes)
     replaced.update({m.model: None for m in full})
-    for label, (models, matrix) in loaded.by_era.items():
+    while loaded.by_era:  # each era's ranks held once: taken out of the loaded batch as they are joined
+        label, (models, matrix) = loaded.by_era.popitem()
         names.setdefault(label, []).extend(models)
         arrays.setdefault(label, []).append(matrix)
-    by_era = {label: (names[label], np.vstack([np.atleast_2d(a) for a in arrays[label]])) for label in names}
+    by_era = {label: (names[label], joined([np.atleast_2d(a) for a in arrays.pop(label)])) for label in names}
     return ChangedModels(stage_batch(ModelBatch(by_era, loaded.rejections), scratch, folder), replaced)
 
 
@@ -486,13 +488,13 @@ def _refresh_under_lease(
                 score_staged_era_task, storage, era, features, params, out, staged, stakes,
                 benchmark.get(era.label), cache, write, pure=False, retries=TASK_RETRIES,
             )
-            job.track([futures[era.label]])
         if on_progress is not None:
             follow([Phase("score", "eras", list(futures.values()))], on_progress)
         scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
-    rejections = (inputs.rejections + benchmark_rejections
-                  + [r for part in client.gather(client.map(changed_rejections, batches, pure=False)) for r in part]
-                  + carried_rejections(state, plan, replaced))
+        # Gathered while the scratch exists: a batch lost with a worker is read, and written there, again.
+        fresh_rejections = [r for part in client.gather(client.map(changed_rejections, batches, pure=False))
+                            for r in part]
+    rejections = inputs.rejections + benchmark_rejections + fresh_rejections + carried_rejections(state, plan, replaced)
     computed = time.perf_counter()
 
     # Reduce: fresh tables plus the cached tables of untouched eras.
