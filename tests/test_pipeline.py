@@ -162,10 +162,12 @@ def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, 
         client.compute(dask.delayed(len)(np.zeros(2**16))).result()
 
 
-def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_themselves(tmp_path):
+@pytest.mark.parametrize("where", ["memory", "s3"])
+def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_themselves(tmp_path, where, request):
     """A load task's result says where each era's ranks lie in its scratch file; read back, they are exactly the
     loaded batch's, model names and all, whether an era has all of the batch's models or some; each run writes a
-    file of its own; and the result itself is a small fraction of the ranks."""
+    file of its own; and the result itself is a small fraction of the ranks. On S3 too (uint16 ranks written as
+    bytes through s3fs, read back by ranges)."""
     from numerai_dask.pipeline import batches, discover, stage_model_batch, staged_era_slices
 
     generate(str(tmp_path), n_eras=20, rows_per_era=200, n_features=4, n_models=150, n_unresolved=0, seed=5)
@@ -180,7 +182,10 @@ def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_them
     (partial,) = covering.paths
     predictions = pd.read_csv(partial)
     predictions[predictions["id"].isin(data.loc[data["era"].isin(early), "id"])].to_csv(partial, index=False)
-    scratch = Storage(f"memory://staged-{tmp_path.name}")
+    if where == "s3":
+        scratch = Storage(request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_server").storage_options)
+    else:
+        scratch = Storage(f"memory://staged-{tmp_path.name}")
     staged = stage_model_batch(storage, models, inputs.index, 2**20, scratch, "job")
     loaded = load_model_batch(storage, models, inputs.index)
     assert staged.rejections == loaded.rejections

@@ -190,6 +190,27 @@ def test_appended_file_rescores_only_the_eras_it_touches(client, dataset):
     assert_equals_full_score(client, root, outcome)
 
 
+def test_a_new_model_and_an_appended_file_read_by_one_task_equal_a_full_score(client, dataset):
+    """One task reads a new model in full and another model's appended file: in the era that file touches, the
+    staged batch holds the appended model's ranks first, out of name order, and the newcomer's after them."""
+    root, out, info = dataset
+    model = info.models[-1]
+    folder = root / "submissions" / model
+    if not folder.is_dir():
+        single = next((root / "submissions").glob(f"{model}.*"))
+        folder.mkdir()
+        single.rename(folder / f"a{single.suffix}")
+    refresh(client, root, out)
+    data = data_frame(root)
+    era = resolved_labels(info)[1]
+    rows = data[data["era"].astype(str) == era].head(10)
+    write_csv(folder / "z_reupload.csv", rows["id"], np.linspace(0.9, 0.1, len(rows)))
+    write_csv(root / "submissions" / "aaa_newcomer.csv", data["id"], np.random.default_rng(5).random(len(data)))
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == ["aaa_newcomer", model]
+    assert_equals_full_score(client, root, outcome)
+
+
 def test_rewritten_deleted_and_restaked_models(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
