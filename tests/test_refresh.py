@@ -60,6 +60,16 @@ def write_csv(path: Path, ids, values) -> None:
     pd.DataFrame({"id": ids, "prediction": values}).to_csv(path, index=False)
 
 
+def model_folder(root: Path, model: str) -> Path:
+    """The model's folder of submission files, its single file moved into one first: later files append to it."""
+    folder = root / "submissions" / model
+    if not folder.is_dir():
+        single = next((root / "submissions").glob(f"{model}.*"))
+        folder.mkdir()
+        single.rename(folder / f"a{single.suffix}")
+    return folder
+
+
 def scratch_folders(out: Path) -> list[Path]:
     return sorted(out.glob(f"{SCRATCH_PREFIX}*"))
 
@@ -177,12 +187,8 @@ def test_appended_file_rescores_only_the_eras_it_touches(client, dataset):
     era = resolved_labels(info)[2]
     rows = data[data["era"].astype(str) == era].head(10)
     model = info.models[1]
-    folder = root / "submissions" / model
-    if not folder.is_dir():  # move the single file into a folder so a later file can be appended
-        single = next((root / "submissions").glob(f"{model}.*"))
-        folder.mkdir()
-        single.rename(folder / f"a{single.suffix}")
-        refresh(client, root, out)
+    folder = model_folder(root, model)
+    refresh(client, root, out)  # moving a file into a folder is a change in itself
     write_csv(folder / "z_reupload.csv", rows["id"], np.linspace(0.1, 0.9, len(rows)))
     outcome = refresh(client, root, out)
     assert outcome.models_read == [model]
@@ -195,12 +201,8 @@ def test_a_new_model_and_an_appended_file_read_by_one_task_equal_a_full_score(cl
     staged batch holds the appended model's ranks first, out of name order, and the newcomer's after them."""
     root, out, info = dataset
     model = info.models[-1]
-    folder = root / "submissions" / model
-    if not folder.is_dir():
-        single = next((root / "submissions").glob(f"{model}.*"))
-        folder.mkdir()
-        single.rename(folder / f"a{single.suffix}")
-    refresh(client, root, out)
+    folder = model_folder(root, model)
+    refresh(client, root, out)  # moving a file into a folder is a change in itself
     data = data_frame(root)
     era = resolved_labels(info)[1]
     rows = data[data["era"].astype(str) == era].head(10)
@@ -259,11 +261,7 @@ def test_new_era_with_appended_round_files_rescores_one_era(client, dataset):
     template.set_index("id").to_parquet(root / "data" / "zz_new_round.parquet")
     rng = np.random.default_rng(3)
     for model in info.models:
-        folder = root / "submissions" / model
-        if not folder.is_dir():
-            single = next((root / "submissions").glob(f"{model}.*"))
-            folder.mkdir()
-            single.rename(folder / f"a{single.suffix}")
+        model_folder(root, model)
     refresh_after_move = refresh(client, root, out)  # moving files is a change in itself
     assert_equals_full_score(client, root, refresh_after_move)
     for model in info.models:
