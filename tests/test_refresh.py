@@ -38,8 +38,8 @@ def refresh(client, root: Path, out: Path, params: ScoringParams = PARAMS):
     return refresh_once(client, Storage(str(root)), Storage(str(out)), params)
 
 
-def assert_equals_full_score(client, root: Path, outcome, params: ScoringParams = PARAMS) -> None:
-    full = run_job(client, Storage(str(root)), params)
+def assert_equals_full_score(client, root: Path | Storage, outcome, params: ScoringParams = PARAMS) -> None:
+    full = run_job(client, root if isinstance(root, Storage) else Storage(str(root)), params)
     mine = outcome.result
     pd.testing.assert_frame_equal(mine.per_era, full.per_era, check_exact=False, rtol=0, atol=TOLERANCE)
     board_columns = [c for c in full.leaderboard.columns]
@@ -149,6 +149,26 @@ def test_a_refresh_whose_scoring_fails_removes_its_scratch_and_publishes_nothing
         refresh(client, root, out)
     assert not scratch_folders(out)
     assert (out / "latest.json").read_text() == latest and len(list((out / "runs").iterdir())) == 1
+
+
+def test_a_refresh_on_s3_equals_a_full_score_and_leaves_no_scratch(client, s3_server, s3_bucket):
+    """Inputs and outputs on S3: the lease, the caches and the staged ranks all go through s3fs; a first refresh
+    and one after a new model equal full scores, and no scratch object is left in the output."""
+    options = s3_server.storage_options
+    root, out = Storage(f"{s3_bucket}/root", options), Storage(f"{s3_bucket}/out", options)
+    generate(root.url, n_eras=6, rows_per_era=40, n_features=6, n_models=5, n_unresolved=1, seed=11,
+             storage_options=options)
+    assert_equals_full_score(client, root, refresh_once(client, root, out, PARAMS))
+    fs = s3_server.filesystem()
+    fs.invalidate_cache()
+    ids = pd.concat([pd.read_parquet(fs.open(path)).reset_index() for path in fs.glob(f"{root.url}/data/*.parquet")])
+    fs.pipe_file(f"{root.url}/submissions/newcomer_s3.csv",
+                 pd.DataFrame({"id": ids["id"], "prediction": np.linspace(0, 1, len(ids))}).to_csv(index=False).encode())
+    outcome = refresh_once(client, root, out, PARAMS)
+    assert outcome.models_read == ["newcomer_s3"]
+    assert_equals_full_score(client, root, outcome)
+    fs.invalidate_cache()
+    assert fs.find(f"{out.url}/cache") and not fs.glob(f"{out.url}/{SCRATCH_PREFIX}*")
 
 
 def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
