@@ -51,7 +51,8 @@ from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
 from numerai_dask.storage import FileInfo, Storage, StorageError
-from numerai_dask.submissions import EraIndex, Rejection, describe_error, merge_model_files, split_by_era
+from numerai_dask.submissions import (EraIndex, Rejection, RepeatedIds, describe_error, merge_model_files,
+                                      split_by_era)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -312,17 +313,19 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     if eraless.any():
         raise StorageError(f"{display_files(storage, sorted(set(file_of_row[eraless])))}: {eraless.sum()} rows have "
                            "no era (a missing value in 'era'); every row must belong to an era")
-    duplicated = data["id"].duplicated(keep=False).to_numpy()
-    if duplicated.any():
-        repeated = pd.unique(data["id"][duplicated])
-        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[duplicated])))}: {len(repeated)} ids appear "
-                           f"on more than one row of the data, e.g. {repeated[0]!r}; each id must be one row")
+    try:
+        index = EraIndex.from_frame(data.rename(columns={target: "target"}))
+    except RepeatedIds as error:  # the index checks; the files holding those rows are found only then
+        where = data["id"].isin(error.repeated).to_numpy()
+        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[where])))}: {len(error.repeated)} ids "
+                           f"appear on more than one row of the data, e.g. {error.repeated[0]!r}; each id must be one "
+                           "row") from None
     resolved = data[data[target].notna()].groupby("era", sort=True).size()
     if (resolved < MIN_ERA_ROWS).any():
         era, rows = next((e, r) for e, r in resolved.items() if r < MIN_ERA_ROWS)
         raise StorageError(f"{display_files(storage, files_by_era[str(era)])}: era {era} has only {rows} row with a "
                            f"resolved target; an era needs at least {MIN_ERA_ROWS} to be scored (is 'era' the era?)")
-    return EraIndex.from_frame(data.rename(columns={target: "target"})), files_by_era
+    return index, files_by_era
 
 
 def display_files(storage: Storage, paths: Sequence[str]) -> str:
