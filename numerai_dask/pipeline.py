@@ -297,8 +297,8 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era.
 
     Data that cannot be scored is a StorageError naming the file(s) and the
-    problem: an id on more than one row, an era with fewer than MIN_ERA_ROWS
-    resolved rows.
+    problem: a row without an id or an era, an id on more than one row, an era
+    with fewer than MIN_ERA_ROWS resolved rows.
     """
     frames = []
     files_by_era: dict[str, list[str]] = {}
@@ -309,10 +309,11 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
     file_of_row = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
-    eraless = data["era"].isna().to_numpy()
-    if eraless.any():
-        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[eraless])))}: {eraless.sum()} rows have "
-                           "no era (a missing value in 'era'); every row must belong to an era")
+    for column, need in (("id", "every row needs an id"), ("era", "every row must belong to an era")):
+        missing = data[column].isna().to_numpy()
+        if missing.any():
+            raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: {missing.sum()} rows "
+                               f"have no {column} (a missing value in {column!r}); {need}")
     try:
         index = EraIndex.from_frame(data.rename(columns={target: "target"}))
     except RepeatedIds as error:  # the index checks; the files holding those rows are found only then

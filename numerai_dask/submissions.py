@@ -293,8 +293,8 @@ def _repeated(ids: pa.Array) -> list[str]:
 
 
 def _all_distinct(ids: pa.Array) -> bool:
-    """Whether no id appears twice: Arrow's unique values, 2–3× faster than its ``count_distinct``
-    (0.58 against 1.82 s at 3,000,000 ids)."""
+    """Whether no id appears twice (ids present on every row): Arrow's unique values, 2–3× faster than its
+    ``count_distinct`` (0.58 against 1.82 s at 3,000,000 ids)."""
     return len(pc.unique(ids)) == len(ids)
 
 
@@ -485,6 +485,8 @@ class EraIndex:
 
     def __post_init__(self) -> None:
         self.ids = as_arrow_ids(self.ids)
+        if self.ids.null_count:
+            raise ValueError(f"{self.ids.null_count} rows of the data have no id")
         if not _all_distinct(self.ids):
             raise RepeatedIds(_repeated(self.ids))
         self._derive()

@@ -150,6 +150,12 @@ def eraless_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(era=era)
 
 
+def idless_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    ids = frame.index.to_series().astype(object)
+    ids.iloc[[1, 4, 7]] = None
+    return frame.set_axis(pd.Index(ids, name=frame.index.name))
+
+
 def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, frame.iloc[[0]].rename(index=lambda _: other.index[0])])
 
@@ -162,9 +168,11 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (lambda f, _: nan_feature(f), "feature column(s) feature_0001 have missing values (NaN)"),
         (lambda f, _: one_row_era(f), "era 9999 has only 1 row with a resolved target"),
         (lambda f, _: eraless_rows(f), "2 rows have no era (a missing value in 'era')"),
+        (lambda f, _: idless_rows(f), "3 rows have no id (a missing value in 'id')"),
         (repeated_id, "1 ids appear on more than one row of the data"),
     ],
-    ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "duplicate-id"],
+    ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "rows-without-id",
+         "duplicate-id"],
 )
 def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     change: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame], problem: str, tmp_path: Path, dask_cluster: str,

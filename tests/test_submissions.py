@@ -17,6 +17,7 @@ from numerai_dask.submissions import (
     FixedWidthIds,
     Predictions,
     Rejection,
+    RepeatedIds,
     StoredColumns,
     SubmissionError,
     as_arrow_ids,
@@ -304,10 +305,15 @@ def test_an_era_index_travels_without_its_derived_state() -> None:
     assert [a.tolist() for a in copy.locate(ids)] == [a.tolist() for a in index.locate(ids)]
 
 
-def test_duplicate_ids_in_the_data_are_refused() -> None:
-    data = pd.DataFrame({"id": ["a", "a"], "era": ["1", "2"], "target": [0.5, 0.5]})
-    with pytest.raises(ValueError, match="1 ids appear more than once in the data, e.g. 'a'"):
+def test_duplicate_and_missing_ids_in_the_data_are_refused() -> None:
+    data = pd.DataFrame({"id": ["b", "a", "a", "b", "c"], "era": ["1", "2", "1", "2", "2"], "target": [0.5] * 5})
+    with pytest.raises(RepeatedIds, match="2 ids appear more than once in the data, e.g. 'a', 'b'") as raised:
         EraIndex.from_frame(data)
+    assert raised.value.repeated == ["a", "b"]
+    missing = pd.DataFrame({"id": pd.array(["a", None, None, "b"], dtype="string[pyarrow]"), "era": ["1"] * 4,
+                            "target": [0.5] * 4})
+    with pytest.raises(ValueError, match="2 rows of the data have no id"):
+        EraIndex.from_frame(missing)
 
 
 # ------------------------------------------------------- split by era
