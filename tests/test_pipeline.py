@@ -162,6 +162,23 @@ def test_a_graph_holding_the_era_index_once_does_not_warn_of_its_size(tmp_path, 
         client.compute(dask.delayed(len)(np.zeros(2**16))).result()
 
 
+def test_repeated_ids_name_only_the_data_files_that_hold_them(tmp_path):
+    """The era index finds repeats; only then are the files holding them looked for, and only those are named."""
+    from numerai_dask.pipeline import read_era_index
+
+    generate(str(tmp_path), n_eras=6, rows_per_era=20, n_features=3, n_models=1, n_unresolved=0, seed=2,
+             n_data_files=3, split_era_across_files=False)
+    first, second, third = sorted((tmp_path / "data").glob("*.parquet"))
+    frame, last = pd.read_parquet(first), pd.read_parquet(third)
+    pd.concat([last, frame.iloc[[4]]]).to_parquet(third)
+    storage = Storage(str(tmp_path))
+    with pytest.raises(StorageError, match="1 ids appear on more than one row of the data") as raised:
+        read_era_index(storage, storage.list_data_files(), "target")
+    message = str(raised.value)
+    assert str(first) in message and str(third) in message and str(second) not in message
+    assert repr(str(frame.index[4])) in message
+
+
 @pytest.mark.parametrize("where", ["memory", "s3"])
 def test_a_staged_batch_is_where_its_ranks_lie_in_the_scratch_not_the_ranks_themselves(tmp_path, where, request):
     """A load task's result says where each era's ranks lie in its scratch file; read back, they are exactly the

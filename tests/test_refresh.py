@@ -161,14 +161,19 @@ def test_a_refresh_on_s3_equals_a_full_score_and_leaves_no_scratch(client, s3_se
     assert_equals_full_score(client, root, refresh_once(client, root, out, PARAMS))
     fs = s3_server.filesystem()
     fs.invalidate_cache()
-    ids = pd.concat([pd.read_parquet(fs.open(path)).reset_index() for path in fs.glob(f"{root.url}/data/*.parquet")])
+    frames = []
+    for path in fs.glob(f"{root.url}/data/*.parquet"):
+        with fs.open(path) as handle:
+            frames.append(pd.read_parquet(handle).reset_index())
+    ids = pd.concat(frames)
     fs.pipe_file(f"{root.url}/submissions/newcomer_s3.csv",
                  pd.DataFrame({"id": ids["id"], "prediction": np.linspace(0, 1, len(ids))}).to_csv(index=False).encode())
     outcome = refresh_once(client, root, out, PARAMS)
     assert outcome.models_read == ["newcomer_s3"]
     assert_equals_full_score(client, root, outcome)
     fs.invalidate_cache()
-    assert fs.find(f"{out.url}/cache") and not fs.glob(f"{out.url}/{SCRATCH_PREFIX}*")
+    assert fs.find(f"{out.url}/cache")
+    assert not fs.glob(f"{out.url}/{SCRATCH_PREFIX}*") and not fs.glob(f"{root.url}/{SCRATCH_PREFIX}*")
 
 
 def test_each_refresh_scatters_under_keys_of_its_own(client, dataset):
