@@ -456,6 +456,9 @@ class RepeatedIds(ValueError):
         super().__init__(f"{len(repeated)} ids appear more than once in the data, e.g. {_examples(repeated)}")
         self.repeated = repeated
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.repeated,)  # raised in a task, it reaches the client whole
+
 
 @dataclass(eq=False)
 class EraIndex:

@@ -310,6 +310,8 @@ def test_duplicate_and_missing_ids_in_the_data_are_refused() -> None:
     with pytest.raises(RepeatedIds, match="2 ids appear more than once in the data, e.g. 'a', 'b'") as raised:
         EraIndex.from_frame(data)
     assert raised.value.repeated == ["a", "b"]
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert copy.repeated == ["a", "b"] and str(copy) == str(raised.value)
     missing = pd.DataFrame({"id": pd.array(["a", None, None, "b"], dtype="string[pyarrow]"), "era": ["1"] * 4,
                             "target": [0.5] * 4})
     with pytest.raises(ValueError, match="2 rows of the data have no id"):
