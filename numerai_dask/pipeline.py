@@ -586,7 +586,7 @@ def compact_ranks(by_model: np.ndarray) -> np.ndarray:
     return Ranks.of(by_model.T).compact()
 
 
-def batch_rejections(batch: ModelBatch | StagedBatch) -> list[Rejection]:
+def batch_rejections(batch: StagedBatch) -> list[Rejection]:
     return batch.rejections
 
 

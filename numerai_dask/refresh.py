@@ -66,6 +66,7 @@ from numerai_dask.pipeline import (
     TASK_RETRIES,
     ScoringParams,
     StagedBatch,
+    batch_rejections,
     discover,
     compact_ranks,
     follow,
@@ -374,10 +375,6 @@ def replaced_models(changed: ChangedModels) -> dict[str, frozenset[str] | None]:
     return changed.replaced
 
 
-def changed_rejections(changed: ChangedModels) -> list[Rejection]:
-    return changed.batch.rejections
-
-
 # ---------------------------------------------------------------------- run
 
 
@@ -492,7 +489,7 @@ def _refresh_under_lease(
             follow([Phase("score", "eras", list(futures.values()))], on_progress)
         scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
         # Gathered while the scratch exists: a batch lost with a worker is read, and written there, again.
-        fresh_rejections = [r for part in client.gather(client.map(changed_rejections, batches, pure=False))
+        fresh_rejections = [r for part in client.gather(client.map(batch_rejections, staged, pure=False))
                             for r in part]
     rejections = inputs.rejections + benchmark_rejections + fresh_rejections + carried_rejections(state, plan, replaced)
     computed = time.perf_counter()
