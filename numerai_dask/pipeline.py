@@ -729,8 +729,12 @@ def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> li
 
 
 def in_batches(items: Sequence[T], size: int) -> list[list[T]]:
-    """Consecutive runs of ``items``, ``size`` items each (the last may be shorter)."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+    """Consecutive runs of ``items``, as few as hold at most ``size`` items each, their lengths differing by one at
+    most: load tasks of equal size end together, so no worker waits for a larger one at the barrier before
+    scoring (500 models in runs of 64 were seven runs of 64 and one of 52)."""
+    count = -(-len(items) // size)
+    cuts = [len(items) * i // count for i in range(count + 1)] if count else []
+    return [list(items[a:b]) for a, b in zip(cuts, cuts[1:])]
 
 
 def chunked(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> list[list[T]]:

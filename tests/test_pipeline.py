@@ -21,8 +21,8 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (JobError, ScoringParams, chunked, load_model_batch, prediction_correlations,
-                                   release_memory, returning_freed_memory, run_job, trim_heap)
+from numerai_dask.pipeline import (JobError, ScoringParams, chunked, in_batches, load_model_batch,
+                                   prediction_correlations, release_memory, returning_freed_memory, run_job, trim_heap)
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -245,6 +245,16 @@ def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_p
     with pytest.raises(StorageError, match="missing values"):  # a score task fails, the others run on
         run_job(client, storage, ScoringParams(models_per_task=1))
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
+
+
+def test_in_batches_cuts_the_fewest_runs_of_at_most_size_items_of_nearly_equal_length():
+    for count, size in [(500, 64), (65, 64), (129, 64), (64, 64), (7, 3), (1, 5), (10, 1)]:
+        runs = in_batches(list(range(count)), size)
+        lengths = [len(run) for run in runs]
+        assert [i for run in runs for i in run] == list(range(count))  # in order, each item once
+        assert len(runs) == -(-count // size) and max(lengths) <= size and max(lengths) - min(lengths) <= 1
+    assert [len(run) for run in in_batches(list(range(500)), 64)] == [62, 63] * 4  # not seven of 64 and one of 52
+    assert in_batches([], 64) == []
 
 
 def test_chunked_cuts_runs_by_count_and_by_bytes():
