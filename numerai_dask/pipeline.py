@@ -32,7 +32,10 @@ import ctypes.util
 import functools
 import gc
 import io
+import json
 import platform
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -75,9 +78,16 @@ MIN_ERA_ROWS = 2
 #: first memory threshold (see :func:`release_memory`).
 TRIM_SHARE_OF_THRESHOLD = 0.5
 #: The folder at the top of the scratch storage where the load tasks of a job or a refresh write the batches'
-#: ranks for its era tasks is named this and the job's own id; it is removed when the job ends
+#: ranks for its era tasks is named this and the job's own id (32 hex digits); it is removed when the job ends
 #: (see :func:`job_scratch`).
 SCRATCH_PREFIX = ".numerai-dask-scratch-"
+#: A running job rewrites the heartbeat file in its scratch folder this often (seconds, its client's clock).
+SCRATCH_HEARTBEAT_SECONDS = 60.0
+#: A scratch folder whose heartbeat is older than this belongs to a job whose client died before removing it;
+#: the next job on the same scratch storage removes it (see :func:`sweep_stale_scratch`).
+SCRATCH_STALE_SECONDS = 3600.0
+SCRATCH_HEARTBEAT = "heartbeat.json"
+_SCRATCH_FOLDER = re.compile(re.escape(SCRATCH_PREFIX) + "[0-9a-f]{32}")
 
 
 class JobError(Exception):
@@ -883,24 +893,98 @@ class JobScratch:
 
 @contextlib.contextmanager
 def job_scratch(client: Client, storage: Storage, log: Callable[[str], None]) -> Iterator[JobScratch]:
-    """A new scratch folder (:data:`SCRATCH_PREFIX`) at the top of ``storage``, removed when the block ends.
+    """A new scratch folder (:data:`SCRATCH_PREFIX`) at the top of ``storage``, its heartbeat renewed while the
+    block runs (:func:`scratch_heartbeat`), removed when the block ends; first, other jobs' folders whose heartbeat
+    stopped long ago are swept (:func:`sweep_stale_scratch`).
 
     When the block fails, the folder is removed once its tracked tasks have
     ended: they run on after one of them fails, and would write again. When
     it is interrupted, they are cancelled instead, and one already running
     may still write there afterwards. A failed removal is logged, not raised.
     """
+    sweep_stale_scratch(storage, log)
     job = JobScratch(storage, f"{SCRATCH_PREFIX}{uuid.uuid4().hex}")
     try:
-        yield job
-    except Exception:
-        await_or_cancel(client, job.tasks)
-        raise
-    except BaseException:
-        client.cancel(job.tasks)
-        raise
+        with scratch_heartbeat(storage, job.folder, log):
+            try:
+                yield job
+            except Exception:
+                await_or_cancel(client, job.tasks)
+                raise
+            except BaseException:
+                client.cancel(job.tasks)
+                raise
     finally:
         remove_scratch(storage, job.folder, log)
+
+
+@contextlib.contextmanager
+def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
+                      every: float = SCRATCH_HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Write the time into ``folder``'s heartbeat file now, then every ``every`` seconds until the block ends: the
+    sign, for other jobs' sweeps, that the folder's job is alive.
+
+    The first write fails the job (the workers could not write there either);
+    a later failed write is told once and retried at the next beat.
+    """
+    relpath = f"{folder}/{SCRATCH_HEARTBEAT}"
+
+    def beat() -> None:
+        storage.write_bytes(relpath, json.dumps({"beat": time.time()}).encode())
+
+    try:
+        beat()
+    except OSError as error:
+        raise JobError(f"cannot write the job's scratch {storage.display(relpath)} ({describe_error(error)}); the "
+                       "client and the workers must be able to write there (the output storage, --out)") from error
+    stop = threading.Event()
+
+    def keep_beating() -> None:
+        told = False
+        while not stop.wait(every):
+            try:
+                beat()
+            except OSError as error:
+                if not told:
+                    log(f"could not renew the scratch heartbeat {storage.display(relpath)}: {describe_error(error)}")
+                told = True
+
+    beating = threading.Thread(target=keep_beating, name="numerai-dask scratch heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+
+
+def sweep_stale_scratch(storage: Storage, log: Callable[[str], None], stale_after: float = SCRATCH_STALE_SECONDS,
+                        now: float | None = None) -> list[str]:
+    """Remove the scratch folders at the top of ``storage`` whose heartbeat is older than ``stale_after`` seconds;
+    return their names.
+
+    Such a folder was left by a job whose client was killed before it could
+    remove it: at Numerai scale, tens of GB of ranks. A folder of this
+    project's naming without a readable heartbeat (left by a version without
+    heartbeats) is only told about: nothing shows that its job has ended.
+    Clocks of clients sharing a storage must agree within ``stale_after``.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for name in storage.top_folders(SCRATCH_PREFIX):
+        if not _SCRATCH_FOLDER.fullmatch(name):
+            continue
+        try:
+            beat = float(json.loads(storage.read_bytes(f"{name}/{SCRATCH_HEARTBEAT}"))["beat"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log(f"scratch folder {storage.display(name)} has no heartbeat: left; delete it once no job is running")
+            continue
+        if now - beat > stale_after:
+            log(f"removing the scratch folder {storage.display(name)} of a job that stopped "
+                f"{(now - beat) / 3600:.1f} h ago without removing it")
+            remove_scratch(storage, name, log)
+            removed.append(name)
+    return removed
 
 
 def await_or_cancel(client: Client, tasks: list[Future]) -> None:

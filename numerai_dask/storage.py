@@ -228,6 +228,17 @@ class Storage:
         return [entry for name, entry in sorted(found.items())
                 if name.rstrip("/") != base and (with_folders or entry.get("type") == "file")]
 
+    def top_folders(self, prefix: str) -> list[str]:
+        """Names of the folders directly under the root that start with ``prefix``, sorted (one listing, not a walk:
+        the root holds every submission below it)."""
+        self.fs.invalidate_cache()
+        try:
+            entries = retrying(lambda: self.fs.ls(self.path(), detail=True))
+        except FileNotFoundError:
+            return []
+        names = (posixpath.basename(entry["name"].rstrip("/")) for entry in entries if entry.get("type") == "directory")
+        return sorted(name for name in names if name.startswith(prefix))
+
     def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
         """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""
         folder = self.path(relpath) + "/"

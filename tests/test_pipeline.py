@@ -8,8 +8,10 @@ scores every resolved era.
 from __future__ import annotations
 
 import gc
+import json
 import pickle
 import platform
+import time
 import weakref
 from pathlib import Path
 
@@ -21,8 +23,9 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (JobError, ScoringParams, chunked, in_batches, load_model_batch,
-                                   prediction_correlations, release_memory, returning_freed_memory, run_job, trim_heap)
+from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ScoringParams, chunked, in_batches,
+                                   load_model_batch, prediction_correlations, release_memory, returning_freed_memory,
+                                   run_job, scratch_heartbeat, sweep_stale_scratch, trim_heap)
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -245,6 +248,78 @@ def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_p
     with pytest.raises(StorageError, match="missing values"):  # a score task fails, the others run on
         run_job(client, storage, ScoringParams(models_per_task=1))
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
+
+
+def beating(storage: Storage, folder: str, when: float) -> None:
+    storage.write_bytes(f"{folder}/{SCRATCH_HEARTBEAT}", json.dumps({"beat": when}).encode())
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_sweep_removes_only_scratch_folders_whose_heartbeat_stopped_long_ago(tmp_path, where, request):
+    """A killed client leaves its job's scratch folder behind; the next job's sweep removes it once its heartbeat
+    is an hour old. A live job's folder, one without a heartbeat (nothing shows its job ended) and folders not
+    named as a job's scratch are left; S3 lists folders as common prefixes, which the sweep must see too."""
+    if where == "s3":
+        storage = Storage(request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_server").storage_options)
+    else:
+        storage = Storage(str(tmp_path))
+    now = time.time()
+    stale, live, unknown = (f"{SCRATCH_PREFIX}{c * 32}" for c in "abc")
+    lookalike = f"{SCRATCH_PREFIX}notes"
+    beating(storage, stale, now - 7200)
+    storage.write_bytes(f"{stale}/batch.ranks", b"ranks")
+    beating(storage, live, now - 120)
+    storage.write_bytes(f"{unknown}/batch.ranks", b"ranks")
+    beating(storage, lookalike, now - 7200)
+    storage.write_bytes("data/train.parquet", b"data")
+    told: list[str] = []
+    assert sweep_stale_scratch(storage, told.append, now=now) == [stale]
+    assert storage.top_folders(SCRATCH_PREFIX) == sorted([live, unknown, lookalike])
+    assert storage.exists("data/train.parquet")
+    assert any(stale in line and "2.0 h ago" in line for line in told)
+    assert any(unknown in line and "no heartbeat" in line for line in told)
+    assert sweep_stale_scratch(storage, told.append, stale_after=60, now=now) == [live]
+
+
+def test_a_scratch_heartbeat_is_renewed_while_its_job_runs_and_stops_with_it(tmp_path):
+    """The heartbeat is written at once, rewritten every interval while the block runs and never after it ends
+    (a late beat would bring a removed folder back); a scratch the client cannot write fails at once."""
+    storage = Storage(str(tmp_path))
+
+    def beat() -> float:
+        return json.loads(storage.read_bytes(f"job/{SCRATCH_HEARTBEAT}"))["beat"]
+
+    with scratch_heartbeat(storage, "job", print, every=0.05):
+        first = beat()
+        time.sleep(0.5)
+        assert beat() > first
+    storage.delete("job")
+    time.sleep(0.3)
+    assert not storage.exists("job")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(JobError, match="cannot write the job's scratch"):
+        with scratch_heartbeat(Storage(str(tmp_path / "a-file")), "job", print):
+            pass
+
+
+def test_a_job_sweeps_stale_scratch_and_beats_in_its_own_while_it_runs(tmp_path, client):
+    """A job on a real cluster removes a dead job's scratch folder from its scratch storage, leaves a live one,
+    and keeps a heartbeat in its own folder while its tasks run (seen from its progress reports)."""
+    generate(str(tmp_path / "root"), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
+    scratch = Storage(str(tmp_path / "scratch"))
+    dead, alive = f"{SCRATCH_PREFIX}{'d' * 32}", f"{SCRATCH_PREFIX}{'e' * 32}"
+    beating(scratch, dead, time.time() - 7200)
+    beating(scratch, alive, time.time())
+    seen: set[str] = set()
+
+    def during(_) -> None:
+        seen.update(name for name in scratch.top_folders(SCRATCH_PREFIX)
+                    if name != alive and scratch.exists(f"{name}/{SCRATCH_HEARTBEAT}"))
+
+    run_job(client, Storage(str(tmp_path / "root")), ScoringParams(models_per_task=1), scratch=scratch,
+            on_progress=during)
+    assert len(seen) == 1 and dead not in seen  # the job's own folder, beating
+    assert scratch.top_folders(SCRATCH_PREFIX) == [alive]
 
 
 def test_in_batches_cuts_the_fewest_runs_of_at_most_size_items_of_nearly_equal_length():
