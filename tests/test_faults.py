@@ -1,4 +1,5 @@
-"""Faults with real parts: a worker process killed mid-job, storage failing or stalling, two jobs at once.
+"""Faults with real parts: a worker process or the client killed mid-job, storage failing or stalling, two jobs at
+once.
 
 Storage faults come from :mod:`faulty_filesystem`, a real fsspec filesystem
 over a local folder that fails or stalls reads on purpose; it is sent to the
@@ -16,6 +17,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +33,10 @@ import faulty_filesystem
 from faulty_filesystem import FaultyFileSystem
 from s3_fault_proxy import FAULTS, FaultProxy, Schedule
 from script_cluster import script_cluster
-from test_cli import RUN_FILES, run_cli
+from test_cli import RUN_FILES, cli_environment, run_cli
 
-from numerai_dask.pipeline import JobResult, ScoringParams, run_job
+from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, SCRATCH_STALE_SECONDS, JobResult, ScoringParams,
+                                   run_job, sweep_stale_scratch)
 from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
@@ -149,6 +153,34 @@ def test_job_survives_a_worker_killed_mid_job(tmp_path: Path, dask_cluster: str)
             fs.release()
         result = job.result()
     assert_same_scores(result, expected)
+
+
+def test_a_killed_client_leaves_its_scratch_for_a_later_jobs_sweep(tmp_path: Path, dask_cluster: str) -> None:
+    """SIGKILL the ``score`` command once its scratch folder has a heartbeat: nothing is published and the folder
+    stays, its heartbeat no longer renewed. A sweep leaves it while the heartbeat is recent (its job could be alive)
+    and removes it once the heartbeat is an hour old."""
+    root = make_dataset(tmp_path / "root", seed=61)
+    out = tmp_path / "out"
+    scratch = Storage(str(out))
+    command = subprocess.Popen([sys.executable, "-m", "numerai_dask.cli", "score", root, "--scheduler", dask_cluster,
+                                "--out", str(out), "--models-per-task", "1", "--quiet"], env=cli_environment())
+    try:
+        wait_for(lambda: any(scratch.exists(f"{name}/{SCRATCH_HEARTBEAT}")
+                             for name in scratch.top_folders(SCRATCH_PREFIX)), "the job's scratch heartbeat")
+        command.send_signal(signal.SIGKILL)
+    finally:
+        if command.wait(timeout=WAIT_SECONDS) != -signal.SIGKILL:
+            pytest.fail(f"the command was not killed mid-job: it exited with {command.returncode}")
+    with Client(dask_cluster) as client:  # its tasks released, none still writing into the folder
+        wait_for(lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+                 and not any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()),
+                 "the killed client's tasks to end")
+    (left,) = scratch.top_folders(SCRATCH_PREFIX)
+    assert not (out / "latest.json").exists()
+    told: list[str] = []
+    assert sweep_stale_scratch(scratch, told.append) == []
+    assert sweep_stale_scratch(scratch, told.append, now=time.time() + 2 * SCRATCH_STALE_SECONDS) == [left]
+    assert scratch.top_folders(SCRATCH_PREFIX) == [] and told
 
 
 # ------------------------------------------------------------ storage faults
