@@ -470,24 +470,28 @@ class Storage:
         target = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
             self._replace_local(target, [data])
-        else:
-            self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
+            return
+        self._make_folder_of(target)
+        self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
 
     def write_parts(self, relpath: str, parts: Iterable[bytes | memoryview]) -> None:
         """Write one object from consecutive parts, never joined in memory (a multipart upload on object stores).
 
-        Locally, as :meth:`write_bytes`, the parts go to a temporary sibling that then replaces the target. Other
-        filesystems with folders (not object stores, whose filesystems are asynchronous) get the folder made first.
+        Locally, as :meth:`write_bytes`, the parts go to a temporary sibling that then replaces the target.
         """
         target = self.path(relpath)
         if isinstance(self.fs, LocalFileSystem):
             self._replace_local(target, parts)
             return
-        if not isinstance(self.fs, AsyncFileSystem):
-            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        self._make_folder_of(target)
         with self.fs.open(target, "wb") as handle:
             for part in parts:
                 handle.write(part)
+
+    def _make_folder_of(self, target: str) -> None:
+        """Make ``target``'s folder on filesystems with folders (object stores' filesystems, asynchronous, have none)."""
+        if not isinstance(self.fs, AsyncFileSystem):
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
 
     def _replace_local(self, target: str, parts: Iterable[bytes | memoryview]) -> None:
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)

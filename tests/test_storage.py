@@ -469,6 +469,19 @@ def test_writes_reads_and_deletes(root: Root) -> None:
     assert storage.exists("latest.json")
 
 
+def test_writes_make_their_folders_on_a_filesystem_with_folders_that_is_not_the_local_one(tmp_path) -> None:
+    """A synchronous fsspec filesystem with real folders (the tests' faulty one over a local folder) needs a file's
+    folder made before the file: a job's first write into its new scratch folder is a heartbeat's ``write_bytes``."""
+    import faulty_filesystem  # registers faulty://
+
+    storage = Storage(f"faulty://{tmp_path}/out", {"state": str(tmp_path / "state")})
+    assert isinstance(storage.fs, faulty_filesystem.FaultyFileSystem)
+    storage.write_bytes("scratch/heartbeat.json", b"{}")
+    storage.write_parts("ranks/batch.ranks", [b"12", memoryview(b"34")])
+    assert (tmp_path / "out/scratch/heartbeat.json").read_bytes() == b"{}"
+    assert (tmp_path / "out/ranks/batch.ranks").read_bytes() == b"1234"
+
+
 def test_local_writes_leave_no_temporary_files(tmp_path) -> None:
     storage = Storage(str(tmp_path / "out"))
     storage.write_text("latest.json", "{}")
