@@ -740,8 +740,8 @@ def batches(submissions: dict[str, list[FileInfo]], params: ScoringParams) -> li
 
 def in_batches(items: Sequence[T], size: int) -> list[list[T]]:
     """Consecutive runs of ``items``, as few as hold at most ``size`` items each, their lengths differing by one at
-    most: load tasks of equal size end together, so no worker waits for a larger one at the barrier before
-    scoring (500 models in runs of 64 were seven runs of 64 and one of 52)."""
+    most: load tasks of about the same size end at about the same time before scoring, which needs them all (500
+    models in runs of 64 were seven runs of 64 and one of 52)."""
     count = -(-len(items) // size)
     cuts = [len(items) * i // count for i in range(count + 1)] if count else []
     return [list(items[a:b]) for a, b in zip(cuts, cuts[1:])]
@@ -894,15 +894,19 @@ class JobScratch:
 @contextlib.contextmanager
 def job_scratch(client: Client, storage: Storage, log: Callable[[str], None]) -> Iterator[JobScratch]:
     """A new scratch folder (:data:`SCRATCH_PREFIX`) at the top of ``storage``, its heartbeat renewed while the
-    block runs (:func:`scratch_heartbeat`), removed when the block ends; first, other jobs' folders whose heartbeat
-    stopped long ago are swept (:func:`sweep_stale_scratch`).
+    block runs (:func:`scratch_heartbeat`), removed when the block ends; first, the folders other jobs left behind
+    are swept (:func:`sweep_stale_scratch`).
 
     When the block fails, the folder is removed once its tracked tasks have
     ended: they run on after one of them fails, and would write again. When
     it is interrupted, they are cancelled instead, and one already running
-    may still write there afterwards. A failed removal is logged, not raised.
+    may still write there afterwards (a folder the sweep removes an hour
+    later). A failed removal or sweep is logged, not raised.
     """
-    sweep_stale_scratch(storage, log)
+    try:
+        sweep_stale_scratch(storage, log)
+    except Exception as error:  # housekeeping: s3fs also raises botocore's errors, which are not OSErrors
+        log(f"could not sweep old scratch folders in {storage.display_url}: {describe_error(error)}")
     job = JobScratch(storage, f"{SCRATCH_PREFIX}{uuid.uuid4().hex}")
     try:
         with scratch_heartbeat(storage, job.folder, log):
@@ -924,8 +928,10 @@ def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
     """Write the time into ``folder``'s heartbeat file now, then every ``every`` seconds until the block ends: the
     sign, for other jobs' sweeps, that the folder's job is alive.
 
-    The first write fails the job (the workers could not write there either);
-    a later failed write is told once and retried at the next beat.
+    The first write failing fails the job (the workers could not write there
+    either); a later failure is told and the write tried again at the next
+    beat. No beat is written once the block has ended, so none brings a
+    removed folder back.
     """
     relpath = f"{folder}/{SCRATCH_HEARTBEAT}"
 
@@ -934,40 +940,53 @@ def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
 
     try:
         beat()
-    except OSError as error:
+    except Exception as error:
         raise JobError(f"cannot write the job's scratch {storage.display(relpath)} ({describe_error(error)}); the "
-                       "client and the workers must be able to write there (the output storage, --out)") from error
-    stop = threading.Event()
+                       "client and the workers must be able to write there (the output storage, --out, for the "
+                       "command line)") from error
+    stop, writing = threading.Event(), threading.Lock()
+    ended = False
 
     def keep_beating() -> None:
-        told = False
+        failing = False
         while not stop.wait(every):
-            try:
-                beat()
-            except OSError as error:
-                if not told:
-                    log(f"could not renew the scratch heartbeat {storage.display(relpath)}: {describe_error(error)}")
-                told = True
+            with writing:
+                if ended:
+                    return
+                try:
+                    beat()
+                except Exception as error:  # the thread must outlive any failure, botocore's included
+                    if not failing:
+                        log(f"could not renew the scratch heartbeat {storage.display(relpath)} "
+                            f"({describe_error(error)}); retrying every {every:.0f} s: after "
+                            f"{SCRATCH_STALE_SECONDS / 3600:.0f} h without one, another job may remove this scratch")
+                    failing = True
+                    continue
+            if failing:
+                log(f"renewed the scratch heartbeat {storage.display(relpath)} again")
+            failing = False
 
-    beating = threading.Thread(target=keep_beating, name="numerai-dask scratch heartbeat", daemon=True)
-    beating.start()
+    threading.Thread(target=keep_beating, name="numerai-dask scratch heartbeat", daemon=True).start()
     try:
         yield
     finally:
         stop.set()
-        beating.join()
+        with writing:  # waits for a beat being written
+            ended = True
 
 
 def sweep_stale_scratch(storage: Storage, log: Callable[[str], None], stale_after: float = SCRATCH_STALE_SECONDS,
                         now: float | None = None) -> list[str]:
-    """Remove the scratch folders at the top of ``storage`` whose heartbeat is older than ``stale_after`` seconds;
+    """Remove the scratch folders at the top of ``storage`` that no job has touched for ``stale_after`` seconds;
     return their names.
 
-    Such a folder was left by a job whose client was killed before it could
-    remove it: at Numerai scale, tens of GB of ranks. A folder of this
-    project's naming without a readable heartbeat (left by a version without
-    heartbeats) is only told about: nothing shows that its job has ended.
-    Clocks of clients sharing a storage must agree within ``stale_after``.
+    A folder's heartbeat tells when its job was last alive. A killed client
+    leaves its folder behind with a heartbeat that stops (at Numerai scale,
+    tens of GB of ranks), and an interrupted job's folder may come back
+    without one when a task still running writes its ranks: a folder without
+    a readable heartbeat counts as touched when its newest file was written,
+    and is left while that is unknown. Clocks of the clients and the storage
+    must agree within ``stale_after``.
     """
     now = time.time() if now is None else now
     removed = []
@@ -975,14 +994,16 @@ def sweep_stale_scratch(storage: Storage, log: Callable[[str], None], stale_afte
         if not _SCRATCH_FOLDER.fullmatch(name):
             continue
         try:
-            beat = float(json.loads(storage.read_bytes(f"{name}/{SCRATCH_HEARTBEAT}"))["beat"])
+            touched = float(json.loads(storage.read_bytes(f"{name}/{SCRATCH_HEARTBEAT}"))["beat"])
         except (OSError, ValueError, KeyError, TypeError):
-            log(f"scratch folder {storage.display(name)} has no heartbeat: left; delete it once no job is running")
-            continue
-        if now - beat > stale_after:
-            log(f"removing the scratch folder {storage.display(name)} of a job that stopped "
-                f"{(now - beat) / 3600:.1f} h ago without removing it")
-            remove_scratch(storage, name, log)
+            touched = storage.newest_change(name)
+        if touched is None:
+            log(f"scratch folder {storage.display(name)} has no readable heartbeat nor file times: left; "
+                "it can be deleted once no job is running")
+        elif now - touched > stale_after:
+            log(f"removing the scratch folder {storage.display(name)}, untouched for {(now - touched) / 3600:.1f} h "
+                "(its job ended without removing it)")
+            remove_scratch(storage, name, log, "another job's scratch")
             removed.append(name)
     return removed
 
@@ -997,12 +1018,12 @@ def await_or_cancel(client: Client, tasks: list[Future]) -> None:
         raise
 
 
-def remove_scratch(scratch: Storage, folder: str, log: Callable[[str], None]) -> None:
-    """Remove a job's scratch folder; a failure to is told, not raised (the job's result stands without it)."""
+def remove_scratch(scratch: Storage, folder: str, log: Callable[[str], None], whose: str = "the job's scratch") -> None:
+    """Remove a scratch folder; a failure to is told, not raised (the job's result stands without it)."""
     try:
         scratch.delete(folder)
     except OSError as error:
-        log(f"could not remove the job's scratch {scratch.display(folder)}: {describe_error(error)}")
+        log(f"could not remove {whose} {scratch.display(folder)}: {describe_error(error)}")
 
 
 def job_result(

@@ -142,6 +142,14 @@ def _file_info(entry: dict) -> FileInfo:
     return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'))
 
 
+def _change_time(entry: dict) -> float | None:
+    """An fsspec entry's modification time in POSIX seconds (s3fs: LastModified; local: mtime; memory: created)."""
+    when = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
+    if isinstance(when, datetime):
+        return when.timestamp()
+    return float(when) if isinstance(when, (int, float)) else None
+
+
 #: Standard AWS variables → s3fs options, for settings not given explicitly.
 AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
 
@@ -238,6 +246,13 @@ class Storage:
             return []
         names = (posixpath.basename(entry["name"].rstrip("/")) for entry in entries if entry.get("type") == "directory")
         return sorted(name for name in names if name.startswith(prefix))
+
+    def newest_change(self, relpath: str) -> float | None:
+        """When the most recently written file below ``relpath`` was written (POSIX seconds, the storage's clock);
+        None when there is no file there or the filesystem tells no times."""
+        times = [_change_time(entry) for entry in self._files(relpath)]
+        known = [t for t in times if t is not None]
+        return max(known) if known and len(known) == len(times) else None
 
     def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
         """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""

@@ -180,7 +180,8 @@ def test_a_killed_client_leaves_its_scratch_for_a_later_jobs_sweep(tmp_path: Pat
     told: list[str] = []
     assert sweep_stale_scratch(scratch, told.append) == []
     assert sweep_stale_scratch(scratch, told.append, now=time.time() + 2 * SCRATCH_STALE_SECONDS) == [left]
-    assert scratch.top_folders(SCRATCH_PREFIX) == [] and told
+    assert scratch.top_folders(SCRATCH_PREFIX) == [] and told == [
+        f"removing the scratch folder {scratch.display(left)}, untouched for 2.0 h (its job ended without removing it)"]
 
 
 # ------------------------------------------------------------ storage faults

@@ -255,50 +255,68 @@ def beating(storage: Storage, folder: str, when: float) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_sweep_removes_only_scratch_folders_whose_heartbeat_stopped_long_ago(tmp_path, where, request):
-    """A killed client leaves its job's scratch folder behind; the next job's sweep removes it once its heartbeat
-    is an hour old. A live job's folder, one without a heartbeat (nothing shows its job ended) and folders not
-    named as a job's scratch are left; S3 lists folders as common prefixes, which the sweep must see too."""
+def test_a_sweep_removes_only_scratch_folders_untouched_for_an_hour(tmp_path, where, request):
+    """A killed client leaves its job's scratch folder behind, its heartbeat stopped; an interrupted job's may come
+    back without a heartbeat when a task still running writes its ranks. The sweep removes a folder once its
+    heartbeat, or without one its newest file, is an hour old, and leaves live jobs' folders and anything not named
+    as a job's scratch; S3 lists folders as common prefixes, which the sweep must see too."""
     if where == "s3":
         storage = Storage(request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_server").storage_options)
     else:
         storage = Storage(str(tmp_path))
     now = time.time()
-    stale, live, unknown = (f"{SCRATCH_PREFIX}{c * 32}" for c in "abc")
-    lookalike = f"{SCRATCH_PREFIX}notes"
+    stale, live, leftover, garbled = (f"{SCRATCH_PREFIX}{c * 32}" for c in "abcd")
+    lookalikes = [f"{SCRATCH_PREFIX}notes", f"{SCRATCH_PREFIX}{'e' * 32}-backup"]
     beating(storage, stale, now - 7200)
     storage.write_bytes(f"{stale}/batch.ranks", b"ranks")
     beating(storage, live, now - 120)
-    storage.write_bytes(f"{unknown}/batch.ranks", b"ranks")
-    beating(storage, lookalike, now - 7200)
+    storage.write_bytes(f"{leftover}/batch.ranks", b"ranks")  # written now, no heartbeat
+    storage.write_bytes(f"{garbled}/{SCRATCH_HEARTBEAT}", b"{not json")
+    for name in lookalikes:
+        beating(storage, name, now - 7200)
+    storage.write_bytes(f"{SCRATCH_PREFIX}{'f' * 32}", b"a file, not a folder")
     storage.write_bytes("data/train.parquet", b"data")
     told: list[str] = []
     assert sweep_stale_scratch(storage, told.append, now=now) == [stale]
-    assert storage.top_folders(SCRATCH_PREFIX) == sorted([live, unknown, lookalike])
-    assert storage.exists("data/train.parquet")
-    assert any(stale in line and "2.0 h ago" in line for line in told)
-    assert any(unknown in line and "no heartbeat" in line for line in told)
-    assert sweep_stale_scratch(storage, told.append, stale_after=60, now=now) == [live]
+    assert storage.top_folders(SCRATCH_PREFIX) == sorted([live, leftover, garbled, *lookalikes])
+    assert [line for line in told if stale in line and "untouched for 2.0 h" in line]
+    later = now + 7200  # the live job's heartbeat and the other files' writes are two hours old by then
+    assert sweep_stale_scratch(storage, told.append, now=later) == sorted([live, leftover, garbled])
+    assert storage.top_folders(SCRATCH_PREFIX) == sorted(lookalikes)
+    assert storage.exists("data/train.parquet") and storage.exists(f"{SCRATCH_PREFIX}{'f' * 32}")
+    if where == "local":  # an empty folder tells no time: left, and told
+        (tmp_path / f"{SCRATCH_PREFIX}{'9' * 32}").mkdir()
+        assert sweep_stale_scratch(storage, told.append, now=later) == []
+        assert "no readable heartbeat nor file times" in told[-1]
 
 
 def test_a_scratch_heartbeat_is_renewed_while_its_job_runs_and_stops_with_it(tmp_path):
-    """The heartbeat is written at once, rewritten every interval while the block runs and never after it ends
-    (a late beat would bring a removed folder back); a scratch the client cannot write fails at once."""
+    """The heartbeat is written at once and rewritten every interval while the block runs; a renewal that fails is
+    told once, and its recovery too, the beats going on; none is written after the block ends (a late one would
+    bring a removed folder back). A scratch the client cannot write fails at once."""
     storage = Storage(str(tmp_path))
+    told: list[str] = []
 
     def beat() -> float:
         return json.loads(storage.read_bytes(f"job/{SCRATCH_HEARTBEAT}"))["beat"]
 
-    with scratch_heartbeat(storage, "job", print, every=0.05):
+    with scratch_heartbeat(storage, "job", told.append, every=0.05):
         first = beat()
-        time.sleep(0.5)
+        time.sleep(0.3)
         assert beat() > first
+        storage.delete("job")
+        (tmp_path / "job").write_text("a file where the folder was: every renewal fails")
+        time.sleep(0.3)
+        (tmp_path / "job").unlink()
+        time.sleep(0.3)
+        assert beat() > first
+    assert len(told) == 2 and "could not renew" in told[0] and "renewed the scratch heartbeat" in told[1]
     storage.delete("job")
     time.sleep(0.3)
     assert not storage.exists("job")
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(JobError, match="cannot write the job's scratch"):
-        with scratch_heartbeat(Storage(str(tmp_path / "a-file")), "job", print):
+        with scratch_heartbeat(Storage(str(tmp_path / "a-file")), "job", told.append):
             pass
 
 
