@@ -32,7 +32,6 @@ import ctypes.util
 import functools
 import gc
 import io
-import json
 import platform
 import re
 import threading
@@ -40,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import ParamSpec, TypeVar
 
 import dask
@@ -81,12 +81,12 @@ TRIM_SHARE_OF_THRESHOLD = 0.5
 #: ranks for its era tasks is named this and the job's own id (32 hex digits); it is removed when the job ends
 #: (see :func:`job_scratch`).
 SCRATCH_PREFIX = ".numerai-dask-scratch-"
-#: A running job rewrites the heartbeat file in its scratch folder this often (seconds, its client's clock).
+#: A running job rewrites the heartbeat file in its scratch folder this often (seconds).
 SCRATCH_HEARTBEAT_SECONDS = 60.0
-#: A scratch folder whose heartbeat is older than this belongs to a job whose client died before removing it;
-#: the next job on the same scratch storage removes it (see :func:`sweep_stale_scratch`).
+#: A scratch folder with no file written for this long belongs to a job that ended without removing it (its
+#: client killed); the next job on the same scratch storage removes it (see :func:`sweep_stale_scratch`).
 SCRATCH_STALE_SECONDS = 3600.0
-SCRATCH_HEARTBEAT = "heartbeat.json"
+SCRATCH_HEARTBEAT = "heartbeat"
 _SCRATCH_FOLDER = re.compile(re.escape(SCRATCH_PREFIX) + "[0-9a-f]{32}")
 
 
@@ -925,8 +925,9 @@ def job_scratch(client: Client, storage: Storage, log: Callable[[str], None]) ->
 @contextlib.contextmanager
 def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
                       every: float = SCRATCH_HEARTBEAT_SECONDS) -> Iterator[None]:
-    """Write the time into ``folder``'s heartbeat file now, then every ``every`` seconds until the block ends: the
-    sign, for other jobs' sweeps, that the folder's job is alive.
+    """Write ``folder``'s heartbeat file now, then again every ``every`` seconds until the block ends: its fresh
+    write time is the sign, for other jobs' sweeps, that the folder's job is alive (its text, the time, is for
+    people looking into the storage).
 
     The first write failing fails the job (the workers could not write there
     either); a later failure is told and the write tried again at the next
@@ -936,7 +937,7 @@ def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
     relpath = f"{folder}/{SCRATCH_HEARTBEAT}"
 
     def beat() -> None:
-        storage.write_bytes(relpath, json.dumps({"beat": time.time()}).encode())
+        storage.write_text(relpath, f"numerai-dask job alive at {datetime.now(timezone.utc).isoformat()}\n")
 
     try:
         beat()
@@ -945,13 +946,12 @@ def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
                        "client and the workers must be able to write there (the output storage, --out, for the "
                        "command line)") from error
     stop, writing = threading.Event(), threading.Lock()
-    ended = False
 
     def keep_beating() -> None:
         failing = False
         while not stop.wait(every):
             with writing:
-                if ended:
+                if stop.is_set():
                     return
                 try:
                     beat()
@@ -971,34 +971,31 @@ def scratch_heartbeat(storage: Storage, folder: str, log: Callable[[str], None],
         yield
     finally:
         stop.set()
-        with writing:  # waits for a beat being written
-            ended = True
+        with writing:  # a beat being written ends first; any later one sees the stop
+            pass
 
 
 def sweep_stale_scratch(storage: Storage, log: Callable[[str], None], stale_after: float = SCRATCH_STALE_SECONDS,
                         now: float | None = None) -> list[str]:
-    """Remove the scratch folders at the top of ``storage`` that no job has touched for ``stale_after`` seconds;
+    """Remove the scratch folders at the top of ``storage`` with no file written for ``stale_after`` seconds;
     return their names.
 
-    A folder's heartbeat tells when its job was last alive. A killed client
-    leaves its folder behind with a heartbeat that stops (at Numerai scale,
-    tens of GB of ranks), and an interrupted job's folder may come back
-    without one when a task still running writes its ranks: a folder without
-    a readable heartbeat counts as touched when its newest file was written,
-    and is left while that is unknown. Clocks of the clients and the storage
-    must agree within ``stale_after``.
+    A live job rewrites its folder's heartbeat (:func:`scratch_heartbeat`). A
+    killed client leaves its folder behind, at Numerai scale tens of GB of
+    ranks, and its heartbeat stops; an interrupted job's folder may come back
+    without one when a task still running writes its ranks. Either is
+    removed once its newest file is ``stale_after`` old, by the storage's
+    times against this client's clock, which must agree within that; a folder
+    whose files tell no time is left.
     """
     now = time.time() if now is None else now
     removed = []
     for name in storage.top_folders(SCRATCH_PREFIX):
         if not _SCRATCH_FOLDER.fullmatch(name):
             continue
-        try:
-            touched = float(json.loads(storage.read_bytes(f"{name}/{SCRATCH_HEARTBEAT}"))["beat"])
-        except (OSError, ValueError, KeyError, TypeError):
-            touched = storage.newest_change(name)
+        touched = storage.newest_change(name)
         if touched is None:
-            log(f"scratch folder {storage.display(name)} has no readable heartbeat nor file times: left; "
+            log(f"scratch folder {storage.display(name)} has no file that tells its time: left; "
                 "it can be deleted once no job is running")
         elif now - touched > stale_after:
             log(f"removing the scratch folder {storage.display(name)}, untouched for {(now - touched) / 3600:.1f} h "

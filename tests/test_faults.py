@@ -157,8 +157,8 @@ def test_job_survives_a_worker_killed_mid_job(tmp_path: Path, dask_cluster: str)
 
 def test_a_killed_client_leaves_its_scratch_for_a_later_jobs_sweep(tmp_path: Path, dask_cluster: str) -> None:
     """SIGKILL the ``score`` command once its scratch folder has a heartbeat: nothing is published and the folder
-    stays, its heartbeat no longer renewed. A sweep leaves it while the heartbeat is recent (its job could be alive)
-    and removes it once the heartbeat is an hour old."""
+    stays, its heartbeat no longer renewed. A sweep leaves it while its files are recent (its job could be alive)
+    and removes it once they are an hour old."""
     root = make_dataset(tmp_path / "root", seed=61)
     out = tmp_path / "out"
     scratch = Storage(str(out))

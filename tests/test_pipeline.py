@@ -8,7 +8,7 @@ scores every resolved era.
 from __future__ import annotations
 
 import gc
-import json
+import os
 import pickle
 import platform
 import time
@@ -250,44 +250,50 @@ def test_a_job_removes_its_scratch_and_needs_one_that_every_worker_reaches(tmp_p
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == before
 
 
-def beating(storage: Storage, folder: str, when: float) -> None:
-    storage.write_bytes(f"{folder}/{SCRATCH_HEARTBEAT}", json.dumps({"beat": when}).encode())
+def written_ago(folder: Path, seconds: float) -> None:
+    """Date every file below a local ``folder`` back by ``seconds``, as if nothing had been written there since."""
+    when = time.time() - seconds
+    for path in folder.rglob("*"):
+        os.utime(path, (when, when))
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_sweep_removes_only_scratch_folders_untouched_for_an_hour(tmp_path, where, request):
     """A killed client leaves its job's scratch folder behind, its heartbeat stopped; an interrupted job's may come
-    back without a heartbeat when a task still running writes its ranks. The sweep removes a folder once its
-    heartbeat, or without one its newest file, is an hour old, and leaves live jobs' folders and anything not named
-    as a job's scratch; S3 lists folders as common prefixes, which the sweep must see too."""
+    back without a heartbeat when a task still running writes its ranks. The sweep removes a folder once its newest
+    file is an hour old, and leaves live jobs' folders and anything not named as a job's scratch. On S3, where
+    folders are common prefixes and times are the objects' LastModified, "an hour old" comes from this client's
+    clock set two hours on (an object's time cannot be set back)."""
     if where == "s3":
         storage = Storage(request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_server").storage_options)
     else:
         storage = Storage(str(tmp_path))
-    now = time.time()
-    stale, live, leftover, garbled = (f"{SCRATCH_PREFIX}{c * 32}" for c in "abcd")
+    stale, live, leftover = (f"{SCRATCH_PREFIX}{c * 32}" for c in "abc")
     lookalikes = [f"{SCRATCH_PREFIX}notes", f"{SCRATCH_PREFIX}{'e' * 32}-backup"]
-    beating(storage, stale, now - 7200)
+    for name in (stale, live, *lookalikes):
+        storage.write_text(f"{name}/{SCRATCH_HEARTBEAT}", "alive")
     storage.write_bytes(f"{stale}/batch.ranks", b"ranks")
-    beating(storage, live, now - 120)
-    storage.write_bytes(f"{leftover}/batch.ranks", b"ranks")  # written now, no heartbeat
-    storage.write_bytes(f"{garbled}/{SCRATCH_HEARTBEAT}", b"{not json")
-    for name in lookalikes:
-        beating(storage, name, now - 7200)
+    storage.write_bytes(f"{leftover}/batch.ranks", b"ranks")  # no heartbeat
     storage.write_bytes(f"{SCRATCH_PREFIX}{'f' * 32}", b"a file, not a folder")
     storage.write_bytes("data/train.parquet", b"data")
     told: list[str] = []
-    assert sweep_stale_scratch(storage, told.append, now=now) == [stale]
-    assert storage.top_folders(SCRATCH_PREFIX) == sorted([live, leftover, garbled, *lookalikes])
-    assert [line for line in told if stale in line and "untouched for 2.0 h" in line]
-    later = now + 7200  # the live job's heartbeat and the other files' writes are two hours old by then
-    assert sweep_stale_scratch(storage, told.append, now=later) == sorted([live, leftover, garbled])
+    assert sweep_stale_scratch(storage, told.append) == [] and told == []  # everything written just now
+    expected = sorted([stale, live, leftover])
+    if where == "local":
+        written_ago(tmp_path / stale, 7200)
+        written_ago(tmp_path / live, 120)
+        assert sweep_stale_scratch(storage, told.append) == [stale]
+        assert told == [f"removing the scratch folder {storage.display(stale)}, untouched for 2.0 h "
+                        "(its job ended without removing it)"]
+        expected.remove(stale)
+    later = time.time() + 7200
+    assert sweep_stale_scratch(storage, told.append, now=later) == expected
     assert storage.top_folders(SCRATCH_PREFIX) == sorted(lookalikes)
     assert storage.exists("data/train.parquet") and storage.exists(f"{SCRATCH_PREFIX}{'f' * 32}")
     if where == "local":  # an empty folder tells no time: left, and told
         (tmp_path / f"{SCRATCH_PREFIX}{'9' * 32}").mkdir()
         assert sweep_stale_scratch(storage, told.append, now=later) == []
-        assert "no readable heartbeat nor file times" in told[-1]
+        assert "no file that tells its time" in told[-1]
 
 
 def test_a_scratch_heartbeat_is_renewed_while_its_job_runs_and_stops_with_it(tmp_path):
@@ -296,20 +302,17 @@ def test_a_scratch_heartbeat_is_renewed_while_its_job_runs_and_stops_with_it(tmp
     bring a removed folder back). A scratch the client cannot write fails at once."""
     storage = Storage(str(tmp_path))
     told: list[str] = []
-
-    def beat() -> float:
-        return json.loads(storage.read_bytes(f"job/{SCRATCH_HEARTBEAT}"))["beat"]
-
     with scratch_heartbeat(storage, "job", told.append, every=0.05):
-        first = beat()
+        first = storage.newest_change("job")
+        assert storage.read_bytes(f"job/{SCRATCH_HEARTBEAT}").startswith(b"numerai-dask job alive at ")
         time.sleep(0.3)
-        assert beat() > first
+        assert storage.newest_change("job") > first
         storage.delete("job")
         (tmp_path / "job").write_text("a file where the folder was: every renewal fails")
         time.sleep(0.3)
         (tmp_path / "job").unlink()
         time.sleep(0.3)
-        assert beat() > first
+        assert storage.newest_change("job") > first
     assert len(told) == 2 and "could not renew" in told[0] and "renewed the scratch heartbeat" in told[1]
     storage.delete("job")
     time.sleep(0.3)
@@ -326,8 +329,9 @@ def test_a_job_sweeps_stale_scratch_and_beats_in_its_own_while_it_runs(tmp_path,
     generate(str(tmp_path / "root"), n_eras=3, rows_per_era=30, n_features=4, n_models=4, n_unresolved=0, seed=6)
     scratch = Storage(str(tmp_path / "scratch"))
     dead, alive = f"{SCRATCH_PREFIX}{'d' * 32}", f"{SCRATCH_PREFIX}{'e' * 32}"
-    beating(scratch, dead, time.time() - 7200)
-    beating(scratch, alive, time.time())
+    for name in (dead, alive):
+        scratch.write_text(f"{name}/{SCRATCH_HEARTBEAT}", "alive")
+    written_ago(tmp_path / "scratch" / dead, 7200)
     seen: set[str] = set()
 
     def during(_) -> None:

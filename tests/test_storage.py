@@ -476,9 +476,9 @@ def test_writes_make_their_folders_on_a_filesystem_with_folders_that_is_not_the_
 
     storage = Storage(f"faulty://{tmp_path}/out", {"state": str(tmp_path / "state")})
     assert isinstance(storage.fs, faulty_filesystem.FaultyFileSystem)
-    storage.write_bytes("scratch/heartbeat.json", b"{}")
+    storage.write_bytes("scratch/heartbeat", b"alive")
     storage.write_parts("ranks/batch.ranks", [b"12", memoryview(b"34")])
-    assert (tmp_path / "out/scratch/heartbeat.json").read_bytes() == b"{}"
+    assert (tmp_path / "out/scratch/heartbeat").read_bytes() == b"alive"
     assert (tmp_path / "out/ranks/batch.ranks").read_bytes() == b"1234"
 
 
