@@ -64,6 +64,9 @@ PER_ERA_COLUMNS = ("era", "model", "corr", "fnc", "mmc", "bmc", "tc", "cwmm", "f
 REJECTION_COLUMNS = ("model", "file", "era", "reason")
 #: A task that fails (a storage error outlasting the read retries) is tried again this often.
 TASK_RETRIES = 2
+#: The column of an era's cached predictions that holds its ids, beside one column per model: a name no
+#: model can have (model names have no spaces), where "id" was one.
+CACHED_IDS_COLUMN = "row id"
 #: Models of the top of the leaderboard whose predictions the report correlates with each other.
 CORRELATED_MODELS = 16
 #: Per-era metrics that depend on one model alone (plus every ``corr_<target>``).
@@ -666,8 +669,8 @@ def score_era_task(
     by_name = {name: values for names, matrix in filter(None, slices) for name, values in zip(names, matrix)}
     kept_scores = pd.DataFrame()
     if cache is not None and cache.keep:
-        cached = read_parquet(cache.out, cache.files.predictions, ["id", *cache.keep])
-        if not np.array_equal(cached["id"].to_numpy(), ids):
+        cached = read_parquet(cache.out, cache.files.predictions, [CACHED_IDS_COLUMN, *cache.keep])
+        if not np.array_equal(cached[CACHED_IDS_COLUMN].to_numpy(), ids):
             raise JobError(f"era {era.label}: cached predictions do not match the era's ids; delete the cache")
         by_name.update({name: cached[name].to_numpy() for name in cache.keep if name not in by_name})
         if cache.keep_scores:
@@ -704,7 +707,7 @@ def score_era_task(
     table = table[list(per_era_columns(params))]
     files = None
     if write is not None:
-        write.out.write_parquet(write.files.predictions, pd.DataFrame({"id": ids, **dict(zip(models, by_model))}))
+        write.out.write_parquet(write.files.predictions, pd.DataFrame({CACHED_IDS_COLUMN: ids, **dict(zip(models, by_model))}))
         write.out.write_parquet(write.files.scores, table)
         files = write.files
     return EraScores(era.label, table, models=tuple(models), cache=files)

@@ -87,7 +87,9 @@ from numerai_dask.report import new_run_id, publish_run
 from numerai_dask.storage import FileInfo, Storage
 from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_model_files, rows_in, split_by_era
 
-STATE_FORMAT = 1
+#: Part of every cached score's fingerprint: a cache of another format is rescored, never read. 2: an era's
+#: cached predictions hold their ids under ``pipeline.CACHED_IDS_COLUMN`` (in 1, under "id", a valid model name).
+STATE_FORMAT = 2
 STATE_FILE = "state.json"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -205,6 +205,21 @@ def test_new_model_reads_only_that_model(client, dataset):
     assert board.drop(index="newcomer")["rank_change"].notna().all()
 
 
+def test_a_model_named_id_keeps_its_cached_predictions_apart_from_the_ids(client, dataset):
+    """An era's cache holds its ids beside one column per model: a model may be called "id" (a valid name)."""
+    root, out, info = dataset
+    single = next(root / files[0] for model, files in info.submission_files.items()
+                  if files == [f"submissions/{model}{Path(files[0]).suffix}"])
+    single.rename(single.with_name(f"id{single.suffix}"))
+    refresh(client, root, out)
+    ids = data_frame(root)["id"]
+    write_csv(root / "submissions" / "newcomer.csv", ids, np.random.default_rng(2).random(len(ids)))
+    outcome = refresh(client, root, out)  # keeps every other model's cached ranks, "id" among them
+    assert outcome.models_read == ["newcomer"]
+    assert "id" in set(outcome.result.leaderboard["model"])
+    assert_equals_full_score(client, root, outcome)
+
+
 def test_appended_file_rescores_only_the_eras_it_touches(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
