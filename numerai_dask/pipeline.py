@@ -45,6 +45,8 @@ from typing import ParamSpec, TypeVar
 import dask
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 from distributed import Client, Future, as_completed, get_worker, wait
@@ -669,10 +671,10 @@ def score_era_task(
     by_name = {name: values for names, matrix in filter(None, slices) for name, values in zip(names, matrix)}
     kept_scores = pd.DataFrame()
     if cache is not None and cache.keep:
-        cached = read_parquet(cache.out, cache.files.predictions, [CACHED_IDS_COLUMN, *cache.keep])
-        if not np.array_equal(cached[CACHED_IDS_COLUMN].to_numpy(), ids):
+        cached = read_columns(cache.out, cache.files.predictions, [CACHED_IDS_COLUMN, *cache.keep])
+        if not np.array_equal(cached.pop(CACHED_IDS_COLUMN), ids):
             raise JobError(f"era {era.label}: cached predictions do not match the era's ids; delete the cache")
-        by_name.update({name: cached[name].to_numpy() for name in cache.keep if name not in by_name})
+        by_name.update({name: values for name, values in cached.items() if name not in by_name})
         if cache.keep_scores:
             kept_scores = single_model_scores(read_parquet(cache.out, cache.files.scores), cache.keep)
     if not by_name:
@@ -707,7 +709,7 @@ def score_era_task(
     table = table[list(per_era_columns(params))]
     files = None
     if write is not None:
-        write.out.write_parquet(write.files.predictions, pd.DataFrame({CACHED_IDS_COLUMN: ids, **dict(zip(models, by_model))}))
+        write.out.write_columns(write.files.predictions, {CACHED_IDS_COLUMN: ids, **dict(zip(models, by_model))})
         write.out.write_parquet(write.files.scores, table)
         files = write.files
     return EraScores(era.label, table, models=tuple(models), cache=files)
@@ -716,6 +718,12 @@ def score_era_task(
 def read_parquet(out: Storage, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A parquet file the job itself wrote (a cache file), only the given columns."""
     return pd.read_parquet(io.BytesIO(out.read_bytes(relpath)), columns=columns)
+
+
+def read_columns(out: Storage, relpath: str, columns: list[str]) -> dict[str, np.ndarray]:
+    """The given columns of a parquet file the job itself wrote, as arrays by name (no pandas frame)."""
+    table = pq.read_table(pa.BufferReader(out.read_bytes(relpath)), columns=columns)
+    return {name: table.column(name).to_numpy() for name in columns}
 
 
 def single_model_scores(table: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:

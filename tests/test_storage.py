@@ -469,6 +469,23 @@ def test_writes_reads_and_deletes(root: Root) -> None:
     assert storage.exists("latest.json")
 
 
+def test_write_columns_writes_plain_columns_that_read_back_with_their_types(root: Root) -> None:
+    storage = root.storage()
+    ids = np.array(["n003", "n001", "n002"], dtype=object)
+    ranks = {"alice": np.array([3, 1, 5], np.uint16), "bob": np.array([2, 2, 4], np.uint16)}
+    storage.write_columns("cache/eras/0001/r1.ranks.parquet", {"row id": ids, **ranks})
+    raw = storage.read_bytes("cache/eras/0001/r1.ranks.parquet")
+    table = pq.read_table(pa.BufferReader(raw))
+    assert table.column_names == ["row id", "alice", "bob"]
+    assert table.schema.field("alice").type == pa.uint16()
+    assert table.column("row id").to_pylist() == list(ids)
+    for name, values in ranks.items():
+        np.testing.assert_array_equal(table.column(name).to_numpy(), values)
+    chunks = pq.ParquetFile(pa.BufferReader(raw)).metadata.row_group(0)
+    encodings = {e for i in range(chunks.num_columns) for e in chunks.column(i).encodings}
+    assert not encodings & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}, encodings
+
+
 def test_writes_make_their_folders_on_a_filesystem_with_folders_that_is_not_the_local_one(tmp_path) -> None:
     """A synchronous fsspec filesystem with real folders (the tests' faulty one over a local folder) needs a file's
     folder made before the file: a job's first write into its new scratch folder is a heartbeat's ``write_bytes``."""
