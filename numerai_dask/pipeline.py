@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 from distributed import Client, Future, as_completed, get_worker, wait
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
@@ -463,6 +463,13 @@ def _freeze_survivors() -> None:
     gc.freeze()
 
 
+@functools.cache
+def blas_threads() -> ThreadpoolController:
+    """This process's BLAS and OpenMP thread pools, found once: finding them (what ``threadpool_limits`` does on
+    every call) took 1.6 ms an era task, and a task limits them to one thread each time it scores."""
+    return ThreadpoolController()
+
+
 def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
     """A Dask task function that calls :func:`release_memory` when it ends, whether it returns or raises."""
 
@@ -686,7 +693,7 @@ def score_era_task(
     stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
-        with threadpool_limits(1):
+        with blas_threads().limit(limits=1):
             scores = score_era(
                 Ranks(by_model.T),
                 rows[params.target].to_numpy(np.float64),
