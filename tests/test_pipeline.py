@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
+from threadpoolctl import ThreadpoolController
 from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ScoringParams, chunked, in_batches,
-                                   load_model_batch, prediction_correlations, release_memory, returning_freed_memory,
-                                   run_job, scratch_heartbeat, sweep_stale_scratch, trim_heap)
+from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ScoringParams, blas_threads, chunked,
+                                   in_batches, load_model_batch, prediction_correlations, release_memory,
+                                   returning_freed_memory, run_job, scratch_heartbeat, sweep_stale_scratch, trim_heap)
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -342,6 +343,15 @@ def test_a_job_sweeps_stale_scratch_and_beats_in_its_own_while_it_runs(tmp_path,
             on_progress=during)
     assert len(seen) == 1 and dead not in seen  # the job's own folder, beating
     assert scratch.top_folders(SCRATCH_PREFIX) == [alive]
+
+
+def test_the_era_tasks_blas_limit_reaches_every_pool_a_fresh_scan_finds() -> None:
+    """The pools are found once per process (``blas_threads``): scoring's libraries are loaded by then."""
+    with ThreadpoolController().limit(limits=2):
+        with blas_threads().limit(limits=1):
+            pools = ThreadpoolController().info()
+            assert pools and all(p["num_threads"] == 1 for p in pools), pools
+        assert all(p["num_threads"] == 2 for p in ThreadpoolController().info())
 
 
 def test_in_batches_cuts_the_fewest_runs_of_at_most_size_items_of_nearly_equal_length():
