@@ -24,9 +24,10 @@ from numerai_tools.scoring import numerai_corr
 from oracle import TOLERANCE, oracle
 
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ScoringParams, blas_threads, chunked,
-                                   in_batches, load_model_batch, prediction_correlations, release_memory,
-                                   returning_freed_memory, run_job, scratch_heartbeat, sweep_stale_scratch, trim_heap)
+from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ModelBatch, ScoringParams, blas_threads,
+                                   chunked, compact_ranks, in_batches, load_model_batch, mean_rank_correlation,
+                                   prediction_correlations, release_memory, returning_freed_memory, run_job,
+                                   scratch_heartbeat, sweep_stale_scratch, trim_heap)
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -343,6 +344,27 @@ def test_a_job_sweeps_stale_scratch_and_beats_in_its_own_while_it_runs(tmp_path,
             on_progress=during)
     assert len(seen) == 1 and dead not in seen  # the job's own folder, beating
     assert scratch.top_folders(SCRATCH_PREFIX) == [alive]
+
+
+def test_mean_rank_correlation_averages_each_pair_over_the_eras_that_correlate_it() -> None:
+    """A model missing from an era, and one whose predictions are constant in an era (no correlation there), leave
+    those eras out of their pairs' means only; checked against pandas' Spearman."""
+    rng = np.random.default_rng(4)
+    values = {era: {m: rng.random(30) for m in ("a", "b", "c")} for era in ("e1", "e2", "e3")}
+    values["e2"]["c"] = np.full(30, 0.5)  # constant: no correlation in e2
+    del values["e3"]["b"]  # b did not predict e3
+    batch = ModelBatch({era: (list(by_model), compact_ranks(np.vstack(list(by_model.values()))))
+                        for era, by_model in values.items()}, [])
+    mine = mean_rank_correlation(batch, ["a", "b", "c"])
+    spearman = {era: pd.DataFrame(by_model).corr(method="spearman") for era, by_model in values.items()}
+    expected = {
+        ("a", "b"): (spearman["e1"].loc["a", "b"] + spearman["e2"].loc["a", "b"]) / 2,
+        ("a", "c"): (spearman["e1"].loc["a", "c"] + spearman["e3"].loc["a", "c"]) / 2,
+        ("b", "c"): spearman["e1"].loc["b", "c"],
+    }
+    for (x, y), value in expected.items():
+        assert mine.loc[x, y] == pytest.approx(value, abs=1e-12) and mine.loc[y, x] == pytest.approx(value, abs=1e-12)
+    assert np.allclose(np.diag(mine.to_numpy()), 1.0)
 
 
 def test_the_era_tasks_blas_limit_reaches_every_pool_a_fresh_scan_finds() -> None:
