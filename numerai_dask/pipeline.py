@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 from distributed import Client, Future, as_completed, get_worker, wait
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import get_cached_controller
 
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
@@ -463,13 +463,6 @@ def _freeze_survivors() -> None:
     gc.freeze()
 
 
-@functools.cache
-def blas_threads() -> ThreadpoolController:
-    """This process's BLAS and OpenMP thread pools, found once: finding them (what ``threadpool_limits`` does on
-    every call) took 1.6 ms an era task, and a task limits them to one thread each time it scores."""
-    return ThreadpoolController()
-
-
 def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
     """A Dask task function that calls :func:`release_memory` when it ends, whether it returns or raises."""
 
@@ -693,7 +686,9 @@ def score_era_task(
     stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     try:
-        with blas_threads().limit(limits=1):
+        # threadpoolctl's cached scan of the BLAS and OpenMP pools, redone when modules are imported: scanning
+        # on every call, as threadpool_limits does, took 1.6 ms an era.
+        with get_cached_controller().limit(limits=1):
             scores = score_era(
                 Ranks(by_model.T),
                 rows[params.target].to_numpy(np.float64),
@@ -728,7 +723,8 @@ def read_parquet(out: Storage, relpath: str, columns: list[str] | None = None) -
 
 
 def read_columns(out: Storage, relpath: str, columns: list[str]) -> dict[str, np.ndarray]:
-    """The given columns of a parquet file the job itself wrote, as arrays by name (no pandas frame)."""
+    """The given columns of a parquet file the job itself wrote, as arrays by name (no pandas frame; numeric
+    columns may come back read-only)."""
     table = pq.read_table(pa.BufferReader(out.read_bytes(relpath)), columns=columns)
     return {name: table.column(name).to_numpy() for name in columns}
 

@@ -19,15 +19,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
-from threadpoolctl import ThreadpoolController
 from numerai_tools.scoring import numerai_corr
+from threadpoolctl import ThreadpoolController
 from oracle import TOLERANCE, oracle
 
+from numerai_dask import pipeline
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ModelBatch, ScoringParams, blas_threads,
-                                   chunked, compact_ranks, in_batches, load_model_batch, mean_rank_correlation,
-                                   prediction_correlations, release_memory, returning_freed_memory, run_job,
-                                   scratch_heartbeat, sweep_stale_scratch, trim_heap)
+from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ModelBatch, ModelFiles,
+                                   ScoringParams, chunked, compact_ranks, discover, in_batches, load_model_batch,
+                                   mean_rank_correlation, prediction_correlations, release_memory,
+                                   returning_freed_memory, run_job, score_era_task, scratch_heartbeat,
+                                   sweep_stale_scratch, trim_heap)
+from numerai_dask.scoring import score_era
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
 
@@ -367,13 +370,26 @@ def test_mean_rank_correlation_averages_each_pair_over_the_eras_that_correlate_i
     assert np.allclose(np.diag(mine.to_numpy()), 1.0)
 
 
-def test_the_era_tasks_blas_limit_reaches_every_pool_a_fresh_scan_finds() -> None:
-    """The pools are found once per process (``blas_threads``): scoring's libraries are loaded by then."""
+def test_an_era_task_scores_with_one_thread_in_every_blas_pool(tmp_path, monkeypatch) -> None:
+    """Whatever the process's pools were set to, the era's scoring runs with one BLAS/OpenMP thread each."""
+    generate(str(tmp_path), n_eras=2, rows_per_era=60, n_features=5, n_models=3, n_unresolved=0, seed=5)
+    storage, params = Storage(str(tmp_path)), ScoringParams()
+    inputs = discover(storage, params)
+    batch = load_model_batch(storage, [ModelFiles.of(m, files) for m, files in inputs.submissions.items()],
+                             inputs.index)
+    era = inputs.eras[0]
+    threads_seen: list[list[int]] = []
+
+    def score_era_watched(*args, **kwargs):
+        threads_seen.append([pool["num_threads"] for pool in ThreadpoolController().info()])
+        return score_era(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "score_era", score_era_watched)
     with ThreadpoolController().limit(limits=2):
-        with blas_threads().limit(limits=1):
-            pools = ThreadpoolController().info()
-            assert pools and all(p["num_threads"] == 1 for p in pools), pools
-        assert all(p["num_threads"] == 2 for p in ThreadpoolController().info())
+        scores = score_era_task(storage, era, inputs.features, params, [batch.by_era[era.label]], inputs.stakes, None)
+        assert all(pool["num_threads"] == 2 for pool in ThreadpoolController().info())
+    assert len(threads_seen) == 1 and threads_seen[0] and set(threads_seen[0]) == {1}, threads_seen
+    assert scores.skipped is None and len(scores.table) == 3
 
 
 def test_in_batches_cuts_the_fewest_runs_of_at_most_size_items_of_nearly_equal_length():
