@@ -25,9 +25,9 @@ from oracle import TOLERANCE, oracle
 
 from numerai_dask import pipeline
 from numerai_dask.clusters import ClusterSpec, WorkerSettings, connect
-from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ModelBatch, ModelFiles,
+from numerai_dask.pipeline import (CACHED_IDS_COLUMN, SCRATCH_HEARTBEAT, SCRATCH_PREFIX, JobError, ModelBatch, ModelFiles,
                                    ScoringParams, chunked, compact_ranks, discover, in_batches, load_model_batch,
-                                   mean_rank_correlation, prediction_correlations, release_memory,
+                                   mean_rank_correlation, prediction_correlations, read_columns, release_memory,
                                    returning_freed_memory, run_job, score_era_task, scratch_heartbeat,
                                    sweep_stale_scratch, trim_heap)
 from numerai_dask.scoring import score_era
@@ -390,6 +390,19 @@ def test_an_era_task_scores_with_one_thread_in_every_blas_pool(tmp_path, monkeyp
         assert all(pool["num_threads"] == 2 for pool in ThreadpoolController().info())
     assert len(threads_seen) == 1 and threads_seen[0] and set(threads_seen[0]) == {1}, threads_seen
     assert scores.skipped is None and len(scores.table) == 3
+
+
+def test_cached_ranks_read_back_as_written_by_this_version_or_through_pandas(tmp_path) -> None:
+    out = Storage(str(tmp_path))
+    ids = pd.Series(["n2", "n1", "n3"], dtype="str").to_numpy()
+    ranks = np.array([[1, 5, 3], [70_000, 2, 4]], dtype=np.uint32)  # uint32: eras of over 32,767 rows
+    out.write_columns("plain.parquet", {CACHED_IDS_COLUMN: ids, "m1": ranks[0], "m2": ranks[1]})
+    out.write_parquet("pandas.parquet", pd.DataFrame({CACHED_IDS_COLUMN: ids, "m1": ranks[0], "m2": ranks[1]}))
+    for name in ("plain.parquet", "pandas.parquet"):
+        columns = read_columns(out, name, [CACHED_IDS_COLUMN, "m2"])
+        assert list(columns) == [CACHED_IDS_COLUMN, "m2"]
+        assert np.array_equal(columns[CACHED_IDS_COLUMN], ids)
+        assert columns["m2"].dtype == np.uint32 and np.array_equal(columns["m2"], ranks[1])
 
 
 def test_in_batches_cuts_the_fewest_runs_of_at_most_size_items_of_nearly_equal_length():
