@@ -22,7 +22,8 @@ a data file added/rewritten    its eras: every metric, from cached ranked predic
 an era's ids changed, an era   every submission is read again (those predictions were never cached)
 removed, or newly resolved
 target, features, neutraliz-   everything
-ation, project version
+ation, project version, the
+state's format
 payout rule only               no era; the leaderboard is rebuilt
 =============================  =====================================================================
 

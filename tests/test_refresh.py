@@ -13,6 +13,7 @@ from distributed import Client
 
 from numerai_dask.leaderboard import PayoutRule
 from numerai_dask.pipeline import SCRATCH_PREFIX, ScoringParams, run_job
+from numerai_dask import refresh as refresh_module
 from numerai_dask.refresh import Lease, LeaseBusy, refresh_once
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.synthetic import generate
@@ -217,6 +218,19 @@ def test_a_model_named_id_keeps_its_cached_predictions_apart_from_the_ids(client
     outcome = refresh(client, root, out)  # keeps every other model's cached ranks, "id" among them
     assert outcome.models_read == ["newcomer"]
     assert "id" in set(outcome.result.leaderboard["model"])
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_a_state_of_another_format_is_rescored_and_read_in_full_not_reused(client, dataset, monkeypatch):
+    """The state's format is part of every cached score's fingerprint: an output written by a version whose cache
+    is laid out otherwise is never read (a format-1 era cache names its ids column "id")."""
+    root, out, info = dataset
+    monkeypatch.setattr(refresh_module, "STATE_FORMAT", refresh_module.STATE_FORMAT - 1)
+    refresh(client, root, out)
+    monkeypatch.undo()
+    outcome = refresh(client, root, out)
+    assert outcome.eras_rescored == resolved_labels(info)
+    assert outcome.models_read == sorted(info.submission_files)
     assert_equals_full_score(client, root, outcome)
 
 
