@@ -494,7 +494,10 @@ def _refresh_under_lease(
         # Gathered while the scratch exists: a batch lost with a worker is read, and written there, again.
         fresh_rejections = [r for part in client.gather(client.map(batch_rejections, staged, pure=False))
                             for r in part]
-    rejections = inputs.rejections + benchmark_rejections + fresh_rejections + carried_rejections(state, plan, replaced)
+    # What reading the files found (fresh, or carried for models not read again); the listing's and the
+    # benchmark's rejections are found again by every run.
+    read_rejections = fresh_rejections + carried_rejections(state, plan, replaced)
+    rejections = inputs.rejections + benchmark_rejections + read_rejections
     computed = time.perf_counter()
 
     # Reduce: fresh tables plus the cached tables of untouched eras.
@@ -520,7 +523,7 @@ def _refresh_under_lease(
         "benchmark": file_entries(storage, [inputs.benchmark_file[1]]) if inputs.benchmark_file else None,
         "models": {m: {"files": file_entries(storage, fs), "rejected": m in set(result.rejections["model"])}
                    for m, fs in inputs.submissions.items()},
-        "rejections": [r for r in result.rejections.to_dict("records") if r["model"] in inputs.submissions],
+        "rejections": [asdict(r) for r in read_rejections if r.model in inputs.submissions],
         "eras": {**reuse, **{label: era_state(r, plan.data[label]) for label, r in scored.items()}},
     }
     result.prediction_correlation = prediction_correlations(client, storage, result)
@@ -564,7 +567,7 @@ def era_state(scores: EraScores, data_fingerprint: str) -> dict:
 
 
 def carried_rejections(state: dict | None, plan: RefreshPlan, replaced: dict) -> list[Rejection]:
-    """Rejections of models that were not read again: they still hold."""
+    """Rejections found reading the files of models that were not read again: they still hold."""
     if state is None or plan.reread_all:
         return []
     return [Rejection(**r) for r in state["rejections"]

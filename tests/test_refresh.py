@@ -377,6 +377,25 @@ def test_bad_submission_is_rejected_the_same_way(client, dataset):
     assert "broken" in set(again.result.rejections["model"]) and again.models_read == []
 
 
+def test_a_listing_rejection_is_reported_once_by_every_refresh_and_gone_with_its_file(client, dataset):
+    """Rejections found listing the files are found again by every run: a refresh must not carry them over too."""
+    root, out, info = dataset
+    model, other = sorted(info.submission_files)[:2]
+    unreadable = model_folder(root, model) / "z_late.csv.gz"
+    unreadable.write_bytes(b"\x1f\x8b not really compressed predictions")
+    refresh(client, root, out)
+    ids = data_frame(root)["id"]
+    for seed in (3, 4):  # another model changes: the rejected one is not read again
+        write_csv(model_folder(root, other) / "a.csv", ids, np.random.default_rng(seed).random(len(ids)))
+        outcome = refresh(client, root, out)
+        assert (outcome.result.rejections["file"] == f"submissions/{model}/z_late.csv.gz").sum() == 1
+        assert_equals_full_score(client, root, outcome)
+    unreadable.unlink()
+    outcome = refresh(client, root, out)
+    assert model not in set(outcome.result.rejections["model"])
+    assert_equals_full_score(client, root, outcome)
+
+
 def test_history_is_pruned_and_unused_cache_files_removed(client, dataset):
     root, out, info = dataset
     for clip in (0.05, 0.04, 0.03):
