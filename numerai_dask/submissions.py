@@ -197,9 +197,10 @@ class StoredColumns:
         """Every column of ``parquet`` (whose bytes are ``raw``), ``column`` taken from the cache when stored as before."""
         names = parquet.schema_arrow.names
         others = [n for n in names if n != column]
-        if names.count(column) != 1 or not others:
+        found_stored = _stored_column(parquet, raw, column) if names.count(column) == 1 and others else None
+        if found_stored is None:
             return parquet.read()
-        layout, stored = _stored_column(parquet, raw, names.index(column))
+        layout, stored = found_stored
         with self._lock:
             found = next((entry for entry in self._columns if entry[0] == layout and entry[1] == stored), None)
             if found is not None:
@@ -214,14 +215,22 @@ class StoredColumns:
         return parquet.read(columns=others).add_column(names.index(column), parquet.schema_arrow.field(column), found[2])
 
 
-def _stored_column(parquet: pq.ParquetFile, raw: bytes, index: int) -> tuple[tuple, tuple[bytes, ...]]:
-    """What decides column ``index``'s decoded values: its type and each row group's rows, codec and encodings;
-    and each row group's stored bytes of it."""
+def _stored_column(parquet: pq.ParquetFile, raw: bytes, column: str) -> tuple[tuple, tuple[bytes, ...]] | None:
+    """What decides the top-level column ``column``'s decoded values: its type and each row group's rows, codec and
+    encodings; and each row group's stored bytes of it. None when it is not stored as one leaf column of its own.
+
+    The stored (leaf) columns are counted apart from the top-level ones: a nested column stores one leaf per
+    field, so after one the two indexes part.
+    """
+    paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
+    if paths.count(column) != 1:
+        return None
+    leaf = paths.index(column)
     metadata = parquet.metadata
-    layout: list = [str(parquet.schema_arrow.field(index).type)]
+    layout: list = [str(parquet.schema_arrow.field(column).type)]
     stored = []
     for group in range(metadata.num_row_groups):
-        chunk = metadata.row_group(group).column(index)
+        chunk = metadata.row_group(group).column(leaf)
         start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
         stored.append(bytes(raw[start : start + chunk.total_compressed_size]))
         layout.append((metadata.row_group(group).num_rows, chunk.compression, chunk.encodings))

@@ -142,6 +142,30 @@ def test_a_column_stored_as_one_decoded_before_is_not_decoded_again() -> None:
     assert id_buffer(again) != id_buffer(kept) and len(cache) == 0
 
 
+def test_a_cached_id_column_is_found_by_its_stored_column_after_nested_ones() -> None:
+    """A struct column stores one column per field: the id column's stored bytes are found by its own path, not
+    by its position among the top-level columns (which pointed at the struct's first field, alike in both files,
+    and gave the second file the first one's ids)."""
+    rng = np.random.default_rng(6)
+    ids = [f"n{i:015x}" for i in range(500)]
+
+    def stored(order: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"meta": [{"a": 0, "b": 0}] * len(ids), "id": [ids[i] for i in order],
+                                 "prediction": rng.random(len(ids))}), buffer)
+        return buffer.getvalue()
+
+    cache = StoredColumns(capacity=2)
+    for order in (rng.permutation(len(ids)), rng.permutation(len(ids)), np.arange(len(ids))):
+        raw = stored(order)
+        table = cache.read(pq.ParquetFile(pa.BufferReader(raw)), raw, "id")
+        assert table.column("id").to_pylist() == [ids[i] for i in order]
+        assert table.schema.names == ["meta", "id", "prediction"]
+    again = stored(np.arange(len(ids)))  # stored as the last one: its ids are shared, not decoded again
+    shared = cache.read(pq.ParquetFile(pa.BufferReader(again)), again, "id").column("id")
+    assert shared.to_pylist() == ids and shared.chunk(0).buffers()[2].address == table.column("id").chunk(0).buffers()[2].address
+
+
 # -------------------------------------------------------- one model
 
 
