@@ -497,7 +497,7 @@ def load_model_batch(storage: Storage, models: Sequence[ModelFiles], index: EraI
         contents = storage.read_many([path for m in window for path in m.paths])
         arrays: dict[str, list[np.ndarray]] = {}
         for m in window:
-            files = [storage.relative(p) for p in m.paths]
+            files = [storage.label(p) for p in m.paths]
             raw = [contents.pop(p) for p in m.paths]  # each file's bytes are released once parsed
             predictions, problems = merge_model_files(m.model, list(zip(files, raw)), index)
             rejections += problems
@@ -612,11 +612,11 @@ def load_benchmark(storage: Storage, inputs: JobInputs) -> tuple[dict[str, np.nd
     name, info = inputs.benchmark_file
     label = f"benchmark/{name}"
     contents = storage.read_many([info.path])
-    predictions, rejections = merge_model_files(label, [(storage.relative(info.path), contents[info.path])],
+    predictions, rejections = merge_model_files(label, [(storage.label(info.path), contents[info.path])],
                                                 inputs.index)
     if predictions is None:
         return {}, rejections
-    by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.relative(info.path)])
+    by_era, problems = split_by_era(label, predictions, inputs.index, files=[storage.label(info.path)])
     return {inputs.index.era_label(e): v for e, v in by_era.items()}, rejections + problems
 
 

@@ -315,7 +315,7 @@ def appended_predictions(
         delta = merged_predictions(storage, model, every_file, index)
         if delta is None:
             return None
-    by_era, problems = split_by_era(model, delta, index, files=[storage.relative(p) for p in every_file])
+    by_era, problems = split_by_era(model, delta, index, files=[storage.label(p) for p in every_file])
     if problems:
         return None
     return {index.era_label(e): compact_ranks(by_era[e][None, :])[0] for e in touched if e in by_era}
@@ -324,7 +324,7 @@ def appended_predictions(
 def merged_predictions(storage: Storage, model: str, paths: list[str], index: EraIndex) -> Predictions | None:
     """The model's predictions from ``paths`` in order, or None when any file is rejected."""
     contents = storage.read_many(paths)
-    merged, problems = merge_model_files(model, [(storage.relative(p), contents[p]) for p in paths], index)
+    merged, problems = merge_model_files(model, [(storage.label(p), contents[p]) for p in paths], index)
     return None if problems else merged
 
 

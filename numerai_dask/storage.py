@@ -214,6 +214,11 @@ class Storage:
             raise StorageError(f"{printable(path)!r} is not under {self.display_url}")
         return path[len(prefix) :]
 
+    def label(self, path: str) -> str:
+        """A full path relative to the root, made printable (:func:`printable`): how rejections name a file. A
+        name that is not valid UTF-8 (a surrogate-escaped byte) could not be written to the outputs otherwise."""
+        return printable(self.relative(path))
+
     # -------------------------------------------------------------- listings
 
     def info(self, relpath: str) -> FileInfo | None:

@@ -194,6 +194,8 @@ KINDS: list[Kind] = [
     Kind("dangling_link", lambda c: dangling_link(c, "gone_model.csv"), "not a regular file", model="gone_model.csv"),
     Kind("bad_reupload", lambda c: c.put("model_002/zz_reupload.csv", csv(c.with_values(2.0))),
          "1 predictions are outside [0, 1]", model="model_002"),
+    Kind("undecodable_name", lambda c: c.put("model_006/zz_late\udcff.csv", csv(c.with_values(2.0, 3.0))),
+         "2 predictions are outside [0, 1]", model="model_006"),  # the name's byte 0xff is not UTF-8
 ]
 
 

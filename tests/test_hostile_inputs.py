@@ -102,6 +102,11 @@ def test_each_kind_is_rejected_with_its_reason(runs: Runs, kind: Kind) -> None:
     assert row.file.startswith("submissions/"), row
 
 
+def test_a_file_name_that_is_not_utf8_is_named_printably_in_the_rejections(runs: Runs) -> None:
+    rejections = runs.hostile.table("rejections")
+    assert "submissions/model_006/zz_late\\udcff.csv" in set(rejections["file"])
+
+
 def test_the_oversized_file_is_rejected_from_its_listed_size_without_being_read(runs: Runs) -> None:
     """A sparse file of SPARSE_BYTES: the reason quotes its size; reading it would have failed with MemoryError."""
     assert (runs.root / "submissions" / "oversized.csv").stat().st_size == SPARSE_BYTES
