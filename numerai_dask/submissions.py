@@ -147,8 +147,8 @@ def read_tabular(file_name: str, raw: bytes, text_column: str, number_column: st
     """A csv or parquet file's rows as an Arrow table, ``text_column`` kept as text.
 
     Parquet index columns (pandas stores a named index as a column) come back as
-    ordinary columns. Nothing is ever unpickled. Empty CSV fields and the usual
-    missing-value words (``NA``, ``nan``…) are missing values. A CSV
+    ordinary columns. Nothing is ever unpickled. Empty CSV fields are missing
+    values; words such as ``NA`` are text (see :func:`_read_csv`). A CSV
     ``number_column`` is parsed straight to float64 when every value is a number,
     else read as the reader infers it (so the caller can say which rows are
     not numbers). Raises :class:`SubmissionError` when the bytes cannot be read
@@ -242,16 +242,21 @@ STORED_COLUMNS = StoredColumns()
 
 
 def _read_csv(raw: bytes, text_column: str, number_column: str | None) -> pa.Table:
-    """CSV bytes as a table: ``text_column`` as text, ``number_column`` as float64 if it parses so, else inferred."""
+    """CSV bytes as a table: ``text_column`` as text, ``number_column`` as float64 if it parses so, else inferred.
+
+    Only an empty field is missing. Arrow's default missing-value words (``NA``,
+    ``null``, ``nan``…) are valid model names and could be ids; a number column
+    still reads ``nan`` and ``inf`` as the floats they spell.
+    """
     types = {text_column: ID_TYPE}
     if number_column is not None:
         try:
             return pa_csv.read_csv(pa.BufferReader(raw), convert_options=pa_csv.ConvertOptions(
-                column_types={**types, number_column: pa.float64()}, strings_can_be_null=True))
+                column_types={**types, number_column: pa.float64()}, null_values=[""], strings_can_be_null=True))
         except pa.ArrowInvalid:
             pass  # some value is not a number: read it as it is, for the caller to name the rows
-    return pa_csv.read_csv(pa.BufferReader(raw),
-                           convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True))
+    return pa_csv.read_csv(pa.BufferReader(raw), convert_options=pa_csv.ConvertOptions(
+        column_types=types, null_values=[""], strings_can_be_null=True))
 
 
 def _examples(values: Sequence) -> str:

@@ -389,7 +389,7 @@ def test_storage_pickles_for_dask_tasks(s3_server, s3_bucket) -> None:
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_stakes_are_read_as_floats_by_model(root: Root, kind: str) -> None:
-    frame = pd.DataFrame({"model": ["alice", "007"], "stake": [10, 0]})
+    frame = pd.DataFrame({"model": ["alice", "007", "NA", "null"], "stake": [10, 0, 1, 2]})  # valid model names
     if kind == "csv":
         root.put("stakes.csv", frame.to_csv(index=False).encode())
     else:
@@ -397,7 +397,7 @@ def test_stakes_are_read_as_floats_by_model(root: Root, kind: str) -> None:
     storage = root.storage()
     assert storage.relative(storage.find_stakes().path) == f"stakes.{kind}"
     stakes = storage.read_stakes()
-    assert stakes.to_dict() == {"alice": 10.0, "007": 0.0}
+    assert stakes.to_dict() == {"alice": 10.0, "007": 0.0, "NA": 1.0, "null": 2.0}
     assert stakes.dtype == np.float64 and stakes.index.name == "model"
 
 

@@ -53,6 +53,15 @@ def test_csv_and_parquet_give_string_ids_and_float_predictions() -> None:
     assert from_parquet["id"].tolist() == ["1", "2"] and from_parquet["prediction"].tolist() == [0.0, 1.0]
 
 
+def test_csv_ids_that_spell_missing_value_words_are_ids_and_only_empty_ones_are_missing() -> None:
+    parsed = parse_prediction_file("w.csv", csv("id,prediction\nNA,0.1\nnull,0.2\nnan,0.3\nN/A,0.4\n")).frame()
+    assert parsed["id"].tolist() == ["NA", "null", "nan", "N/A"]
+    with pytest.raises(SubmissionError, match="1 rows have no id"):
+        parse_prediction_file("e.csv", csv("id,prediction\n,0.1\nn2,0.2\n"))
+    with pytest.raises(SubmissionError, match="1 rows have a missing"):
+        parse_prediction_file("n.csv", csv("id,prediction\nn1,nan\nn2,0.2\n"))
+
+
 def test_parquet_ids_may_be_the_index() -> None:
     frame = pd.DataFrame({"prediction": [0.1, 0.9]}, index=pd.Index(["n1", "n2"], name="id"))
     parsed = parse_prediction_file("p.parquet", parquet(frame, index=True)).frame()
