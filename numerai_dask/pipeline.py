@@ -118,6 +118,12 @@ class ScoringParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutralization <= 1.0:
             raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
+        for name in (self.target, *self.extra_targets):
+            if name in ("id", "era"):
+                raise JobError(f"{name!r} is the data's {name} column, not a target (--target, --extra-target)")
+        repeated = sorted({t for t in self.extra_targets if self.extra_targets.count(t) > 1})
+        if repeated:
+            raise JobError(f"extra target(s) {', '.join(map(repr, repeated))} given more than once (--extra-target)")
         if self.models_per_task < 1 or self.read_window_bytes < 1:
             raise JobError("models_per_task and read_window_bytes must be at least 1")
         if self.max_submission_bytes is not None and self.max_submission_bytes < 1:

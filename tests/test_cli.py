@@ -352,11 +352,16 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
     [
         (["score", "nosuch://{empty}"], "ValueError: Protocol not known: nosuch"),
         (["score", "{empty}", "--neutralization", "1.5"], "--neutralization must be between 0 and 1, got 1.5"),
+        (["score", "{empty}", "--target", "era"], "'era' is the data's era column, not a target"),
+        (["score", "{empty}", "--extra-target", "id"], "'id' is the data's id column, not a target"),
+        (["score", "{empty}", "--extra-target", "t2", "--extra-target", "t2"],
+         "extra target(s) 't2' given more than once"),
         (["score", "{empty}", "--storage-option", "no-equals-sign"], "--storage-option takes KEY=VALUE"),
         (["generate", "{empty}", "--eras", "0"], "ValueError: need at least one era, got n_eras=0"),
         (["run", "{empty}/missing.toml"], "cannot read job file {empty}/missing.toml"),
     ],
-    ids=["unknown-protocol", "bad-neutralization", "bad-storage-option", "bad-generator-size", "missing-job-file"],
+    ids=["unknown-protocol", "bad-neutralization", "era-as-target", "id-as-extra-target", "extra-target-twice",
+         "bad-storage-option", "bad-generator-size", "missing-job-file"],
 )
 def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
