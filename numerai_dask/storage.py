@@ -444,6 +444,9 @@ class Storage:
             keep = None if only_wanted else values
         with self._naming_bad_parquet(path):
             table = retrying(lambda: self._read_row_groups(path, groups, wanted, local, keep))
+        if "era" in table.column_names and pa.types.is_dictionary(table.schema.field("era").type):
+            era = table.column("era")
+            table = table.set_column(table.column_names.index("era"), "era", era.cast(era.type.value_type))
         frame = table.to_pandas(ignore_metadata=True)
         frame["id"] = frame["id"].astype(str)
         return frame
@@ -471,6 +474,8 @@ class Storage:
         if "era" not in schema.names:
             raise StorageError(f"{self.display(self.relative(path))}: no 'era' column to filter on")
         era_type = schema.field("era").type
+        if pa.types.is_dictionary(era_type):  # pandas' categorical eras: compared by their values
+            era_type = era_type.value_type
         values = [python_scalar(e) for e in eras]
         try:
             return pa.array(values, type=era_type)

@@ -232,6 +232,18 @@ def test_a_row_group_of_many_eras_is_filtered_a_few_columns_at_a_time(root: Root
     assert storage.read_data(path, columns, eras=["0009"]).empty
 
 
+def test_categorical_eras_are_read_and_filtered_by_their_values(memory_root: Root) -> None:
+    """pandas writes a categorical era column dictionary-encoded; it is read back as plain values, filtered alike."""
+    frame = data_frame(["0001", "0002", "0003"], rows_per_era=5)
+    memory_root.put("data/train.parquet", parquet_bytes(frame.astype({"era": "category"})))  # one row group
+    storage = memory_root.storage()
+    path = storage.path("data/train.parquet")
+    rows = storage.read_data(path, ["era", "target"], eras=["0002"])
+    assert rows["era"].tolist() == ["0002"] * 5 and not isinstance(rows["era"].dtype, pd.CategoricalDtype)
+    assert sorted(rows["id"]) == sorted(frame.loc[frame["era"] == "0002", "id"])
+    assert set(storage.read_data(path, ["era"])["era"]) == {"0001", "0002", "0003"}
+
+
 def test_era_filter_with_the_wrong_era_type_says_so(memory_root: Root) -> None:
     memory_root.put("data/train.parquet", parquet_bytes(data_frame([575, 576])))
     storage = memory_root.storage()
