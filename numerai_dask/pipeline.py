@@ -323,11 +323,16 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     """
     frames = []
     files_by_era: dict[str, list[str]] = {}
+    era_kinds: dict[str, str] = {}
     for info in data_files:
         frame = storage.read_data(info.path, ["era", target])
         for era in pd.unique(frame["era"]):
             files_by_era.setdefault(str(era), []).append(info.path)
+        era_kinds.setdefault("numbers" if pd.api.types.is_numeric_dtype(frame["era"]) else "text", info.path)
         frames.append(frame)
+    if len(era_kinds) > 1:
+        raise StorageError(f"the era column holds text in {display_files(storage, [era_kinds['text']])} but numbers "
+                           f"in {display_files(storage, [era_kinds['numbers']])}; every data file must give eras alike")
     data = pd.concat(frames, ignore_index=True)
     file_of_row = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
     for column, need in (("id", "every row needs an id"), ("era", "every row must belong to an era")):
