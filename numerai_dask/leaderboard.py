@@ -10,10 +10,13 @@ standard deviation (a single era) is NaN: it is undefined, not infinite.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 
+#: An era label read as an integer (ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses).
+INTEGER = re.compile(r"-?[0-9]+")
 #: Metrics summarised with mean, std, sharpe and max drawdown.
 SUMMARISED = ("corr", "fnc", "mmc", "bmc", "tc")
 #: Metrics summarised by their mean only.
@@ -34,9 +37,10 @@ class PayoutRule:
 
 
 def era_order(eras: pd.Series | pd.Index | list) -> list:
-    """Distinct eras in scoring order: numeric when every era is digits, else lexicographic."""
+    """Distinct eras in scoring order: numeric when every era is an integer (digits, maybe after a minus sign),
+    else lexicographic."""
     labels = pd.unique(pd.Series(list(eras), dtype=str))
-    if all(label.isdigit() for label in labels):
+    if all(INTEGER.fullmatch(label) for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
 

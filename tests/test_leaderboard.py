@@ -54,6 +54,8 @@ def test_drawdown_depends_on_era_order_and_starts_at_zero():
     # numeric order 1, 2, 10: sums -0.02, 0.03, -0.01 → peak 0.03, fall 0.04 (lexicographic would differ)
     assert board.loc[0, "corr_max_drawdown"] == pytest.approx(0.04)
     assert era_order(["1", "10", "2"]) == ["1", "2", "10"]
+    assert era_order([-1, 0, -3, 2, -2]) == ["-3", "-2", "-1", "0", "2"]  # integer eras may be negative
+    assert era_order(["²", "1"]) == ["1", "²"]  # a digit int() refuses: lexicographic, not an error
     assert era_order(["b", "a10", "a2"]) == ["a10", "a2", "b"]
 
 
