@@ -299,7 +299,8 @@ class Phase:
 
 
 def select_features(storage: Storage, columns: Sequence[str], feature_set: str | None) -> list[str]:
-    """The feature columns to score with: all ``feature_*`` columns, or one named set of them."""
+    """The feature columns to score with: all ``feature_*`` columns, or one named set of them (each once, in the
+    set's order: a feature listed twice would count twice in the exposures)."""
     available = [c for c in columns if c.startswith("feature_")]
     if feature_set is None:
         return available
@@ -311,7 +312,7 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
     missing = [f for f in sets[feature_set] if f not in present]
     if missing:
         raise JobError(f"feature set {feature_set!r} names {len(missing)} columns absent from the data, e.g. {missing[:3]}")
-    return list(sets[feature_set])
+    return list(dict.fromkeys(sets[feature_set]))
 
 
 def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) -> tuple[EraIndex, dict[str, list[str]]]:

@@ -476,6 +476,17 @@ def test_feature_set_and_partial_neutralization(tmp_path, client):
             np.testing.assert_allclose(mine[metric], expected[metric], rtol=0, atol=TOLERANCE, err_msg=metric)
 
 
+def test_a_feature_listed_twice_in_a_feature_set_is_scored_once(tmp_path) -> None:
+    from numerai_dask.pipeline import select_features
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "features.json").write_text(
+        '{"feature_sets": {"small": ["feature_b", "feature_a", "feature_b"]}}')
+    columns = ["id", "era", "feature_a", "feature_b", "feature_c", "target"]
+    assert select_features(Storage(str(tmp_path)), columns, "small") == ["feature_b", "feature_a"]
+    assert select_features(Storage(str(tmp_path)), columns, None) == ["feature_a", "feature_b", "feature_c"]
+
+
 def test_job_errors_are_one_line_causes(tmp_path, client):
     generate(str(tmp_path), n_eras=2, rows_per_era=20, n_features=3, n_models=2, n_unresolved=0, seed=5)
     with pytest.raises(JobError, match="target column 'target_cyrus' is not in the data"):
