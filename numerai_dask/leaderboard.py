@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-#: An era label read as an integer (ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses).
-INTEGER = re.compile(r"-?[0-9]+")
+#: An era label of digits, as DESIGN.md orders eras: decimal digits, which ``int`` reads (``str.isdigit`` also
+#: takes "²", which ``int`` refuses).
+DIGITS = re.compile(r"\d+")
 #: Metrics summarised with mean, std, sharpe and max drawdown.
 SUMMARISED = ("corr", "fnc", "mmc", "bmc", "tc")
 #: Metrics summarised by their mean only.
@@ -37,10 +38,9 @@ class PayoutRule:
 
 
 def era_order(eras: pd.Series | pd.Index | list) -> list:
-    """Distinct eras in scoring order: numeric when every era is an integer (digits, maybe after a minus sign),
-    else lexicographic."""
+    """Distinct eras in scoring order: numeric when every era is digits, else lexicographic (DESIGN.md)."""
     labels = pd.unique(pd.Series(list(eras), dtype=str))
-    if all(INTEGER.fullmatch(label) for label in labels):
+    if all(DIGITS.fullmatch(label) for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
 
