@@ -45,6 +45,7 @@ from numerai_dask.submissions import (
     compressed_kind,
     compressed_reason,
     file_kind,
+    leaf_index,
     python_scalar,
     read_tabular,
     redact,
@@ -440,7 +441,8 @@ class Storage:
         groups, keep = list(range(metadata.num_row_groups)), None
         if eras is not None:
             values = self._era_values(path, schema, eras)
-            groups, only_wanted = _row_groups_with(metadata, schema.get_field_index("era"), values)
+            leaf = leaf_index(metadata.schema, "era")
+            groups, only_wanted = _row_groups_with(metadata, leaf, values) if leaf is not None else (groups, False)
             keep = None if only_wanted else values
         with self._naming_bad_parquet(path):
             table = retrying(lambda: self._read_row_groups(path, groups, wanted, local, keep))
@@ -675,7 +677,7 @@ def _filtered_rows(file: pq.ParquetFile, groups: list[int], columns: list[str], 
 
 
 def _row_groups_with(metadata: pq.FileMetaData, column: int, values: pa.Array) -> tuple[list[int], bool]:
-    """Row groups whose era column's (number ``column``) min/max statistics may contain one of ``values`` (all
+    """Row groups whose era column's (leaf column ``column``) min/max statistics may contain one of ``values`` (all
     when unknown), and whether the statistics show that every row of them holds one of ``values`` (no row to
     filter out)."""
     wanted = values.to_pylist()

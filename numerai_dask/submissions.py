@@ -215,17 +215,21 @@ class StoredColumns:
         return parquet.read(columns=others).add_column(names.index(column), parquet.schema_arrow.field(column), found[2])
 
 
+def leaf_index(schema: pq.ParquetSchema, column: str) -> int | None:
+    """The index among a Parquet file's stored (leaf) columns of the top-level column ``column``, None when it is
+    not stored as one leaf of its own. A nested column stores one leaf per field, so after one the leaf indexes
+    and the top-level ones part: column chunks and their statistics are found by the leaf index."""
+    paths = [schema.column(i).path for i in range(len(schema))]
+    return paths.index(column) if paths.count(column) == 1 else None
+
+
 def _stored_column(parquet: pq.ParquetFile, raw: bytes, column: str) -> tuple[tuple, tuple[bytes, ...]] | None:
     """What decides the top-level column ``column``'s decoded values: its type and each row group's rows, codec and
     encodings; and each row group's stored bytes of it. None when it is not stored as one leaf column of its own.
-
-    The stored (leaf) columns are counted apart from the top-level ones: a nested column stores one leaf per
-    field, so after one the two indexes part.
     """
-    paths = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
-    if paths.count(column) != 1:
+    leaf = leaf_index(parquet.schema, column)
+    if leaf is None:
         return None
-    leaf = paths.index(column)
     metadata = parquet.metadata
     layout: list = [str(parquet.schema_arrow.field(column).type)]
     stored = []

@@ -244,6 +244,20 @@ def test_categorical_eras_are_read_and_filtered_by_their_values(memory_root: Roo
     assert set(storage.read_data(path, ["era"])["era"]) == {"0001", "0002", "0003"}
 
 
+def test_the_era_filter_finds_the_era_statistics_after_a_nested_column(memory_root: Root) -> None:
+    """A struct column stores one leaf column per field: the era's statistics are those of its own leaf (by the
+    top-level position they were the struct's second field's, and an era with rows read none)."""
+    frame = data_frame(["0001", "0002", "0003"], rows_per_era=4).sort_values(["era", "id"], ignore_index=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.add_column(0, "meta", pa.array([{"a": 0, "b": "zzzz"}] * len(frame)))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=4)  # one era a row group: its statistics decide
+    memory_root.put("data/train.parquet", buffer.getvalue())
+    storage = memory_root.storage()
+    rows = storage.read_data(storage.path("data/train.parquet"), ["era", "target"], eras=["0002"])
+    assert sorted(rows["id"]) == sorted(frame.loc[frame["era"] == "0002", "id"])
+
+
 def test_era_filter_with_the_wrong_era_type_says_so(memory_root: Root) -> None:
     memory_root.put("data/train.parquet", parquet_bytes(data_frame([575, 576])))
     storage = memory_root.storage()
