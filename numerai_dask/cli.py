@@ -28,7 +28,7 @@ from numerai_dask.leaderboard import PayoutRule, with_rank_change
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
-from numerai_dask.storage import Storage, StorageError, printable
+from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error, redact
 
 REJECTIONS_SHOWN = 20
@@ -216,7 +216,7 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
         console.say(f"\n{len(rejections)} rejections:")
         for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
             where = f" era {row.era}" if row.era else ""
-            console.say(f"  {row.model} · {printable(row.file)}{where}: {row.reason}")
+            console.say(f"  {row.model} · {row.file}{where}: {row.reason}")  # names made printable already
         if len(rejections) > REJECTIONS_SHOWN:
             console.say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
     timings = result.manifest.get("timings_seconds", {})
