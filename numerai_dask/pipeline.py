@@ -329,11 +329,13 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
         frame = storage.read_data(info.path, ["era", target])
         for era in pd.unique(frame["era"]):
             files_by_era.setdefault(str(era), []).append(info.path)
-        era_kinds.setdefault("numbers" if pd.api.types.is_numeric_dtype(frame["era"]) else "text", info.path)
+        if len(frame):  # an empty file's column may have no type of its own
+            era_kinds.setdefault(era_kind(frame["era"]), info.path)
         frames.append(frame)
     if len(era_kinds) > 1:
-        raise StorageError(f"the era column holds text in {display_files(storage, [era_kinds['text']])} but numbers "
-                           f"in {display_files(storage, [era_kinds['numbers']])}; every data file must give eras alike")
+        (kind, path), (other_kind, other_path) = list(era_kinds.items())[:2]
+        raise StorageError(f"the era column holds {kind} in {display_files(storage, [path])} but {other_kind} in "
+                           f"{display_files(storage, [other_path])}; every data file must give eras alike")
     data = pd.concat(frames, ignore_index=True)
     file_of_row = np.repeat(np.array([info.path for info in data_files], dtype=object), [len(f) for f in frames])
     for column, need in (("id", "every row needs an id"), ("era", "every row must belong to an era")):
@@ -354,6 +356,15 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
         raise StorageError(f"{display_files(storage, files_by_era[str(era)])}: era {era} has only {rows} row with a "
                            f"resolved target; an era needs at least {MIN_ERA_ROWS} to be scored (is 'era' the era?)")
     return index, files_by_era
+
+
+def era_kind(eras: pd.Series) -> str:
+    """What an era column holds, in words: eras of one kind only can be one index (DESIGN.md: text or integers)."""
+    if pd.api.types.is_integer_dtype(eras):
+        return "integers"
+    if pd.api.types.is_string_dtype(eras) or pd.api.types.is_object_dtype(eras):
+        return "text"
+    return f"{eras.dtype} values"
 
 
 def display_files(storage: Storage, paths: Sequence[str]) -> str:

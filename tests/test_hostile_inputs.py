@@ -176,9 +176,10 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (lambda f, _: idless_rows(f), "3 rows have no id (a missing value in 'id')"),
         (repeated_id, "1 ids appear on more than one row of the data"),
         (lambda f, _: f.assign(era=f["era"].astype(int)), "the era column holds text in"),
+        (lambda f, _: f.assign(era=f["era"].astype(float)), "but float64 values in"),
     ],
     ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "rows-without-id",
-         "duplicate-id", "eras-as-numbers-in-one-file"],
+         "duplicate-id", "eras-as-numbers-in-one-file", "eras-as-floats-in-one-file"],
 )
 def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     change: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame], problem: str, tmp_path: Path, dask_cluster: str,
