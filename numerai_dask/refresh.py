@@ -20,7 +20,9 @@ stakes                         cross-model metrics of the eras holding a model w
 benchmark                      cross-model metrics of every era
 a data file added/rewritten    its eras: every metric, from cached ranked predictions
 an era's ids changed, an era   every submission is read again (those predictions were never cached)
-removed, or newly resolved
+removed, or newly resolved,
+or rows of an era resolved
+or unresolved
 target, features, neutraliz-   everything
 ation, project version, the
 state's format
@@ -227,11 +229,14 @@ def effective_stakes(inputs: JobInputs) -> dict[str, float]:
 
 
 def era_fingerprints(storage: Storage, inputs: JobInputs) -> tuple[dict[str, str], dict[str, str]]:
-    """Per resolved era the fingerprint of the data files holding it; per era (any) of its ids."""
+    """Per resolved era the fingerprint of the data files holding it; per era (any) of its ids and of which of
+    them have a resolved target: an era's cached predictions hold its resolved rows, so when those change the
+    cache no longer fits the era and every submission is read again."""
     entries = {f.path: [storage.relative(f.path), f.size, f.version] for f in inputs.data_files}
     data = {era.label: digest([entries[p] for p in era.files]) for era in inputs.eras}
     index = inputs.index
-    ids = {index.era_label(e): digest(index.ids_of(e).tolist()) for e in index.eras}
+    ids = {index.era_label(e): digest([index.ids_of(e).tolist(), np.packbits(index.resolved_of(e)).tobytes().hex()])
+           for e in index.eras}
     return data, ids
 
 

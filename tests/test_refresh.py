@@ -340,6 +340,30 @@ def test_newly_resolved_era_and_rewritten_data(client, dataset):
     assert_equals_full_score(client, root, outcome)
 
 
+def set_targets(root: Path, era: str, targets) -> None:
+    """The target of ``era``'s rows, in every data file that holds some (``targets(n)`` gives n values)."""
+    for path in sorted((root / "data").glob("*.parquet")):
+        frame = pd.read_parquet(path)
+        mask = frame["era"].astype(str) == era
+        if mask.any():
+            frame.loc[mask, "target"] = targets(int(mask.sum()))
+            frame.to_parquet(path)
+
+
+def test_rows_of_a_scored_era_that_unresolve_or_resolve_again_are_scored_as_a_full_score_scores_them(client, dataset):
+    """An era's cache holds its resolved rows: when they change, the cache no longer fits the era (a refresh
+    failed on every run with "cached predictions do not match the era's ids")."""
+    root, out, info = dataset
+    era = resolved_labels(info)[0]
+    refresh(client, root, out)
+    set_targets(root, era, lambda n: np.r_[np.full(2, np.nan), np.arange(n - 2) % 5 / 4])  # two rows unresolve
+    outcome = refresh(client, root, out)
+    assert era in outcome.eras_rescored
+    assert_equals_full_score(client, root, outcome)
+    set_targets(root, era, lambda n: np.arange(n) % 5 / 4)  # they resolve again
+    assert_equals_full_score(client, root, refresh(client, root, out))
+
+
 def test_parameter_benchmark_and_payout_changes(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
