@@ -226,10 +226,11 @@ class EraScores:
 
 @dataclass(frozen=True)
 class EraCacheFiles:
-    """One era's cached results, relative to the output root: ranked predictions (see :func:`compact_ranks`) and scores."""
+    """One era's cached results, relative to the output root: ranked predictions (see :func:`compact_ranks`) and
+    scores (None for an era skipped as degenerate: it has none)."""
 
     predictions: str
-    scores: str
+    scores: str | None
 
 
 @dataclass(frozen=True)
@@ -722,8 +723,9 @@ def score_era_task(
                 extra_targets={t: rows[t].to_numpy(np.float64) for t in params.extra_targets},
                 per_model=rescore,
             )
-    except DegenerateEraError as error:
-        return EraScores(era.label, empty_per_era(params), skipped=str(error))
+    except DegenerateEraError as error:  # its models' predictions are cached all the same, for when the data changes
+        return EraScores(era.label, empty_per_era(params), skipped=str(error), models=tuple(models),
+                         cache=write_era_cache(write, ids, models, by_model, None))
     if benchmark is None:
         scores["bmc"] = np.full(len(models), np.nan)
     table = pd.DataFrame({"era": era.label, "model": models, **scores})
@@ -732,12 +734,20 @@ def score_era_task(
         table.update(kept_scores, overwrite=False)
         table = table.reset_index()
     table = table[list(per_era_columns(params))]
-    files = None
-    if write is not None:
-        write.out.write_columns(write.files.predictions, {CACHED_IDS_COLUMN: ids, **dict(zip(models, by_model))})
-        write.out.write_parquet(write.files.scores, table)
-        files = write.files
-    return EraScores(era.label, table, models=tuple(models), cache=files)
+    return EraScores(era.label, table, models=tuple(models), cache=write_era_cache(write, ids, models, by_model, table))
+
+
+def write_era_cache(write: CacheWrite | None, ids: np.ndarray, models: list[str], by_model: np.ndarray,
+                    table: pd.DataFrame | None) -> EraCacheFiles | None:
+    """Write an era's ranked predictions and, unless it was skipped (None), its scores where ``write`` says; return
+    what was written (None when not asked)."""
+    if write is None:
+        return None
+    write.out.write_columns(write.files.predictions, {CACHED_IDS_COLUMN: ids, **dict(zip(models, by_model))})
+    if table is None:
+        return EraCacheFiles(write.files.predictions, None)
+    write.out.write_parquet(write.files.scores, table)
+    return write.files
 
 
 def read_parquet(out: Storage, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:

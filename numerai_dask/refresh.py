@@ -485,7 +485,8 @@ def _refresh_under_lease(
             before = plan.previous_eras.get(era.label)
             cache = None
             if before is not None and before.get("predictions") and keep:
-                cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep), keep_scores)
+                cache = EraCache(out, EraCacheFiles(before["predictions"], before["scores"]), tuple(keep),
+                                 keep_scores and before["scores"] is not None)
             folder = era_directory(era.label)
             write = CacheWrite(out, EraCacheFiles(f"{folder}/{run_id}.ranks.parquet",
                                                   f"{folder}/{run_id}.scores.parquet"))
@@ -565,8 +566,8 @@ def era_state(scores: EraScores, data_fingerprint: str) -> dict:
     return {
         "data": data_fingerprint,
         "models": list(scores.models),
-        "predictions": scores.cache.predictions if scores.cache and scores.skipped is None else None,
-        "scores": scores.cache.scores if scores.cache and scores.skipped is None else None,
+        "predictions": scores.cache.predictions if scores.cache else None,
+        "scores": scores.cache.scores if scores.cache else None,
         "skipped": scores.skipped,
     }
 

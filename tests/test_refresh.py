@@ -364,6 +364,28 @@ def test_rows_of_a_scored_era_that_unresolve_or_resolve_again_are_scored_as_a_fu
     assert_equals_full_score(client, root, refresh(client, root, out))
 
 
+def test_an_era_skipped_for_a_constant_target_keeps_its_models_for_when_the_target_is_mended(client, dataset):
+    """A degenerate era's models' predictions are cached too: rescored later (its target mended, or the benchmark
+    changed), it has every model, where it used to have none ("no valid submission covers this era")."""
+    root, out, info = dataset
+    era = resolved_labels(info)[1]
+    refresh(client, root, out)
+    set_targets(root, era, lambda n: np.full(n, 0.5))
+    outcome = refresh(client, root, out)
+    assert era in outcome.result.skipped_eras and outcome.models_read == []
+    assert_equals_full_score(client, root, outcome)
+    bench = next((root / "benchmark").iterdir())
+    frame = pd.read_parquet(bench)
+    frame["prediction"] = frame["prediction"].to_numpy()[::-1]
+    frame.to_parquet(bench)
+    assert_equals_full_score(client, root, refresh(client, root, out))  # still skipped, for the same reason
+    set_targets(root, era, lambda n: np.arange(n) % 5 / 4)
+    outcome = refresh(client, root, out)
+    assert era in outcome.eras_rescored and outcome.models_read == []
+    assert era not in outcome.result.skipped_eras
+    assert_equals_full_score(client, root, outcome)
+
+
 def test_parameter_benchmark_and_payout_changes(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
