@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from botocore.exceptions import BotoCoreError, ClientError
 from distributed import Client
 
 from numerai_dask import clusters
@@ -115,6 +116,11 @@ def connect(spec: JobSpec, log: Callable[[str], None] = say) -> contextlib.Abstr
     return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=log)
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool, which TOML and Python also count as numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
 @dataclass(frozen=True)
 class RefreshSettings:
     """How a refresh repeats and keeps history: ``every`` (seconds) or ``cron``, or neither for one refresh."""
@@ -127,8 +133,14 @@ class RefreshSettings:
     def __post_init__(self) -> None:
         if self.every is not None and self.cron is not None:
             raise JobError("a refresh takes --every or --cron, not both")
-        if self.keep_runs < 1:
-            raise JobError("--keep-runs must be at least 1")
+        if self.every is not None and not (is_number(self.every) and self.every > 0):
+            raise JobError(f"the refresh interval must be a positive number of seconds, got {self.every!r}")
+        if self.cron is not None and not isinstance(self.cron, str):
+            raise JobError(f"cron must be a text like \"0 6 * * *\", got {self.cron!r}")
+        if not isinstance(self.keep_runs, int) or isinstance(self.keep_runs, bool) or self.keep_runs < 1:
+            raise JobError(f"--keep-runs must be a whole number of at least 1, got {self.keep_runs!r}")
+        if not (is_number(self.lease_seconds) and self.lease_seconds > 0):
+            raise JobError(f"--lease-seconds must be a positive number, got {self.lease_seconds!r}")
 
     def seconds_until_next(self) -> Callable[[dt.datetime], float] | None:
         """The schedule as a function of the current time, or None for a single refresh."""
@@ -353,9 +365,18 @@ def spec_from_job_file(path: str) -> JobSpec:
         raise JobError(f"cannot read job file {path}: {error}") from error
     if "root" not in document:
         raise JobError(f"job file {path} has no 'root'")
+    for key in ("root", "out"):
+        if not isinstance(document.get(key, ""), str):
+            raise JobError(f"job file {path}: {key} must be a text (a folder or URL), got {document[key]!r}")
+    for key in ("scoring", "cluster", "storage_options"):
+        if not isinstance(document.get(key, {}), dict):
+            raise JobError(f"job file {path}: {key} must be a table ([{key}]), got {document[key]!r}")
     scoring = dict(document.get("scoring", {}))
     payout = dict(scoring.pop("payout", {}))
     cluster = document.get("cluster", {})
+    workers = cluster.get("workers")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise JobError(f"job file {path}: [cluster] workers must be a whole number of at least 1, got {workers!r}")
     score_fields = [f.name for f in dataclasses.fields(ScoringParams) if f.name != "payout"]
     for table, allowed, where in ((document, JOB_FILE_KEYS, "at the top"), (cluster, CLUSTER_KEYS, "in [cluster]"),
                                   (scoring, [*score_fields, "payout"], "in [scoring]"),
@@ -365,15 +386,17 @@ def spec_from_job_file(path: str) -> JobSpec:
             raise JobError(f"job file {path}: unknown key(s) {unknown} {where}; known: {', '.join(allowed)}")
     if cluster.get("scheduler") and cluster.get("cluster"):
         raise JobError(f"job file {path}: [cluster] takes scheduler or cluster, not both")
-    if not all(isinstance(v, (int, float)) for v in payout.values()):
+    if not all(is_number(v) for v in payout.values()):
         raise JobError(f"job file {path}: [scoring.payout] values must be numbers")
     extra = scoring.get("extra_targets")
     if extra is not None:  # a list of names, or one name (not its letters)
+        if not (isinstance(extra, str) or (isinstance(extra, list) and all(isinstance(t, str) for t in extra))):
+            raise JobError(f"job file {path}: [scoring] extra_targets must be a name or a list of names, got {extra!r}")
         scoring["extra_targets"] = (extra,) if isinstance(extra, str) else tuple(extra)
     try:
         params = ScoringParams(payout=PayoutRule(**payout), **scoring)
-    except TypeError as error:
-        raise JobError(f"job file {path}: a [scoring] value has the wrong type ({error})") from error
+    except (TypeError, ValueError) as error:
+        raise JobError(f"job file {path}: a [scoring] value is wrong ({error})") from error
     return JobSpec(
         root=document["root"],
         out=document.get("out"),
@@ -488,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  params=ScoringParams(extra_targets=("target_jerome",))))
     except (JobError, StorageError, clusters.ClusterSpecError) as error:
         return failed(one_line(error), console)
-    except (OSError, TimeoutError, ValueError, ImportError) as error:
-        # Unreachable scheduler or storage, unknown protocol, unreadable data file, bad generator sizes…
+    except (OSError, TimeoutError, ValueError, ImportError, BotoCoreError, ClientError) as error:
+        # Unreachable scheduler or storage (S3's errors come from botocore, and are none of the others), unknown
+        # protocol, unreadable data file, bad generator sizes…
         return failed(f"{type(error).__name__}: {one_line(error)}", console)
     return 2
 

@@ -10,6 +10,7 @@ standard deviation (a single era) is NaN: it is undefined, not infinite.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,14 @@ class PayoutRule:
     corr_weight: float = 0.5
     mmc_weight: float = 2.0
     clip: float = 0.05
+
+    def __post_init__(self) -> None:
+        values = {"corr weight": self.corr_weight, "mmc weight": self.mmc_weight, "clip": self.clip}
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"the payout's {name} must be a finite number, got {value!r}")
+        if self.clip <= 0:
+            raise ValueError(f"the payout's clip must be positive, got {self.clip!r}")
 
     def per_era(self, per_era: pd.DataFrame) -> pd.Series:
         raw = self.corr_weight * per_era["corr"] + self.mmc_weight * per_era["mmc"]

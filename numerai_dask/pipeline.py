@@ -124,10 +124,11 @@ class ScoringParams:
         repeated = sorted({t for t in self.extra_targets if self.extra_targets.count(t) > 1})
         if repeated:
             raise JobError(f"extra target(s) {', '.join(map(repr, repeated))} given more than once (--extra-target)")
-        if self.models_per_task < 1 or self.read_window_bytes < 1:
-            raise JobError("models_per_task and read_window_bytes must be at least 1")
-        if self.max_submission_bytes is not None and self.max_submission_bytes < 1:
-            raise JobError("max_submission_bytes must be at least 1")
+        counts = {"models_per_task": self.models_per_task, "read_window_bytes": self.read_window_bytes,
+                  "max_submission_bytes": 1 if self.max_submission_bytes is None else self.max_submission_bytes}
+        for name, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise JobError(f"{name} must be a whole number of at least 1, got {value!r}")
 
     def submission_size_limit(self, data_rows: int) -> int:
         """The largest prediction file read: the explicit limit, else SUBMISSION_BYTES_PER_ROW per data row plus slack.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from numerai_dask.cli import duration, main, progress_line, spec_from_job_file
+from numerai_dask.cli import duration, main, progress_line, refresh_settings_from_job_file, spec_from_job_file
 from numerai_dask.leaderboard import build_leaderboard
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, run_job
 from numerai_dask.report import render_html
@@ -347,12 +348,28 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
     assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
 
 
+def test_an_unreachable_s3_endpoint_is_a_one_line_cause_and_a_json_failure(tmp_path: Path, dask_cluster: str) -> None:
+    """botocore's errors are none of the Python ones the command line names: they were a 150-line traceback."""
+    with socket.socket() as closed:  # a port nothing listens on once this block ends
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = run_cli("score", "s3://bucket/tournament", "--out", str(tmp_path / "out"), "--scheduler", dask_cluster,
+                   "--json", env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "key",
+                                  "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "us-east-1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("numerai-dask: error: EndpointConnectionError: Could not connect")
+    assert json.loads(done.stdout.splitlines()[-1])["status"] == "failed"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "cause"),
     [
         (["score", "nosuch://{empty}"], "ValueError: Protocol not known: nosuch"),
         (["score", "{empty}", "--neutralization", "1.5"], "--neutralization must be between 0 and 1, got 1.5"),
         (["score", "{empty}", "--target", "era"], "'era' is the data's era column, not a target"),
+        (["score", "{empty}", "--payout-corr-weight", "nan"], "the payout's corr weight must be a finite number"),
+        (["refresh", "{empty}", "--lease-seconds", "0"], "--lease-seconds must be a positive number, got 0.0"),
         (["score", "{empty}", "--extra-target", "id"], "'id' is the data's id column, not a target"),
         (["score", "{empty}", "--extra-target", "t2", "--extra-target", "t2"],
          "extra target(s) 't2' given more than once"),
@@ -360,7 +377,8 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
         (["generate", "{empty}", "--eras", "0"], "ValueError: need at least one era, got n_eras=0"),
         (["run", "{empty}/missing.toml"], "cannot read job file {empty}/missing.toml"),
     ],
-    ids=["unknown-protocol", "bad-neutralization", "era-as-target", "id-as-extra-target", "extra-target-twice",
+    ids=["unknown-protocol", "bad-neutralization", "era-as-target", "nan-payout-weight", "zero-lease",
+         "id-as-extra-target", "extra-target-twice",
          "bad-storage-option", "bad-generator-size", "missing-job-file"],
 )
 def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str, tmp_path: Path,
@@ -408,6 +426,17 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\n[cluster]\nadress = "tcp://x:1"\n', "unknown key(s) ['adress'] in [cluster]"),
         ('root = "r"\n[scoring.payout]\nclip = "high"\n', "[scoring.payout] values must be numbers"),
         ('out = "o"\n', "has no 'root'"),
+        ('root = 5\n', "root must be a text (a folder or URL), got 5"),
+        ('root = "r"\nscoring = "x"\n', "scoring must be a table ([scoring]), got 'x'"),
+        ('root = "r"\n[cluster]\nworkers = "2"\n', "[cluster] workers must be a whole number of at least 1"),
+        ('root = "r"\n[scoring]\nextra_targets = 3\n', "extra_targets must be a name or a list of names, got 3"),
+        ('root = "r"\n[scoring]\nmodels_per_task = 2.5\n', "models_per_task must be a whole number of at least 1"),
+        ('root = "r"\n[scoring.payout]\nclip = -0.05\n', "the payout's clip must be positive"),
+        ('root = "r"\n[scoring.payout]\nclip = true\n', "[scoring.payout] values must be numbers"),
+        ('root = "r"\n[refresh]\nevery = 0\n', "the refresh interval must be a positive number of seconds, got 0"),
+        ('root = "r"\n[refresh]\nkeep_runs = "3"\n', "--keep-runs must be a whole number of at least 1, got '3'"),
+        ('root = "r"\n[refresh]\nlease_seconds = "x"\n', "--lease-seconds must be a positive number, got 'x'"),
+        ('root = "r"\n[refresh]\ncron = 5\n', "cron must be a text like"),
     ],
 )
 def test_job_file_mistakes_are_errors(tmp_path: Path, text: str, complaint: str) -> None:
@@ -415,6 +444,7 @@ def test_job_file_mistakes_are_errors(tmp_path: Path, text: str, complaint: str)
     job.write_text(text)
     with pytest.raises(JobError) as raised:
         spec_from_job_file(str(job))
+        refresh_settings_from_job_file(str(job))
     assert complaint in str(raised.value)
 
 
