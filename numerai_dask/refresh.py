@@ -87,8 +87,9 @@ from numerai_dask.pipeline import (
     stage_batch,
 )
 from numerai_dask.report import new_run_id, publish_run
-from numerai_dask.storage import FileInfo, Storage
-from numerai_dask.submissions import EraIndex, Predictions, Rejection, merge_model_files, rows_in, split_by_era
+from numerai_dask.storage import FileInfo, Storage, StorageError
+from numerai_dask.submissions import (EraIndex, Predictions, Rejection, describe_error, merge_model_files, rows_in,
+                                      split_by_era)
 
 #: Part of every cached score's fingerprint: a cache of another format is rescored, never read. 2: an era's
 #: cached predictions hold their ids under ``pipeline.CACHED_IDS_COLUMN`` (in 1, under "id", a valid model name).
@@ -194,9 +195,16 @@ class Previous:
 
 
 def read_previous(out: Storage) -> Previous | None:
+    """The run ``latest.json`` names, with its state and leaderboard (None when nothing was published)."""
     if not out.exists("latest.json"):
         return None
-    folder = json.loads(out.read_bytes("latest.json"))["path"]
+    try:
+        folder = json.loads(out.read_bytes("latest.json"))["path"]
+        if not isinstance(folder, str):
+            raise TypeError(f"its path is {folder!r}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise StorageError(f"{out.display('latest.json')} does not name a run ({describe_error(error)}); it should "
+                           'hold {"path": "runs/<run id>", …}: restore it, or remove it to score afresh') from None
     state = json.loads(out.read_bytes(f"{folder}/{STATE_FILE}")) if out.exists(f"{folder}/{STATE_FILE}") else None
     board = None
     if out.exists(f"{folder}/leaderboard.parquet"):

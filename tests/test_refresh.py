@@ -463,6 +463,15 @@ def test_history_is_pruned_and_unused_cache_files_removed(client, dataset):
     assert on_disk == referenced
 
 
+@pytest.mark.parametrize("pointer", ["{}", "[]", '{"path": 3}', "not json"])
+def test_a_latest_json_that_names_no_run_is_a_storage_error_that_says_so(client, dataset, pointer):
+    root, out, info = dataset
+    refresh(client, root, out)
+    (out / "latest.json").write_text(pointer)
+    with pytest.raises(StorageError, match='latest.json does not name a run .*"path": "runs/<run id>"'):
+        refresh(client, root, out)
+
+
 def test_a_held_lease_stops_a_second_refresh(client, dataset):
     root, out, _ = dataset
     refresh(client, root, out)
