@@ -374,9 +374,6 @@ def spec_from_job_file(path: str) -> JobSpec:
     scoring = dict(document.get("scoring", {}))
     payout = dict(scoring.pop("payout", {}))
     cluster = document.get("cluster", {})
-    workers = cluster.get("workers")
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise JobError(f"job file {path}: [cluster] workers must be a whole number of at least 1, got {workers!r}")
     score_fields = [f.name for f in dataclasses.fields(ScoringParams) if f.name != "payout"]
     for table, allowed, where in ((document, JOB_FILE_KEYS, "at the top"), (cluster, CLUSTER_KEYS, "in [cluster]"),
                                   (scoring, [*score_fields, "payout"], "in [scoring]"),

@@ -309,6 +309,8 @@ def choose(scheduler: str | None = None, cluster: str | None = None, workers: in
     """
     if scheduler and cluster:
         raise ClusterSpecError(f"give a scheduler address or a cluster spec, not both (got {scheduler} and {cluster})")
+    if workers is not None and not _is_count(workers):
+        raise ClusterSpecError(f"workers must be a positive integer, got {workers!r}")
     if scheduler:
         return ClusterSpec("scheduler", {"address": scheduler}, source="--scheduler")
     if cluster:

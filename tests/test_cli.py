@@ -428,7 +428,6 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('out = "o"\n', "has no 'root'"),
         ('root = 5\n', "root must be a text (a folder or URL), got 5"),
         ('root = "r"\nscoring = "x"\n', "scoring must be a table ([scoring]), got 'x'"),
-        ('root = "r"\n[cluster]\nworkers = "2"\n', "[cluster] workers must be a whole number of at least 1"),
         ('root = "r"\n[scoring]\nextra_targets = 3\n', "extra_targets must be a name or a list of names, got 3"),
         ('root = "r"\n[scoring]\nmodels_per_task = 2.5\n', "models_per_task must be a whole number of at least 1"),
         ('root = "r"\n[scoring.payout]\nclip = -0.05\n', "the payout's clip must be positive"),

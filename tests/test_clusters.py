@@ -158,6 +158,9 @@ def test_choose_follows_the_documented_precedence(tmp_path: Path) -> None:
     assert (default.kind, default.options["workers"], default.worker) == ("local", 5, WorkerSettings())
     with pytest.raises(ClusterSpecError, match="not both"):
         choose("tcp://given:8786", local, None, {})
+    for workers in (0, -1, "2", True):  # --workers 0 started the default cluster; a job file's "2" was a traceback
+        with pytest.raises(ClusterSpecError, match=f"workers must be a positive integer, got {workers!r}"):
+            choose(None, None, workers, {})
 
 
 def test_scheduler_and_cluster_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
