@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distributed import Client
 
 from numerai_dask import clusters
-from numerai_dask.leaderboard import PayoutRule, with_rank_change
+from numerai_dask.leaderboard import PayoutRule, is_finite_number, with_rank_change
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
@@ -116,11 +116,6 @@ def connect(spec: JobSpec, log: Callable[[str], None] = say) -> contextlib.Abstr
     return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=log)
 
 
-def is_number(value: object) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool, which TOML and Python also count as numbers)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
-
-
 @dataclass(frozen=True)
 class RefreshSettings:
     """How a refresh repeats and keeps history: ``every`` (seconds) or ``cron``, or neither for one refresh."""
@@ -133,13 +128,13 @@ class RefreshSettings:
     def __post_init__(self) -> None:
         if self.every is not None and self.cron is not None:
             raise JobError("a refresh takes --every or --cron, not both")
-        if self.every is not None and not (is_number(self.every) and self.every > 0):
+        if self.every is not None and not (is_finite_number(self.every) and self.every > 0):
             raise JobError(f"the refresh interval must be a positive number of seconds, got {self.every!r}")
         if self.cron is not None and not isinstance(self.cron, str):
             raise JobError(f"cron must be a text like \"0 6 * * *\", got {self.cron!r}")
         if not isinstance(self.keep_runs, int) or isinstance(self.keep_runs, bool) or self.keep_runs < 1:
             raise JobError(f"--keep-runs must be a whole number of at least 1, got {self.keep_runs!r}")
-        if not (is_number(self.lease_seconds) and self.lease_seconds > 0):
+        if not (is_finite_number(self.lease_seconds) and self.lease_seconds > 0):
             raise JobError(f"--lease-seconds must be a positive number, got {self.lease_seconds!r}")
 
     def seconds_until_next(self) -> Callable[[dt.datetime], float] | None:
@@ -383,8 +378,6 @@ def spec_from_job_file(path: str) -> JobSpec:
             raise JobError(f"job file {path}: unknown key(s) {unknown} {where}; known: {', '.join(allowed)}")
     if cluster.get("scheduler") and cluster.get("cluster"):
         raise JobError(f"job file {path}: [cluster] takes scheduler or cluster, not both")
-    if not all(is_number(v) for v in payout.values()):
-        raise JobError(f"job file {path}: [scoring.payout] values must be numbers")
     extra = scoring.get("extra_targets")
     if extra is not None:  # a list of names, or one name (not its letters)
         if not (isinstance(extra, str) or (isinstance(extra, list) and all(isinstance(t, str) for t in extra))):

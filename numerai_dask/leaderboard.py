@@ -25,6 +25,11 @@ SUMMARISED = ("corr", "fnc", "mmc", "bmc", "tc")
 AVERAGED = ("cwmm", "fe_max", "fe_rms")
 
 
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float, not a bool (which Python and TOML count as numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class PayoutRule:
     """Per-era payout score ``clip(corr_weight·corr + mmc_weight·mmc, ±clip)``."""
@@ -36,7 +41,7 @@ class PayoutRule:
     def __post_init__(self) -> None:
         values = {"corr weight": self.corr_weight, "mmc weight": self.mmc_weight, "clip": self.clip}
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise ValueError(f"the payout's {name} must be a finite number, got {value!r}")
         if self.clip <= 0:
             raise ValueError(f"the payout's clip must be positive, got {self.clip!r}")
