@@ -501,6 +501,21 @@ def returning_freed_memory(task: Callable[P, T]) -> Callable[P, T]:
     return run
 
 
+def one_blas_thread() -> None:
+    """Hold this process's BLAS pools, and this thread's OpenMP pool, to one thread, for good.
+
+    Workers this project starts have their BLAS variables set; a worker of
+    another cluster may not. OpenBLAS's pool is process-wide and shared by a
+    worker's task threads, so a limit restored when one era task ends would
+    give the pool its threads back under another task still scoring. Called
+    at the start of each era task, since OpenMP's limit is per thread. The
+    scan of the pools is threadpoolctl's cached one, redone when modules are
+    imported: a scan on every call, as ``threadpool_limits`` does, took 1.6 ms
+    an era.
+    """
+    get_cached_controller().limit(limits=1)
+
+
 # -------------------------------------------------------------------------- load
 
 
@@ -710,20 +725,18 @@ def score_era_task(
         raise JobError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} predicted")
     stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
+    one_blas_thread()
     try:
-        # threadpoolctl's cached scan of the BLAS and OpenMP pools, redone when modules are imported: scanning
-        # on every call, as threadpool_limits does, took 1.6 ms an era.
-        with get_cached_controller().limit(limits=1):
-            scores = score_era(
-                Ranks(by_model.T),
-                rows[params.target].to_numpy(np.float64),
-                rows[features].to_numpy(),
-                stake,
-                benchmark,
-                proportion=params.neutralization,
-                extra_targets={t: rows[t].to_numpy(np.float64) for t in params.extra_targets},
-                per_model=rescore,
-            )
+        scores = score_era(
+            Ranks(by_model.T),
+            rows[params.target].to_numpy(np.float64),
+            rows[features].to_numpy(),
+            stake,
+            benchmark,
+            proportion=params.neutralization,
+            extra_targets={t: rows[t].to_numpy(np.float64) for t in params.extra_targets},
+            per_model=rescore,
+        )
     except DegenerateEraError as error:  # its models' predictions are cached all the same, for when the data changes
         return EraScores(era.label, empty_per_era(params), skipped=str(error), models=tuple(models),
                          cache=write_era_cache(write, ids, models, by_model, None))

@@ -11,6 +11,8 @@ import gc
 import os
 import pickle
 import platform
+import subprocess
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -20,7 +22,6 @@ import pandas as pd
 import pytest
 from distributed import Client
 from numerai_tools.scoring import numerai_corr
-from threadpoolctl import ThreadpoolController
 from oracle import TOLERANCE, oracle
 
 from numerai_dask import pipeline
@@ -370,26 +371,61 @@ def test_mean_rank_correlation_averages_each_pair_over_the_eras_that_correlate_i
     assert np.allclose(np.diag(mine.to_numpy()), 1.0)
 
 
-def test_an_era_task_scores_with_one_thread_in_every_blas_pool(tmp_path, monkeypatch) -> None:
-    """Whatever the process's pools were set to, the era's scoring runs with one BLAS/OpenMP thread each."""
+#: Run in a process of its own whose BLAS and OpenMP pools start with two threads: two task threads score an
+#: era each, the second starting while the first is scoring and still scoring when the first ends; each prints
+#: the pools' threads as it scores.
+TWO_TASK_THREADS = """
+import sys, threading
+from threadpoolctl import ThreadpoolController
+from numerai_dask import pipeline
+from numerai_dask.pipeline import ModelFiles, ScoringParams, discover, load_model_batch, score_era_task
+from numerai_dask.scoring import score_era
+from numerai_dask.storage import Storage
+
+storage, params = Storage(sys.argv[1]), ScoringParams()
+inputs = discover(storage, params)
+batch = load_model_batch(storage, [ModelFiles.of(m, f) for m, f in inputs.submissions.items()], inputs.index)
+first_is_scoring, second_is_scoring, first_is_done = threading.Event(), threading.Event(), threading.Event()
+
+def score_era_in_turn(*args, **kwargs):
+    if threading.current_thread().name == "first":
+        first_is_scoring.set()
+        assert second_is_scoring.wait(20)
+    else:
+        second_is_scoring.set()
+        assert first_is_done.wait(20)
+    print(threading.current_thread().name, sorted({p["num_threads"] for p in ThreadpoolController().info()}))
+    return score_era(*args, **kwargs)
+
+def score(era, name):
+    if name == "second":
+        assert first_is_scoring.wait(20)
+    result = score_era_task(storage, era, inputs.features, params, [batch.by_era[era.label]], inputs.stakes, None)
+    assert result.skipped is None and len(result.table) == 3
+    if name == "first":
+        first_is_done.set()
+
+pipeline.score_era = score_era_in_turn
+print("before", sorted({p["num_threads"] for p in ThreadpoolController().info()}))
+threads = [threading.Thread(target=score, args=(era, name), name=name)
+           for era, name in zip(inputs.eras, ("first", "second"))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(60)
+"""
+
+
+def test_two_task_threads_each_score_with_one_thread_in_every_blas_pool(tmp_path) -> None:
+    """A worker of two task threads whose BLAS variables were not set to one (another cluster's): each era is
+    scored with one BLAS/OpenMP thread in every pool, including the era still scoring when the other ends
+    (OpenBLAS's pool is process-wide: a limit restored as one task ends gave it back its threads)."""
     generate(str(tmp_path), n_eras=2, rows_per_era=60, n_features=5, n_models=3, n_unresolved=0, seed=5)
-    storage, params = Storage(str(tmp_path)), ScoringParams()
-    inputs = discover(storage, params)
-    batch = load_model_batch(storage, [ModelFiles.of(m, files) for m, files in inputs.submissions.items()],
-                             inputs.index)
-    era = inputs.eras[0]
-    threads_seen: list[list[int]] = []
-
-    def score_era_watched(*args, **kwargs):
-        threads_seen.append([pool["num_threads"] for pool in ThreadpoolController().info()])
-        return score_era(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "score_era", score_era_watched)
-    with ThreadpoolController().limit(limits=2):
-        scores = score_era_task(storage, era, inputs.features, params, [batch.by_era[era.label]], inputs.stakes, None)
-        assert all(pool["num_threads"] == 2 for pool in ThreadpoolController().info())
-    assert len(threads_seen) == 1 and threads_seen[0] and set(threads_seen[0]) == {1}, threads_seen
-    assert scores.skipped is None and len(scores.table) == 3
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", TWO_TASK_THREADS, str(tmp_path)], env=environment,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ["before [2]", "first [1]", "second [1]"], run.stdout
 
 
 def test_cached_ranks_read_back_as_written_by_this_version_or_through_pandas(tmp_path) -> None:
