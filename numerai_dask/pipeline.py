@@ -378,7 +378,9 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     """List and read what the graph needs: data layout, era index, submissions, stakes, benchmark."""
     data_files = storage.list_data_files()
     if not data_files:
-        raise JobError(f"no data files: expected {storage.path('data')}/*.parquet")
+        missing = storage.first_missing("data")
+        raise JobError(f"no data files: {missing} does not exist" if missing else
+                       f"no data files: {storage.display('data')} holds no .parquet file")
     columns = storage.data_columns(data_files[0].path)
     for name in (params.target, *params.extra_targets):
         if name not in columns:

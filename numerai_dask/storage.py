@@ -193,13 +193,26 @@ class Storage:
     @property
     def display_url(self) -> str:
         """The root as a person would type it, without credentials."""
-        if isinstance(self.fs, LocalFileSystem):
-            return self.root or "/"
-        return redact(self.fs.unstrip_protocol(self.root))
+        return self._display_path(self.root)
 
     def display(self, relpath: str) -> str:
         """A path under the root as a person would type it, without credentials."""
         return f"{self.display_url.rstrip('/')}/{relpath}"
+
+    def _display_path(self, path: str) -> str:
+        """A full path of the filesystem as a person would type it, without credentials."""
+        if isinstance(self.fs, LocalFileSystem):
+            return path or "/"
+        return redact(self.fs.unstrip_protocol(path))
+
+    def first_missing(self, relpath: str) -> str | None:
+        """The highest folder on the way to ``relpath`` that does not exist (on S3 the bucket first), as a person
+        would type it; None when every one exists: what to tell someone who finds nothing there."""
+        parts = self.path(relpath).split("/")
+        for prefix in ("/".join(parts[:depth]) for depth in range(1, len(parts) + 1)):
+            if prefix and not retrying(lambda: self.fs.exists(prefix)):
+                return self._display_path(prefix)
+        return None
 
     def path(self, *parts: str) -> str:
         """The full path of ``parts`` joined under the root; ``..`` segments are refused."""

@@ -333,19 +333,46 @@ def assert_one_line_cause(status: int, stderr: str, cause: str) -> None:
     [
         (["{root}", "--target", "target_cyrus"], "target column 'target_cyrus' is not in the data"),
         (["{root}", "--feature-set", "huge"], "unknown feature set 'huge'; known sets: all, medium, small"),
-        (["{empty}"], "no data files: expected {empty}/data/*.parquet"),
+        (["{empty}"], "no data files: {empty} does not exist"),
+        (["{corrupt}/data/train.parquet"], "no data files: {corrupt}/data/train.parquet/data does not exist"),
+        (["{no_parquet}"], "no data files: {no_parquet}/data holds no .parquet file"),
         (["{corrupt}"], "{corrupt}/data/train.parquet is not a readable parquet file: Parquet magic bytes not found"),
     ],
-    ids=["unknown-target", "unknown-feature-set", "root-without-data", "data-file-not-parquet"],
+    ids=["unknown-target", "unknown-feature-set", "root-missing", "root-a-file", "data-without-parquet",
+         "data-file-not-parquet"],
 )
 def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str, dataset: Path, dask_cluster: str,
                                                     tmp_path: Path) -> None:
     """The console script, on a cluster: the job fails while it discovers its inputs."""
     (tmp_path / "corrupt" / "data").mkdir(parents=True)
     (tmp_path / "corrupt" / "data" / "train.parquet").write_text("id,era\n0,1\n")  # CSV, not parquet
-    fill = {"root": str(dataset), "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt")}
+    (tmp_path / "no_parquet" / "data").mkdir(parents=True)
+    (tmp_path / "no_parquet" / "data" / "train.csv").write_text("id,era\n0,1\n")
+    fill = {"root": str(dataset), "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt"),
+            "no_parquet": str(tmp_path / "no_parquet")}
     done = run_cli("score", *[a.format(**fill) for a in args], "--scheduler", dask_cluster)
     assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
+
+
+@pytest.mark.parametrize(
+    ("root", "options", "cause"),
+    [
+        ("s3://no-such-bucket-{tag}/tournament", [], "no data files: s3://no-such-bucket-{tag} does not exist"),
+        ("{bucket}/tournament", [], "no data files: {bucket}/tournament does not exist"),
+    ],
+    ids=["missing-bucket", "missing-prefix"],
+)
+def test_s3_roots_that_hold_nothing_are_a_one_line_cause(
+    root: str, options: list[str], cause: str, s3_server, s3_bucket: str, dask_cluster: str, tmp_path: Path
+) -> None:
+    """Which part of an S3 root is missing is named."""
+    fill = {"bucket": s3_bucket, "tag": os.urandom(4).hex()}
+    env = {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    done = run_cli("score", root.format(**fill), "--out", str(tmp_path / "out"), "--scheduler", dask_cluster,
+                   *options, env=env)
+    assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unreachable_s3_endpoint_is_a_one_line_cause_and_a_json_failure(tmp_path: Path, dask_cluster: str) -> None:
