@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
+from s3fs import S3FileSystem
 
 from numerai_dask.submissions import (
     Rejection,
@@ -170,6 +171,16 @@ def with_aws_environment(url: str, storage_options: dict) -> dict:
     return options
 
 
+def start_s3_session(fs: S3FileSystem, shown: str) -> None:
+    """Open ``fs``'s botocore session and client now, which sends no request, so that options neither takes
+    (a misspelled storage option) are refused before the job starts, not by the first request of a task."""
+    try:
+        fs.connect()
+    except TypeError as error:  # botocore's own words name the option: "got an unexpected keyword argument 'x'"
+        raise StorageError(f"{shown}: a storage option that S3 does not take ({error}); "
+                           "see s3fs's S3FileSystem for the options") from None
+
+
 class Storage:
     """One storage root and the contract's layout under it.
 
@@ -181,6 +192,8 @@ class Storage:
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **with_aws_environment(url, storage_options or {}))
         self.root = root.rstrip("/")
+        if isinstance(self.fs, S3FileSystem):
+            start_s3_session(self.fs, self.display_url)
 
     def __repr__(self) -> str:
         return f"Storage({self.display_url!r})"

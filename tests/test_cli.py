@@ -359,13 +359,20 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
     [
         ("s3://no-such-bucket-{tag}/tournament", [], "no data files: s3://no-such-bucket-{tag} does not exist"),
         ("{bucket}/tournament", [], "no data files: {bucket}/tournament does not exist"),
+        ("{bucket}/tournament", ["--storage-option", "bogus_option=1"],
+         "{bucket}/tournament: a storage option that S3 does not take (AioSession.__init__() got an unexpected "
+         "keyword argument 'bogus_option')"),
+        ("{bucket}/tournament", ["--storage-option", "client_kwargs.region=x"],
+         "a storage option that S3 does not take (AioSession._create_client() got an unexpected keyword argument "
+         "'region')"),
     ],
-    ids=["missing-bucket", "missing-prefix"],
+    ids=["missing-bucket", "missing-prefix", "unknown-option", "unknown-client-option"],
 )
-def test_s3_roots_that_hold_nothing_are_a_one_line_cause(
+def test_s3_roots_that_hold_nothing_or_unknown_options_are_a_one_line_cause(
     root: str, options: list[str], cause: str, s3_server, s3_bucket: str, dask_cluster: str, tmp_path: Path
 ) -> None:
-    """Which part of an S3 root is missing is named."""
+    """Which part of an S3 root is missing is named; an option s3fs passes on to botocore, which takes no such
+    argument, was a traceback from the first request."""
     fill = {"bucket": s3_bucket, "tag": os.urandom(4).hex()}
     env = {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
            "AWS_DEFAULT_REGION": "us-east-1"}
