@@ -17,7 +17,8 @@ Degenerate inputs get a clear result instead of silent NaNs:
   pipeline rejects constant submissions and skips such eras with a reason);
 * non-finite inputs raise :class:`DegenerateEraError`;
 * FNC is NaN for a model whose ranked predictions lie entirely in the span of
-  the features (nothing is left after neutralization), documented per metric;
+  the features (nothing is left after neutralization), and TC is NaN for every
+  model when the meta portfolio does, documented per metric;
 * stakes that sum to zero mean equal weights (the storage contract's rule for
   missing stakes).
 """
@@ -517,6 +518,11 @@ def meta_portfolio_contribution(
     5. residualize ``W`` against ``v``: ``R = W − v (vᵀW)/(vᵀv)``;
     6. gradient ``Rᵀt / ‖v‖``, divided by 50.
 
+    When the portfolio lies in the feature space, ``v`` is nothing but rounding
+    (as when the era has no more rows than ``[X, 1]`` has independent columns)
+    and the reference's gradient is noise that changes with the basis: every
+    model's TC is NaN.
+
     Step 5–6 reduce to one matrix–vector product: with ``t_r = t − QQᵀt``,
     ``Rᵀt = Sᵀ(t_r − v (vᵀt_r)/(vᵀv)) / N``. ``S`` is formed ``block`` columns
     at a time, twice: to sum ``S s``, then for ``Sᵀ(…)``.
@@ -528,6 +534,8 @@ def meta_portfolio_contribution(
     for columns, part in in_model_blocks(ranks, block):
         portfolio += part.gaussian_pow15() @ s[columns]
     v = (portfolio - space.project(portfolio)) / n
+    if not np.linalg.norm(v) > RESIDUAL_RTOL * np.linalg.norm(portfolio) / n:
+        return np.full(ranks.doubled.shape[1], np.nan)
     t_residual = t - space.project(t)
     z = t_residual - v * (v @ t_residual) / (v @ v)
     scale = n * np.sqrt(v @ v) * TC_SCALE

@@ -280,6 +280,39 @@ def test_fnc_is_nan_when_the_features_explain_a_model_entirely():
     assert np.all(np.isfinite(scores["corr"]))
 
 
+@pytest.mark.parametrize("rows", [3, 4, 7])
+def test_tc_and_fnc_are_nan_when_the_era_has_no_rows_beyond_the_feature_space(rows):
+    """rank([X, 1]) = N: nothing is left after neutralization, and the reference's TC is rounding noise that
+    depends on the basis (its SVD basis and a QR basis of the same space disagree in the second digit)."""
+    rng = np.random.default_rng(rows)
+    predictions, target, _, stakes, benchmark = random_era(rng, rows, 4, rows)
+    features = np.eye(rows, dtype=np.int8) * np.int8(4)  # with the ones column: rank N
+    scores = score_era(predictions, target, features, stakes, benchmark)
+    assert np.all(np.isnan(scores["tc"])) and np.all(np.isnan(scores["fnc"]))
+    assert np.all(np.isfinite(scores["corr"])) and np.all(np.isfinite(scores["mmc"]))
+
+    def reference_tc(basis: np.ndarray) -> np.ndarray:
+        frame = pd.DataFrame(predictions)
+        with np.errstate(invalid="ignore"):  # the reference divides rounding by rounding
+            return nt.meta_portfolio_contribution(frame, pd.Series(stakes), pd.DataFrame(np.sqrt(rows) * basis),
+                                                  pd.Series(np.full(rows, 1 / rows)), pd.Series(target)).to_numpy()
+
+    with_ones = np.hstack([features, np.ones((rows, 1))]).astype(float)
+    svd_basis = np.linalg.svd(with_ones, full_matrices=False)[0]
+    qr_basis = np.linalg.qr(with_ones)[0]
+    assert not np.allclose(reference_tc(svd_basis), reference_tc(qr_basis), rtol=0, atol=TOLERANCE)
+
+
+def test_tc_is_finite_with_one_row_beyond_the_feature_space():
+    """rank([X, 1]) = N − 1 leaves a residual of one dimension: the portfolio is defined there, and its TC equals
+    the reference's (zero: every model's weights are a multiple of the portfolio)."""
+    rng = np.random.default_rng(8)
+    predictions, target, features, stakes, benchmark = random_era(rng, 8, 4, 6)
+    assert np.linalg.matrix_rank(np.hstack([features, np.ones((8, 1))])) == 7
+    assert_parity(score_era(predictions, target, features, stakes, benchmark),
+                  oracle(predictions, target, features, stakes, benchmark))
+
+
 def test_extra_targets_add_corr_columns_equal_to_numerai_corr():
     rng = np.random.default_rng(43)
     predictions, target, features, stakes, _ = random_era(rng, 240, 4, 5, tied_models=1)
