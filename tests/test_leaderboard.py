@@ -95,3 +95,19 @@ def test_rank_change_against_previous_leaderboard():
     for model, row in previous.set_index("model").iterrows():
         assert again.loc[model, "rank_change"] == row["payout_rank"] - again.loc[model, "payout_rank"]
     assert pd.isna(again.loc[board.loc[0, "model"], "rank_change"])
+
+
+def test_models_with_the_same_scores_in_other_eras_tie_in_every_mean_and_rank():
+    """Summed in era order, 0.1, 0.2, 0.3 and 0.3, 0.2, 0.1 differ in the last bit, as do payouts clipped
+    to ±0.05 in different eras: each model had a rank of its own."""
+    eras = ["1", "2", "3", "4"]
+    corr = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.4, 0.3, 0.2, 0.1]}
+    mmc = {"a": [-0.5, 0.5, 0.5, 0.5], "b": [0.5, 0.5, 0.5, -0.5]}  # payouts clipped to -0.05, 0.05 ×3
+    table = pd.DataFrame([{"era": e, "model": m, "corr": corr[m][i], "fnc": corr[m][i], "mmc": mmc[m][i],
+                           "bmc": np.nan, "tc": corr[m][i], "cwmm": corr[m][i], "fe_max": 0.1, "fe_rms": 0.1}
+                          for m in ("a", "b") for i, e in enumerate(eras)])
+    board = build_leaderboard(table, payout=PayoutRule(corr_weight=0.0)).set_index("model")
+    for column in ("corr_mean", "fnc_mean", "mmc_mean", "tc_mean", "cwmm_mean", "payout_mean"):
+        assert board.loc["a", column] == board.loc["b", column], column
+    for column in ("corr_rank", "fnc_rank", "mmc_rank", "tc_rank", "payout_rank"):
+        assert board.loc["a", column] == board.loc["b", column] == 1, column
