@@ -226,6 +226,11 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
             console.say(f"  {row.model} · {row.file}{where}: {row.reason}")  # names made printable already
         if len(rejections) > REJECTIONS_SHOWN:
             console.say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")
+    waiting = result.manifest["models"].get("not_scored", [])
+    if waiting:
+        names = ", ".join(waiting[:REJECTIONS_SHOWN]) + (f", … {len(waiting) - REJECTIONS_SHOWN} more"
+                                                         if len(waiting) > REJECTIONS_SHOWN else "")
+        console.say(f"\n{len(waiting):,} not scored (every era they predict is unresolved or skipped): {names}")
     timings = result.manifest.get("timings_seconds", {})
     console.say(f"\n{len(result.leaderboard):,} models scored over {len(result.manifest['eras']['scored']):,} eras · "
                 f"{len(rejections):,} rejections · {len(result.skipped_eras):,} eras skipped · "
@@ -250,6 +255,7 @@ def result_document(out: Storage, result: JobResult, folder: str) -> dict:
         "eras_scored": len(result.manifest["eras"]["scored"]),
         "eras_skipped": dict(sorted(result.skipped_eras.items())),
         "rejections": len(result.rejections),
+        "models_not_scored": result.manifest["models"].get("not_scored", []),
         "top_models": [{c: json_value(v) for c, v in zip(columns, row)} for row in top[columns].itertuples(index=False)],
         "previous_run": result.manifest.get("previous_run") or result.manifest.get("refresh", {}).get("previous"),
         "timings_seconds": result.manifest.get("timings_seconds", {}),

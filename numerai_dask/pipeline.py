@@ -1110,12 +1110,18 @@ def job_result(
         "inputs": input_record(inputs),
         "eras": {"scored": era_order(per_era["era"]), "skipped": skipped, "unresolved": inputs.unresolved},
         "models": {"submitted": len(inputs.submissions), "scored": int(per_era["model"].nunique()),
-                   "rejections": len(rejections)},
+                   "rejections": len(rejections), "not_scored": not_scored(inputs, per_era, rejections)},
         "versions": {"numerai_dask": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "pandas": pd.__version__, "dask": dask.__version__},
         "timings_seconds": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest, inputs)
+
+
+def not_scored(inputs: JobInputs, per_era: pd.DataFrame, rejections: Sequence[Rejection]) -> list[str]:
+    """The submitted models no era scored and no rejection names, sorted: they predict only eras that are
+    unresolved or were skipped, so their absence from the leaderboard has no other record."""
+    return sorted(set(inputs.submissions) - set(per_era["model"]) - {r.model for r in rejections})
 
 
 def era_sort_key(column: pd.Series) -> pd.Series:

@@ -225,6 +225,13 @@ def chart(chart_id: str, title: str, note: str, controls: str = "") -> str:
             f"<p class='note'>{html.escape(note)}</p><div class='chart' id='{chart_id}'></div></section>")
 
 
+def models_note(models: dict, scored: int) -> str:
+    """How many models were submitted, and how many of them wait for a resolved era (none of theirs is)."""
+    waiting = len(models.get("not_scored", []))
+    return f"{models.get('submitted', scored):,} submitted" + (
+        f" · {waiting:,} predict only unresolved or skipped eras" if waiting else "")
+
+
 def render_html(result: JobResult, run_id: str) -> str:
     """The page a person opens: summary cards, the leaderboard, charts, rejections, skipped eras, parameters."""
     manifest = result.manifest
@@ -237,7 +244,7 @@ def render_html(result: JobResult, run_id: str) -> str:
     n_series = len(data["series"]["models"])
     columns = table_columns(board)
     cards = "".join([
-        card("models scored", f"{len(board):,}", f"{manifest.get('models', {}).get('submitted', len(board)):,} submitted"),
+        card("models scored", f"{len(board):,}", models_note(manifest.get("models", {}), len(board))),
         card("eras scored", f"{len(data['eras']):,}", f"{len(result.skipped_eras)} skipped"),
         card("rejections", f"{len(result.rejections):,}", "see below" if len(result.rejections) else "none"),
         card("top model", str(top["model"]) if top is not None else "–",

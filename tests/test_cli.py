@@ -157,6 +157,33 @@ def test_manifest_records_inputs_and_parameters(scored: Run, dataset: Path) -> N
     assert manifest["parameters"]["payout"] == {"corr_weight": 0.5, "mmc_weight": 2.0, "clip": 0.05}
 
 
+@pytest.mark.parametrize("mode", ["text", "json"])
+def test_a_model_predicting_only_unresolved_eras_is_named_as_not_scored(mode: str, dataset: Path, dask_cluster: str,
+                                                                        tmp_path: Path) -> None:
+    """It has no leaderboard row and nothing to reject: the manifest, the summary and the report name it."""
+    root = tmp_path / "root"
+    shutil.copytree(dataset, root)
+    data = pd.concat([pd.read_parquet(path) for path in sorted((root / "data").glob("*.parquet"))])
+    ids = data.index if "id" not in data else data["id"]
+    unresolved = pd.Series(ids.to_numpy())[data["target"].isna().to_numpy()]
+    assert len(unresolved)
+    pd.DataFrame({"id": unresolved, "prediction": np.linspace(0.1, 0.9, len(unresolved))}).to_csv(
+        root / "submissions" / "next_round.csv", index=False)
+    out = tmp_path / "out"
+    done = succeeded(run_cli("score", str(root), "--scheduler", dask_cluster, "--out", str(out),
+                             *(["--json"] if mode == "json" else [])))
+    run = Run.of(out, done)
+    manifest = json.loads((run.folder / "manifest.json").read_text())
+    assert manifest["models"]["not_scored"] == ["next_round"]
+    assert manifest["models"]["submitted"] == DATASET["n_models"] + 1
+    assert "next_round" not in set(run.table("leaderboard")["model"]) and run.table("rejections").empty
+    assert "5 submitted · 1 predict only unresolved or skipped eras" in (run.folder / "report.html").read_text()
+    if mode == "json":
+        assert json.loads(done.stdout)["models_not_scored"] == ["next_round"]
+    else:
+        assert "1 not scored (every era they predict is unresolved or skipped): next_round" in done.stdout
+
+
 def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str, tmp_path: Path) -> None:
     done = succeeded(run_cli("score", str(dataset), "--out", str(tmp_path / "out"),
                              env={"DASK_SCHEDULER_ADDRESS": dask_cluster}))
