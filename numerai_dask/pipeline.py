@@ -37,7 +37,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import ParamSpec, TypeVar
@@ -223,6 +223,9 @@ class EraScores:
     skipped: str | None = None
     models: tuple[str, ...] = ()
     cache: EraCacheFiles | None = None
+    #: What in the job's inputs stops the job (a bad data file), returned rather than raised: see
+    #: :func:`score_staged_era_task`.
+    failure: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -628,9 +631,26 @@ def score_staged_era_task(
     write: CacheWrite | None = None,
 ) -> EraScores:
     """Score one era (:func:`score_era_task`, one Dask task, with its ``cache`` and ``write``) from its ranks in the
-    batches' scratch files."""
-    return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label), stakes,
-                          benchmark, cache, write)
+    batches' scratch files.
+
+    What stops the job because of its inputs (a bad data file, a cache that no
+    longer matches the data) is returned as the era's ``failure``, for the
+    client to raise (:func:`raise_era_failure`): raised here, Dask would run
+    the task again ``TASK_RETRIES`` times for the same answer, and each time
+    a LocalCluster's worker would print its traceback.
+    """
+    try:
+        return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label),
+                              stakes, benchmark, cache, write)
+    except (JobError, StorageError) as error:
+        return EraScores(era.label, empty_per_era(params), failure=error)
+
+
+def raise_era_failure(results: Iterable[EraScores]) -> None:
+    """Raise the first failure the era tasks returned (see :func:`score_staged_era_task`), if any."""
+    for result in results:
+        if result.failure is not None:
+            raise result.failure
 
 
 def joined(pieces: list[np.ndarray]) -> np.ndarray:
@@ -931,6 +951,7 @@ def run_job(
                     Phase("score", "eras", futures[: len(scored)])], on_progress)
         results = client.gather(futures)
     era_results: list[EraScores] = results[: len(scored)]
+    raise_era_failure(era_results)
     rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
     computed = time.perf_counter()
     tables = [r.table for r in era_results if r.skipped is None]

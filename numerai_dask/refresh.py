@@ -82,6 +82,7 @@ from numerai_dask.pipeline import (
     load_model_batch,
     prediction_correlations,
     read_parquet,
+    raise_era_failure,
     returning_freed_memory,
     score_staged_era_task,
     stage_batch,
@@ -505,6 +506,7 @@ def _refresh_under_lease(
         if on_progress is not None:
             follow([Phase("score", "eras", list(futures.values()))], on_progress)
         scored: dict[str, EraScores] = dict(zip(futures, client.gather(list(futures.values()))))
+        raise_era_failure(scored.values())
         # Gathered while the scratch exists: a batch lost with a worker is read, and written there, again.
         fresh_rejections = [r for part in client.gather(client.map(batch_rejections, staged, pure=False))
                             for r in part]

@@ -381,6 +381,22 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
     assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
 
 
+def test_a_bad_data_file_on_a_local_cluster_is_one_line_with_nothing_from_its_workers(dataset: Path,
+                                                                                       tmp_path: Path) -> None:
+    """A LocalCluster's workers share the command's stderr: a task that raised printed its traceback there,
+    once per retry of the same bad data."""
+    root = tmp_path / "root"
+    shutil.copytree(dataset, root)
+    path = sorted((root / "data").glob("*.parquet"))[-1]
+    frame = pd.read_parquet(path)
+    frame["feature_0001"] = frame["feature_0001"].astype(float).where(frame.index != frame.index[0])
+    frame.to_parquet(path)
+    done = run_cli("score", str(root), "--workers", "1", "--quiet", "--out", str(tmp_path / "out"))
+    assert_one_line_cause(done.returncode, done.stderr, "feature column(s) feature_0001 have missing values (NaN)")
+    out = tmp_path / "out"
+    assert done.stdout == "" and (not out.exists() or list(out.iterdir()) == [])  # the job's scratch removed
+
+
 @pytest.mark.parametrize(
     ("root", "options", "cause"),
     [
