@@ -398,6 +398,11 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     if not eras:
         raise JobError("no era has a resolved target: nothing to score")
     submissions, rejections = storage.list_submissions(params.submission_size_limit(len(index.ids)))
+    if not submissions:
+        missing = storage.first_missing("submissions")
+        raise JobError(f"no submissions: {rejections_text(rejections)}" if rejections else
+                       f"no submissions: {missing} does not exist" if missing else
+                       f"no submissions: {storage.display('submissions')} holds no .csv or .parquet file")
     stakes_file = storage.find_stakes()
     return JobInputs(
         data_files=data_files,
@@ -1121,7 +1126,7 @@ def job_result(
     started = time.perf_counter()
     per_era = pd.concat(tables, ignore_index=True) if tables else empty_per_era(params)
     if per_era.empty:
-        raise JobError("no model could be scored in any era; see the rejections")
+        raise JobError(f"no model could be scored in any era: {why_nothing_scored(inputs, rejections)}")
     per_era = per_era.sort_values(["era", "model"], key=era_sort_key, kind="stable").reset_index(drop=True)
     leaderboard = build_leaderboard(per_era, params.payout, previous)
     timings = {**timings, "reduce": time.perf_counter() - started}
@@ -1137,6 +1142,20 @@ def job_result(
         "timings_seconds": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     return JobResult(per_era, leaderboard, rejections_frame(rejections), skipped, manifest, inputs)
+
+
+def why_nothing_scored(inputs: JobInputs, rejections: Sequence[Rejection]) -> str:
+    """Why a job scored nothing, for its error: nothing is published, so the rejections are told here."""
+    if not rejections:
+        return f"every era the {len(inputs.submissions):,} models predict is unresolved or skipped"
+    return rejections_text(rejections)
+
+
+def rejections_text(rejections: Sequence[Rejection]) -> str:
+    """How many ``rejections`` there are, and the first of them: for an error, which publishes none."""
+    first = rejections[0]
+    era = f" era {first.era}" if first.era else ""
+    return f"{len(rejections):,} rejections, the first: {first.model} · {first.file}{era}: {first.reason}"
 
 
 def not_scored(inputs: JobInputs, per_era: pd.DataFrame, rejections: Sequence[Rejection]) -> list[str]:

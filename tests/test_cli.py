@@ -364,9 +364,12 @@ def assert_one_line_cause(status: int, stderr: str, cause: str) -> None:
         (["{corrupt}/data/train.parquet"], "no data files: {corrupt}/data/train.parquet/data does not exist"),
         (["{no_parquet}"], "no data files: {no_parquet}/data holds no .parquet file"),
         (["{corrupt}"], "{corrupt}/data/train.parquet is not a readable parquet file: Parquet magic bytes not found"),
+        (["{no_submissions}"], "no submissions: {no_submissions}/submissions does not exist"),
+        (["{root}", "--max-submission-bytes", "100"], "no submissions: 6 rejections, the first: model_000 · "
+         "submissions/model_000/"),
     ],
     ids=["unknown-target", "unknown-feature-set", "root-missing", "root-a-file", "data-without-parquet",
-         "data-file-not-parquet"],
+         "data-file-not-parquet", "no-submissions", "every-submission-rejected"],
 )
 def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str, dataset: Path, dask_cluster: str,
                                                     tmp_path: Path) -> None:
@@ -375,9 +378,11 @@ def test_a_failed_job_exits_1_with_a_one_line_cause(args: list[str], cause: str,
     (tmp_path / "corrupt" / "data" / "train.parquet").write_text("id,era\n0,1\n")  # CSV, not parquet
     (tmp_path / "no_parquet" / "data").mkdir(parents=True)
     (tmp_path / "no_parquet" / "data" / "train.csv").write_text("id,era\n0,1\n")
+    shutil.copytree(dataset / "data", tmp_path / "no_submissions" / "data")
     fill = {"root": str(dataset), "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt"),
-            "no_parquet": str(tmp_path / "no_parquet")}
-    done = run_cli("score", *[a.format(**fill) for a in args], "--scheduler", dask_cluster)
+            "no_parquet": str(tmp_path / "no_parquet"), "no_submissions": str(tmp_path / "no_submissions")}
+    done = run_cli("score", *[a.format(**fill) for a in args], "--scheduler", dask_cluster,
+                   "--out", str(tmp_path / "out"))
     assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
 
 
