@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distributed import Client
 
 from numerai_dask import clusters
-from numerai_dask.leaderboard import PayoutRule, is_finite_number, with_rank_change
+from numerai_dask.leaderboard import PayoutRule, with_rank_change
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
+from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error, redact
 
@@ -126,16 +127,14 @@ class RefreshSettings:
     lease_seconds: float = 2 * 3600.0
 
     def __post_init__(self) -> None:
-        if self.every is not None and self.cron is not None:
-            raise JobError("a refresh takes --every or --cron, not both")
-        if self.every is not None and not (is_finite_number(self.every) and self.every > 0):
-            raise JobError(f"the refresh interval must be a positive number of seconds, got {self.every!r}")
-        if self.cron is not None and not isinstance(self.cron, str):
-            raise JobError(f"cron must be a text like \"0 6 * * *\", got {self.cron!r}")
-        if not isinstance(self.keep_runs, int) or isinstance(self.keep_runs, bool) or self.keep_runs < 1:
-            raise JobError(f"--keep-runs must be a whole number of at least 1, got {self.keep_runs!r}")
-        if not (is_finite_number(self.lease_seconds) and self.lease_seconds > 0):
-            raise JobError(f"--lease-seconds must be a positive number, got {self.lease_seconds!r}")
+        require(self.every is None or self.cron is None, "cron", "a refresh repeats every interval or on cron, "
+                "not both")
+        if self.every is not None:
+            require_positive(self.every, "every")
+        if self.cron is not None:
+            Cron.parse(self.cron).next_after(dt.datetime.now(dt.timezone.utc))
+        require_count(self.keep_runs, "keep_runs")
+        require_positive(self.lease_seconds, "lease_seconds")
 
     def seconds_until_next(self) -> Callable[[dt.datetime], float] | None:
         """The schedule as a function of the current time, or None for a single refresh."""
@@ -277,8 +276,7 @@ def parse_storage_options(pairs: Sequence[str]) -> dict:
     options: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise JobError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+        require(bool(sep and key), "storage_option", f"takes KEY=VALUE, got {pair!r}")
         value: object = {"true": True, "false": False}.get(raw.lower(), raw)
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
@@ -334,7 +332,19 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a cluster spec file saying how to get a cluster, e.g. cluster/processes.yaml")
 
 
+#: The option of each setting whose option is not ``--`` and its key with dashes (see :func:`option_of`).
+OPTIONS_OF_KEYS = {"extra_targets": "--extra-target", "corr_weight": "--payout-corr-weight",
+                   "mmc_weight": "--payout-mmc-weight", "clip": "--payout-clip"}
+
+
+def option_of(key: str) -> str:
+    """The command-line option that gives setting ``key`` (``models_per_task`` → ``--models-per-task``)."""
+    return OPTIONS_OF_KEYS.get(key, "--" + key.replace("_", "-"))
+
+
 def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
+    if args.workers is not None:
+        require_count(args.workers, "workers")
     return JobSpec(
         root=args.root,
         out=args.out,
@@ -389,10 +399,13 @@ def spec_from_job_file(path: str) -> JobSpec:
         if not (isinstance(extra, str) or (isinstance(extra, list) and all(isinstance(t, str) for t in extra))):
             raise JobError(f"job file {path}: [scoring] extra_targets must be a name or a list of names, got {extra!r}")
         scoring["extra_targets"] = (extra,) if isinstance(extra, str) else tuple(extra)
-    try:
-        params = ScoringParams(payout=PayoutRule(**payout), **scoring)
-    except (TypeError, ValueError) as error:
-        raise JobError(f"job file {path}: a [scoring] value is wrong ({error})") from error
+    with settings_of(path, "scoring.payout"):
+        rule = PayoutRule(**payout)
+    with settings_of(path, "scoring"):
+        params = ScoringParams(payout=rule, **scoring)
+    with settings_of(path, "cluster"):
+        if cluster.get("workers") is not None:
+            require_count(cluster["workers"], "workers")
     return JobSpec(
         root=document["root"],
         out=document.get("out"),
@@ -412,13 +425,22 @@ def refresh_settings_from_job_file(path: str) -> RefreshSettings | None:
     unknown = sorted(set(table) - set(REFRESH_KEYS))
     if unknown:
         raise JobError(f"job file {path}: unknown key(s) {unknown} in [refresh]; known: {', '.join(REFRESH_KEYS)}")
-    every = table.get("every")
-    return RefreshSettings(
-        every=parse_interval(every) if isinstance(every, str) else every,
-        cron=table.get("cron"),
-        keep_runs=table.get("keep_runs", RefreshSettings.keep_runs),
-        lease_seconds=table.get("lease_seconds", RefreshSettings.lease_seconds),
-    )
+    with settings_of(path, "refresh"):
+        return RefreshSettings(
+            every=parse_interval(table["every"]) if "every" in table else None,
+            cron=table.get("cron"),
+            keep_runs=table.get("keep_runs", RefreshSettings.keep_runs),
+            lease_seconds=table.get("lease_seconds", RefreshSettings.lease_seconds),
+        )
+
+
+@contextlib.contextmanager
+def settings_of(path: str, table: str) -> Iterator[None]:
+    """A setting of job file ``path``'s ``[table]`` found wrong within: the job's error, naming file, table and key."""
+    try:
+        yield
+    except InvalidSetting as error:
+        raise JobError(f"job file {path}: [{table}] {error.key}: {error.problem}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -482,36 +504,50 @@ def one_line(error: BaseException) -> str:
     return " ".join(redact(str(error)).split())
 
 
+def prepared(args: argparse.Namespace, console: Console) -> Callable[[], int]:
+    """The command ``args`` ask for, its settings checked, ready to run: a setting found wrong here is a usage
+    error (:class:`InvalidSetting`), one found while it runs the job's failure."""
+    if args.command == "score":
+        spec = spec_from_arguments(args)
+        return lambda: score(spec, console)
+    if args.command == "refresh":
+        spec = spec_from_arguments(args)
+        settings = RefreshSettings(every=parse_interval(args.every) if args.every else None, cron=args.cron,
+                                   keep_runs=args.keep_runs, lease_seconds=args.lease_seconds)
+        return lambda: refresh(spec, settings, console)
+    if args.command == "run":
+        spec, schedule = spec_from_job_file(args.job_file), refresh_settings_from_job_file(args.job_file)
+        if args.scheduler or args.cluster:  # the command line wins over the file's [cluster]
+            spec = dataclasses.replace(spec, scheduler=args.scheduler, cluster=args.cluster)
+        return lambda: score(spec, console) if schedule is None else refresh(spec, schedule, console)
+    for key in ("eras", "rows_per_era", "features", "models"):
+        require_count(getattr(args, key), key)
+    if args.command == "generate":
+        options = parse_storage_options(args.storage_option)
+        return lambda: generate(args.root, args, options) or 0
+    if args.workers is not None:
+        require_count(args.workers, "workers")
+    root = str(Path(args.dir).resolve())
+    demo = JobSpec(root=root, workers=args.workers, params=ScoringParams(extra_targets=("target_jerome",)))
+    return lambda: generate(root, args, {}) or score(demo)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = console_from_arguments(args) if args.command in ("score", "refresh", "run") else Console()
     try:
-        if args.command == "score":
-            return score(spec_from_arguments(args), console)
-        if args.command == "refresh":
-            settings = RefreshSettings(every=parse_interval(args.every) if args.every else None, cron=args.cron,
-                                       keep_runs=args.keep_runs, lease_seconds=args.lease_seconds)
-            return refresh(spec_from_arguments(args), settings, console)
-        if args.command == "run":
-            spec, settings = spec_from_job_file(args.job_file), refresh_settings_from_job_file(args.job_file)
-            if args.scheduler or args.cluster:  # the command line wins over the file's [cluster]
-                spec = dataclasses.replace(spec, scheduler=args.scheduler, cluster=args.cluster)
-            return score(spec, console) if settings is None else refresh(spec, settings, console)
-        if args.command == "generate":
-            generate(args.root, args, parse_storage_options(args.storage_option))
-            return 0
-        if args.command == "demo":
-            root = str(Path(args.dir).resolve())
-            generate(root, args, {})
-            return score(JobSpec(root=root, workers=args.workers,
-                                 params=ScoringParams(extra_targets=("target_jerome",))))
-    except (JobError, StorageError, clusters.ClusterSpecError) as error:
+        try:
+            command = prepared(args, console)
+        except InvalidSetting as error:
+            parser.error(f"argument {option_of(error.key)}: {error.problem}")
+        return command()
+    except (JobError, StorageError, clusters.ClusterSpecError, InvalidSetting) as error:
         return failed(one_line(error), console)
     except (OSError, TimeoutError, ValueError, ImportError, BotoCoreError, ClientError) as error:
         # Unreachable scheduler or storage (S3's errors come from botocore, and are none of the others), unknown
         # protocol, unreadable data file, bad generator sizes…
         return failed(f"{type(error).__name__}: {one_line(error)}", console)
-    return 2
 
 
 def failed(cause: str, console: Console) -> int:

@@ -38,6 +38,8 @@ import yaml
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
 
+from numerai_dask.settings import is_count, require_count
+
 #: BLAS and OpenMP pools: one thread for each task thread, or the two levels of threads fight over cores.
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Arrow allocates from the C library, which gives freed memory back to the system. Its default pool
@@ -250,13 +252,9 @@ def _is_duration(value: Any) -> bool:
         return False
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _check_local(spec: ClusterSpec) -> None:
     workers = spec.options.get("workers")
-    _require(spec, workers is None or _is_count(workers), f"workers must be a positive integer, got {workers!r}")
+    _require(spec, workers is None or is_count(workers), f"workers must be a positive integer, got {workers!r}")
 
 
 def _check_scheduler(spec: ClusterSpec) -> None:
@@ -267,7 +265,7 @@ def _check_ssh(spec: ClusterSpec) -> None:
     hosts = spec.options.get("hosts")
     _require(spec, isinstance(hosts, list) and len(hosts) >= 2 and all(isinstance(h, str) for h in hosts),
              "hosts must list the scheduler's host, then at least one worker host")
-    _require(spec, _is_count(spec.options.get("workers_per_host", 1)), "workers_per_host must be a positive integer")
+    _require(spec, is_count(spec.options.get("workers_per_host", 1)), "workers_per_host must be a positive integer")
     _require(spec, isinstance(spec.options.get("connect_options", {}), dict),
              "connect_options must be a mapping (asyncssh.connect's keyword arguments)")
 
@@ -280,9 +278,9 @@ def _check_kubernetes(spec: ClusterSpec) -> None:
 def _check_jobqueue(spec: ClusterSpec) -> None:
     _require(spec, spec.options.get("system") in JOBQUEUE_SYSTEMS,
              f"system must be one of {', '.join(JOBQUEUE_SYSTEMS)}, got {spec.options.get('system')!r}")
-    _require(spec, _is_count(spec.options.get("jobs", 1)), "jobs must be a positive integer")
+    _require(spec, is_count(spec.options.get("jobs", 1)), "jobs must be a positive integer")
     options = spec.options.get("options", {})
-    _require(spec, isinstance(options, dict) and _is_count(options.get("cores")) and "memory" in options,
+    _require(spec, isinstance(options, dict) and is_count(options.get("cores")) and "memory" in options,
              "options must give at least cores (a positive integer) and memory (per job, e.g. 16GiB)")
     _require(spec, options["cores"] % spec.worker.threads == 0,
              f"options.cores ({options['cores']}) must be a multiple of worker threads ({spec.worker.threads})")
@@ -309,8 +307,8 @@ def choose(scheduler: str | None = None, cluster: str | None = None, workers: in
     """
     if scheduler and cluster:
         raise ClusterSpecError(f"give a scheduler address or a cluster spec, not both (got {scheduler} and {cluster})")
-    if workers is not None and not _is_count(workers):
-        raise ClusterSpecError(f"workers must be a positive integer, got {workers!r}")
+    if workers is not None:
+        require_count(workers, "workers")
     if scheduler:
         return ClusterSpec("scheduler", {"address": scheduler}, source="--scheduler")
     if cluster:

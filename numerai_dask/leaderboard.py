@@ -10,11 +10,12 @@ standard deviation (a single era) is NaN: it is undefined, not infinite.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import pandas as pd
+
+from numerai_dask.settings import is_finite_number, require, require_positive
 
 #: An era label of digits, as DESIGN.md orders eras: decimal digits, which ``int`` reads (``str.isdigit`` also
 #: takes "²", which ``int`` refuses).
@@ -23,11 +24,6 @@ DIGITS = re.compile(r"\d+")
 SUMMARISED = ("corr", "fnc", "mmc", "bmc", "tc")
 #: Metrics summarised by their mean only.
 AVERAGED = ("cwmm", "fe_max", "fe_rms")
-
-
-def is_finite_number(value: object) -> bool:
-    """Whether ``value`` is a finite int or float, not a bool (which Python and TOML count as numbers)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -39,12 +35,10 @@ class PayoutRule:
     clip: float = 0.05
 
     def __post_init__(self) -> None:
-        values = {"corr weight": self.corr_weight, "mmc weight": self.mmc_weight, "clip": self.clip}
-        for name, value in values.items():
-            if not is_finite_number(value):
-                raise ValueError(f"the payout's {name} must be a finite number, got {value!r}")
-        if self.clip <= 0:
-            raise ValueError(f"the payout's clip must be positive, got {self.clip!r}")
+        for name in ("corr_weight", "mmc_weight"):
+            value = getattr(self, name)
+            require(is_finite_number(value), name, f"must be a finite number, got {value!r}")
+        require_positive(self.clip, "clip")
 
     def per_era(self, per_era: pd.DataFrame) -> pd.Series:
         raw = self.corr_weight * per_era["corr"] + self.mmc_weight * per_era["mmc"]

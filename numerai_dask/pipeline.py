@@ -55,6 +55,7 @@ from threadpoolctl import get_cached_controller
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
+from numerai_dask.settings import is_finite_number, require, require_count
 from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import (EraIndex, Rejection, RepeatedIds, describe_error, merge_model_files,
                                       split_by_era)
@@ -116,19 +117,17 @@ class ScoringParams:
     max_submission_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.neutralization <= 1.0:
-            raise JobError(f"--neutralization must be between 0 and 1, got {self.neutralization}")
-        for name in (self.target, *self.extra_targets):
-            if name in ("id", "era"):
-                raise JobError(f"{name!r} is the data's {name} column, not a target (--target, --extra-target)")
+        require(is_finite_number(self.neutralization) and 0.0 <= self.neutralization <= 1.0, "neutralization",
+                f"must be between 0 and 1, got {self.neutralization!r}")
+        for key, names in (("target", [self.target]), ("extra_targets", self.extra_targets)):
+            for name in names:
+                require(name not in ("id", "era"), key, f"{name!r} is the data's {name} column, not a target")
         repeated = sorted({t for t in self.extra_targets if self.extra_targets.count(t) > 1})
-        if repeated:
-            raise JobError(f"extra target(s) {', '.join(map(repr, repeated))} given more than once (--extra-target)")
-        counts = {"models_per_task": self.models_per_task, "read_window_bytes": self.read_window_bytes,
-                  "max_submission_bytes": 1 if self.max_submission_bytes is None else self.max_submission_bytes}
-        for name, value in counts.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise JobError(f"{name} must be a whole number of at least 1, got {value!r}")
+        require(not repeated, "extra_targets", f"{', '.join(map(repr, repeated))} given more than once")
+        require_count(self.models_per_task, "models_per_task")
+        require_count(self.read_window_bytes, "read_window_bytes")
+        if self.max_submission_bytes is not None:
+            require_count(self.max_submission_bytes, "max_submission_bytes")
 
     def submission_size_limit(self, data_rows: int) -> int:
         """The largest prediction file read: the explicit limit, else SUBMISSION_BYTES_PER_ROW per data row plus slack.

@@ -88,6 +88,7 @@ from numerai_dask.pipeline import (
     stage_batch,
 )
 from numerai_dask.report import new_run_id, publish_run
+from numerai_dask.settings import InvalidSetting, require
 from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import (EraIndex, Predictions, Rejection, describe_error, merge_model_files, rows_in,
                                       split_by_era)
@@ -619,12 +620,12 @@ UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_interval(text: str) -> float:
     """``90s``, ``15m``, ``1h30m``, ``1d`` → seconds."""
+    shape = f"takes an interval like 30s, 15m, 2h or 1d, got {text!r}"
+    require(isinstance(text, str), "every", shape)
     parts = INTERVAL.findall(text.strip().lower())
-    if not parts or INTERVAL.sub("", text.strip().lower()).strip():
-        raise JobError(f"--every takes an interval like 30s, 15m, 2h or 1d, got {text!r}")
+    require(bool(parts) and not INTERVAL.sub("", text.strip().lower()).strip(), "every", shape)
     seconds = sum(float(n) * UNIT_SECONDS[u] for n, u in parts)
-    if seconds <= 0:
-        raise JobError("--every must be positive")
+    require(seconds > 0, "every", f"must be a positive interval, got {text!r}")
     return seconds
 
 
@@ -647,9 +648,9 @@ class Cron:
 
     @classmethod
     def parse(cls, expression: str) -> Cron:
+        require(isinstance(expression, str) and len(expression.split()) == 5, "cron",
+                f"takes five fields (minute hour day month weekday), like \"0 6 * * *\", got {expression!r}")
         fields = expression.split()
-        if len(fields) != 5:
-            raise JobError(f"--cron takes five fields (minute hour day month weekday), got {expression!r}")
         limits = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
         values = [_cron_field(text, low, high, expression) for text, (low, high) in zip(fields, limits)]
         weekdays = frozenset(d % 7 for d in values[4])
@@ -675,7 +676,7 @@ class Cron:
                 candidate += dt.timedelta(minutes=1)
             else:
                 return candidate
-        raise JobError("the --cron expression never fires")
+        raise InvalidSetting("cron", "never fires (no matching minute in the next five years)")
 
 
 def _cron_field(text: str, low: int, high: int, expression: str) -> frozenset[int]:
@@ -693,8 +694,8 @@ def _cron_field(text: str, low: int, high: int, expression: str) -> frozenset[in
                 stop = high
         else:
             start = stop = None
-        if step is None or start is None or not low <= start <= stop <= high:
-            raise JobError(f"--cron field {text!r} of {expression!r} is not valid (allowed {low}-{high})")
+        require(step is not None and start is not None and low <= start <= stop <= high, "cron",
+                f"field {text!r} of {expression!r} is not valid (allowed {low}-{high})")
         values.update(range(start, stop + 1, step))
     return frozenset(values)
 

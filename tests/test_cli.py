@@ -192,11 +192,13 @@ def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str
 
 
 def test_json_failure_is_one_object_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["score", str(tmp_path), "--neutralization", "1.5", "--json"]) == 1
+    job = tmp_path / "job.toml"
+    job.write_text('root = "r"\n[scoring]\nneutralization = 1.5\n')
+    assert main(["run", str(job), "--json"]) == 1
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == {"status": "failed",
-                                        "error": "--neutralization must be between 0 and 1, got 1.5"}
-    assert captured.err.startswith("numerai-dask: error: --neutralization")
+    cause = f"job file {job}: [scoring] neutralization: must be between 0 and 1, got 1.5"
+    assert json.loads(captured.out) == {"status": "failed", "error": cause}
+    assert captured.err == f"numerai-dask: error: {cause}\n"
 
 
 def test_scoring_options_reach_the_job(dataset: Path, dask_cluster: str, scored: Run, tmp_path: Path) -> None:
@@ -448,20 +450,9 @@ def test_an_unreachable_s3_endpoint_is_a_one_line_cause_and_a_json_failure(tmp_p
     ("args", "cause"),
     [
         (["score", "nosuch://{empty}"], "ValueError: Protocol not known: nosuch"),
-        (["score", "{empty}", "--neutralization", "1.5"], "--neutralization must be between 0 and 1, got 1.5"),
-        (["score", "{empty}", "--target", "era"], "'era' is the data's era column, not a target"),
-        (["score", "{empty}", "--payout-corr-weight", "nan"], "the payout's corr weight must be a finite number"),
-        (["refresh", "{empty}", "--lease-seconds", "0"], "--lease-seconds must be a positive number, got 0.0"),
-        (["score", "{empty}", "--extra-target", "id"], "'id' is the data's id column, not a target"),
-        (["score", "{empty}", "--extra-target", "t2", "--extra-target", "t2"],
-         "extra target(s) 't2' given more than once"),
-        (["score", "{empty}", "--storage-option", "no-equals-sign"], "--storage-option takes KEY=VALUE"),
-        (["generate", "{empty}", "--eras", "0"], "ValueError: need at least one era, got n_eras=0"),
         (["run", "{empty}/missing.toml"], "cannot read job file {empty}/missing.toml"),
     ],
-    ids=["unknown-protocol", "bad-neutralization", "era-as-target", "nan-payout-weight", "zero-lease",
-         "id-as-extra-target", "extra-target-twice",
-         "bad-storage-option", "bad-generator-size", "missing-job-file"],
+    ids=["unknown-protocol", "missing-job-file"],
 )
 def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -471,6 +462,42 @@ def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str,
     captured = capsys.readouterr()
     assert_one_line_cause(status, captured.err, cause.format(**fill))
     assert "LocalCluster" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (["score", "r", "--neutralization", "1.5"], "argument --neutralization: must be between 0 and 1, got 1.5"),
+        (["score", "r", "--target", "era"], "argument --target: 'era' is the data's era column, not a target"),
+        (["score", "r", "--payout-corr-weight", "nan"], "argument --payout-corr-weight: must be a finite number"),
+        (["score", "r", "--payout-clip", "-1"], "argument --payout-clip: must be a positive number, got -1.0"),
+        (["score", "r", "--workers", "0"], "argument --workers: must be a whole number of at least 1, got 0"),
+        (["score", "r", "--models-per-task", "0"], "argument --models-per-task: must be a whole number"),
+        (["score", "r", "--max-submission-bytes", "0"], "argument --max-submission-bytes: must be a whole number"),
+        (["score", "r", "--extra-target", "id"], "argument --extra-target: 'id' is the data's id column"),
+        (["score", "r", "--extra-target", "t2", "--extra-target", "t2"],
+         "argument --extra-target: 't2' given more than once"),
+        (["score", "r", "--storage-option", "no-equals-sign"], "argument --storage-option: takes KEY=VALUE"),
+        (["refresh", "r", "--lease-seconds", "0"], "argument --lease-seconds: must be a positive number, got 0.0"),
+        (["refresh", "r", "--keep-runs", "0"], "argument --keep-runs: must be a whole number of at least 1, got 0"),
+        (["refresh", "r", "--every", "15x"], "argument --every: takes an interval like 30s, 15m, 2h or 1d"),
+        (["refresh", "r", "--cron", "0 0 31 2 *"], "argument --cron: never fires"),
+        (["generate", "r", "--eras", "0"], "argument --eras: must be a whole number of at least 1, got 0"),
+        (["demo", "--workers", "0"], "argument --workers: must be a whole number of at least 1, got 0"),
+    ],
+    ids=["bad-neutralization", "era-as-target", "nan-payout-weight", "negative-clip", "zero-workers",
+         "zero-models-per-task", "zero-submission-bytes", "id-as-extra-target", "extra-target-twice",
+         "bad-storage-option", "zero-lease", "zero-keep-runs", "bad-interval", "cron-never-fires",
+         "bad-generator-size", "zero-demo-workers"],
+)
+def test_bad_option_values_are_usage_errors(args: list[str], cause: str, capsys: pytest.CaptureFixture) -> None:
+    """Exit status 2, as for an unknown option, naming the option and the problem; nothing is started."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[-1].startswith(f"numerai-dask: error: {cause}")
+    assert captured.err.splitlines()[0].startswith("usage: numerai-dask")
 
 
 # ------------------------------------------------------------------ job files
@@ -506,18 +533,24 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\n[scoring]\nneutralisation = 0.5\n', "unknown key(s) ['neutralisation'] in [scoring]"),
         ('root = "r"\n[scoring.payout]\nmmc = 1\n', "unknown key(s) ['mmc'] in [scoring.payout]"),
         ('root = "r"\n[cluster]\nadress = "tcp://x:1"\n', "unknown key(s) ['adress'] in [cluster]"),
-        ('root = "r"\n[scoring.payout]\nclip = "high"\n', "the payout's clip must be a finite number, got 'high'"),
+        ('root = "r"\n[scoring.payout]\nclip = "high"\n', "[scoring.payout] clip: must be a positive number, got 'high'"),
         ('out = "o"\n', "has no 'root'"),
         ('root = 5\n', "root must be a text (a folder or URL), got 5"),
         ('root = "r"\nscoring = "x"\n', "scoring must be a table ([scoring]), got 'x'"),
         ('root = "r"\n[scoring]\nextra_targets = 3\n', "extra_targets must be a name or a list of names, got 3"),
-        ('root = "r"\n[scoring]\nmodels_per_task = 2.5\n', "models_per_task must be a whole number of at least 1"),
-        ('root = "r"\n[scoring.payout]\nclip = -0.05\n', "the payout's clip must be positive"),
-        ('root = "r"\n[scoring.payout]\nclip = true\n', "the payout's clip must be a finite number, got True"),
-        ('root = "r"\n[refresh]\nevery = 0\n', "the refresh interval must be a positive number of seconds, got 0"),
-        ('root = "r"\n[refresh]\nkeep_runs = "3"\n', "--keep-runs must be a whole number of at least 1, got '3'"),
-        ('root = "r"\n[refresh]\nlease_seconds = "x"\n', "--lease-seconds must be a positive number, got 'x'"),
-        ('root = "r"\n[refresh]\ncron = 5\n', "cron must be a text like"),
+        ('root = "r"\n[scoring]\nmodels_per_task = 2.5\n', "[scoring] models_per_task: must be a whole number"),
+        ('root = "r"\n[scoring]\nneutralization = "0.5"\n', "[scoring] neutralization: must be between 0 and 1"),
+        ('root = "r"\n[scoring.payout]\nclip = -0.05\n', "[scoring.payout] clip: must be a positive number"),
+        ('root = "r"\n[scoring.payout]\nclip = true\n', "[scoring.payout] clip: must be a positive number, got True"),
+        ('root = "r"\n[refresh]\nevery = 0\n', "[refresh] every: takes an interval like 30s, 15m, 2h or 1d, got 0"),
+        ('root = "r"\n[refresh]\nevery = 15\n', "[refresh] every: takes an interval like 30s, 15m, 2h or 1d, got 15"),
+        ('root = "r"\n[refresh]\nevery = "0s"\n', "[refresh] every: must be a positive interval, got '0s'"),
+        ('root = "r"\n[refresh]\nevery = "1m"\ncron = "* * * * *"\n', "[refresh] cron: a refresh repeats every "
+         "interval or on cron, not both"),
+        ('root = "r"\n[refresh]\nkeep_runs = "3"\n', "[refresh] keep_runs: must be a whole number of at least 1"),
+        ('root = "r"\n[refresh]\nlease_seconds = "x"\n', "[refresh] lease_seconds: must be a positive number"),
+        ('root = "r"\n[refresh]\ncron = 5\n', "[refresh] cron: takes five fields"),
+        ('root = "r"\n[cluster]\nworkers = 0\n', "[cluster] workers: must be a whole number of at least 1, got 0"),
     ],
 )
 def test_job_file_mistakes_are_errors(tmp_path: Path, text: str, complaint: str) -> None:

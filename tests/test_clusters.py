@@ -40,6 +40,7 @@ from numerai_dask import clusters
 from numerai_dask.cli import build_parser, main, spec_from_job_file
 from numerai_dask.clusters import ClusterSpecError, WorkerSettings, choose, load_spec
 from numerai_dask.pipeline import JobError, ScoringParams, run_job
+from numerai_dask.settings import InvalidSetting
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -159,7 +160,7 @@ def test_choose_follows_the_documented_precedence(tmp_path: Path) -> None:
     with pytest.raises(ClusterSpecError, match="not both"):
         choose("tcp://given:8786", local, None, {})
     for workers in (0, -1, "2", True):  # --workers 0 started the default cluster; a job file's "2" was a traceback
-        with pytest.raises(ClusterSpecError, match=f"workers must be a positive integer, got {workers!r}"):
+        with pytest.raises(InvalidSetting, match=f"workers: must be a whole number of at least 1, got {workers!r}"):
             choose(None, None, workers, {})
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from numerai_dask.cli import RefreshSettings, refresh_settings_from_job_file, spec_from_job_file
-from numerai_dask.pipeline import JobError
 from numerai_dask.refresh import Cron, Lease, parse_interval, run_on_schedule
+from numerai_dask.settings import InvalidSetting
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
 
@@ -121,7 +121,7 @@ def test_intervals(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "15", "fortnightly", "0s", "5x"])
 def test_bad_intervals_are_clear_errors(text):
-    with pytest.raises(JobError, match="--every"):
+    with pytest.raises(InvalidSetting, match="every: "):
         parse_interval(text)
 
 
@@ -137,10 +137,15 @@ def test_cron_next_fire_times():
 
 @pytest.mark.parametrize("text", ["* * * *", "61 * * * *", "* 24 * * *", "a * * * *", "*/0 * * * *"])
 def test_bad_cron_expressions_are_clear_errors(text):
-    with pytest.raises(JobError, match="--cron"):
+    with pytest.raises(InvalidSetting, match="cron: "):
         Cron.parse(text)
 
 
+def test_a_cron_expression_that_never_fires_is_refused_before_any_refresh():
+    with pytest.raises(InvalidSetting, match="cron: never fires"):
+        RefreshSettings(cron="0 0 31 2 *")
+
+
 def test_every_and_cron_together_are_refused():
-    with pytest.raises(JobError, match="not both"):
+    with pytest.raises(InvalidSetting, match="not both"):
         RefreshSettings(every=60.0, cron="* * * * *")
