@@ -542,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InvalidSetting as error:
             parser.error(f"argument {option_of(error.key)}: {error.problem}")
         return command()
+    except KeyboardInterrupt:
+        print("numerai-dask: interrupted", file=sys.stderr)
+        console.document({"status": "interrupted"})
+        return 130
     except (JobError, StorageError, clusters.ClusterSpecError, InvalidSetting) as error:
         return failed(one_line(error), console)
     except (OSError, TimeoutError, ValueError, ImportError, BotoCoreError, ClientError) as error:

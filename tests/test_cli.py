@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -430,6 +431,29 @@ def test_s3_roots_that_hold_nothing_or_unknown_options_are_a_one_line_cause(
                    *options, env=env)
     assert_one_line_cause(done.returncode, done.stderr, cause.format(**fill))
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Interrupted (here while it connects to a scheduler that accepted the connection and says nothing), the
+    command says so on one line, where it printed a KeyboardInterrupt traceback."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(120)
+        process = subprocess.Popen([sys.executable, "-m", "numerai_dask.cli", "score", str(tmp_path), "--scheduler",
+                                    f"tcp://127.0.0.1:{silent.getsockname()[1]}", "--json"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            connection, _ = silent.accept()
+            with connection:
+                process.send_signal(signal.SIGINT)
+                out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == "numerai-dask: interrupted"
+    assert json.loads(out) == {"status": "interrupted"}
 
 
 def test_an_unreachable_s3_endpoint_is_a_one_line_cause_and_a_json_failure(tmp_path: Path, dask_cluster: str) -> None:
