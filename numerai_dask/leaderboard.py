@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from numerai_dask.settings import is_finite_number, require, require_positive
@@ -24,6 +25,10 @@ DIGITS = re.compile(r"\d+")
 SUMMARISED = ("corr", "fnc", "mmc", "bmc", "tc")
 #: Metrics summarised by their mean only.
 AVERAGED = ("cwmm", "fe_max", "fe_rms")
+#: Means this close rank as ties (:func:`rank_of_means`): far below any difference a score can mean, far above
+#: the rounding of float64 sums of a few thousand eras.
+RANK_RTOL = 1e-12
+RANK_ATOL = 1e-15
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,21 @@ def era_order(eras: pd.Series | pd.Index | list) -> list:
     return sorted(labels)
 
 
-def order_free_mean(table: pd.DataFrame, column: str) -> pd.Series:
-    """Each model's mean of ``column`` (NaN left out), summed in order of value: the same values in any era
-    order give the same mean to the last bit, so models with equal scores tie in the ranks. Summed in era
-    order, a model clipped to the payout's ±0.05 in the same eras as another, in a different order, got a mean
-    one unit in the last place apart and a rank of its own."""
-    values = table[["model", column]].dropna().sort_values(["model", column], kind="stable")
-    return values.groupby("model", sort=True)[column].mean()
+def rank_of_means(means: pd.Series) -> pd.Series:
+    """1 = the highest mean; means equal to RANK_RTOL share the best rank of their group, as pandas' ``min``
+    method ranks exact ties; a NaN mean has no rank.
+
+    Scores of the same predictions differ in the last bits with the order
+    they are summed in and the column a model's predictions take in the era's
+    matrices: two copies of one file, or models clipped to the payout's ±0.05
+    in the same eras in a different order, got ranks of their own.
+    """
+    ordered = means.sort_values(ascending=False, kind="stable")
+    values = ordered.to_numpy(dtype=float)
+    starts = np.ones(len(values), dtype=bool)
+    starts[1:] = ~np.isclose(values[1:], values[:-1], rtol=RANK_RTOL, atol=RANK_ATOL)
+    ranks = np.maximum.accumulate(np.where(starts, np.arange(1, len(values) + 1), 0))
+    return pd.Series(ranks, index=ordered.index).where(ordered.notna()).astype("Int64").reindex(means.index)
 
 
 def summarise_metric(per_era: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -69,7 +82,7 @@ def summarise_metric(per_era: pd.DataFrame, metric: str) -> pd.DataFrame:
     """
     scored = per_era[["model", metric]].dropna()
     grouped = scored.groupby("model", sort=True)[metric]
-    mean = order_free_mean(scored, metric)
+    mean = grouped.mean()
     std = grouped.std(ddof=0)
     cumulative = grouped.cumsum()
     peak = cumulative.groupby(scored["model"]).cummax().clip(lower=0.0)
@@ -108,10 +121,10 @@ def build_leaderboard(
         board = board.join(summarise_metric(table, metric))
     for metric in AVERAGED:
         if metric in table.columns:
-            board[f"{metric}_mean"] = order_free_mean(table, metric)
-    board["payout_mean"] = order_free_mean(table, "payout")
+            board[f"{metric}_mean"] = table.groupby("model", sort=True)[metric].mean()
+    board["payout_mean"] = table.groupby("model", sort=True)["payout"].mean()
     for metric in [m for m in SUMMARISED if f"{m}_mean" in board] + ["payout"]:
-        board[f"{metric}_rank"] = board[f"{metric}_mean"].rank(ascending=False, method="min").astype("Int64")
+        board[f"{metric}_rank"] = rank_of_means(board[f"{metric}_mean"])
     board = board.reset_index().rename(columns={"index": "model"})
     board = board.sort_values(["payout_rank", "model"], kind="stable").reset_index(drop=True)
     return with_rank_change(board, previous) if previous is not None else board

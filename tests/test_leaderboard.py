@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
+from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order, rank_of_means
 
 
 def reference_drawdown(values) -> float:
@@ -97,7 +97,7 @@ def test_rank_change_against_previous_leaderboard():
     assert pd.isna(again.loc[board.loc[0, "model"], "rank_change"])
 
 
-def test_models_with_the_same_scores_in_other_eras_tie_in_every_mean_and_rank():
+def test_models_with_the_same_scores_in_other_eras_tie_in_every_rank():
     """Summed in era order, 0.1, 0.2, 0.3 and 0.3, 0.2, 0.1 differ in the last bit, as do payouts clipped
     to ±0.05 in different eras: each model had a rank of its own."""
     eras = ["1", "2", "3", "4"]
@@ -107,7 +107,15 @@ def test_models_with_the_same_scores_in_other_eras_tie_in_every_mean_and_rank():
                            "bmc": np.nan, "tc": corr[m][i], "cwmm": corr[m][i], "fe_max": 0.1, "fe_rms": 0.1}
                           for m in ("a", "b") for i, e in enumerate(eras)])
     board = build_leaderboard(table, payout=PayoutRule(corr_weight=0.0)).set_index("model")
-    for column in ("corr_mean", "fnc_mean", "mmc_mean", "tc_mean", "cwmm_mean", "payout_mean"):
-        assert board.loc["a", column] == board.loc["b", column], column
+    assert board.loc["a", "payout_mean"] != board.loc["b", "payout_mean"]  # the case: one unit in the last place
     for column in ("corr_rank", "fnc_rank", "mmc_rank", "tc_rank", "payout_rank"):
         assert board.loc["a", column] == board.loc["b", column] == 1, column
+    assert pd.isna(board.loc["a", "bmc_rank"])
+
+
+def test_means_equal_to_twelve_digits_share_the_best_rank_of_their_group():
+    means = pd.Series({"copy": 0.027300000000000005, "original": 0.0273, "close": 0.0273 - 1e-9, "worse": 0.01,
+                       "none": np.nan, "best": 0.05})
+    ranks = rank_of_means(means)
+    assert ranks.dtype == "Int64" and pd.isna(ranks["none"])
+    assert ranks.drop("none").to_dict() == {"copy": 2, "original": 2, "close": 4, "worse": 5, "best": 1}
