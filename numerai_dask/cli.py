@@ -82,6 +82,12 @@ class Console:
         elif self.mode == "json":
             print(message, file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        """A failure the command outlives (a scheduled refresh's): on stderr in every mode, and with ``--json``
+        as ``{"status": "failed"}`` too."""
+        print(message, file=sys.stderr, flush=True)
+        self.document({"status": "failed", "error": message})
+
     def progress(self, progress: Progress) -> None:
         if self.mode != "quiet":
             print(progress_line(progress), file=sys.stderr, flush=True)
@@ -189,11 +195,11 @@ def refresh(spec: JobSpec, settings: RefreshSettings, console: Console = Console
             outcome = refresh_once(client, source, out, spec.params, keep_runs=settings.keep_runs,
                                    lease_seconds=settings.lease_seconds, log=console.say,
                                    on_progress=console.progress)
+            console.say(outcome.message)
             if outcome.result is not None:
                 show_result(out, outcome.result, outcome.run_folder, console)
             else:
                 console.document({"status": "unchanged", "message": outcome.message})
-            console.say(outcome.message)
 
         if schedule is None:
             once()
@@ -201,7 +207,7 @@ def refresh(spec: JobSpec, settings: RefreshSettings, console: Console = Console
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        run_on_schedule(once, schedule, stop, console.say)
+        run_on_schedule(once, schedule, stop, console.say, console.warn)
         console.say("stopped")
     return 0
 

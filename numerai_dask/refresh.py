@@ -705,18 +705,19 @@ def run_on_schedule(
     seconds_until_next: Callable[[dt.datetime], float],
     stop: threading.Event,
     log: Callable[[str], None],
+    warn: Callable[[str], None],
 ) -> None:
     """Refresh, then wait for the next tick, until ``stop`` is set (SIGTERM sets it).
 
-    A failed refresh is logged and the previous leaderboard stays published;
-    the loop tries again at the next tick. A refresh under way when ``stop``
+    A failed refresh is told to ``warn`` and the previous leaderboard stays
+    published; the loop tries again at the next tick. A refresh under way when ``stop``
     is set finishes first: publishing is never cut in half.
     """
     while not stop.is_set():
         try:
             refresh()
         except Exception as error:  # the loop must outlive any one failed run
-            log(f"refresh failed: {type(error).__name__}: {error}; the previous leaderboard stays published")
+            warn(f"refresh failed: {type(error).__name__}: {error}; the previous leaderboard stays published")
         wait = max(seconds_until_next(dt.datetime.now(dt.timezone.utc)), 0.0)
         if not stop.is_set():
             log(f"next refresh in {wait:.0f} s")

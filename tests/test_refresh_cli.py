@@ -58,13 +58,13 @@ def test_refresh_against_a_held_lease_exits_non_zero_with_one_line(tmp_path, das
 def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_cluster):
     root = tmp_path / "root"
     root.mkdir()  # no data yet: the first tick fails
-    log = tmp_path / "log.txt"
-    with log.open("w") as handle:
+    log, errors = tmp_path / "log.txt", tmp_path / "errors.txt"
+    with log.open("w") as handle, errors.open("w") as error_handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "numerai_dask.cli", "refresh", str(root), "--scheduler", dask_cluster,
-             "--every", "1s"], stdout=handle, stderr=subprocess.STDOUT, text=True)
+             "--every", "1s"], stdout=handle, stderr=error_handle, text=True)
     try:
-        wait_for(log, "refresh failed", process)
+        wait_for(errors, "refresh failed", process)
         small_dataset(root)
         wait_for(log, "published runs/", process)
         process.send_signal(signal.SIGTERM)
@@ -72,9 +72,12 @@ def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_clu
     finally:
         if process.poll() is None:
             process.kill()
-    text = log.read_text()
-    assert "no data files" in text and "the previous leaderboard stays published" in text
-    assert text.rstrip().endswith("stopped")
+    text, failure = log.read_text(), errors.read_text()
+    assert "no data files" in failure and "the previous leaderboard stays published" in failure
+    assert "refresh failed" not in text and text.rstrip().endswith("stopped")
+    published = text[text.index("published runs/"):].splitlines()  # the run's summary ends with where it is
+    report = next(i for i, line in enumerate(published) if line.startswith("report: "))
+    assert published[report - 1].startswith("outputs: ") and published[report + 1].startswith("next refresh in")
     assert (root / "leaderboard" / "latest.json").exists()
 
 
@@ -93,6 +96,7 @@ def test_run_on_schedule_logs_failures_and_stops_when_told():
     stop = threading.Event()
     calls: list[int] = []
     messages: list[str] = []
+    failures: list[str] = []
 
     def flaky() -> None:
         calls.append(1)
@@ -101,9 +105,10 @@ def test_run_on_schedule_logs_failures_and_stops_when_told():
         if len(calls) == 3:
             stop.set()
 
-    run_on_schedule(flaky, lambda _: 0.01, stop, messages.append)
+    run_on_schedule(flaky, lambda _: 0.01, stop, messages.append, failures.append)
     assert len(calls) == 3
-    assert "refresh failed: OSError: storage down" in messages[0]
+    assert len(failures) == 1 and "refresh failed: OSError: storage down" in failures[0]
+    assert messages == ["next refresh in 0 s"] * 2
 
 
 def test_shipped_refresh_job_file():
