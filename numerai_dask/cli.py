@@ -307,9 +307,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="proportion of feature neutralization for FNC (default 1.0)")
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                         help="fsspec storage option (repeatable), e.g. client_kwargs.endpoint_url=http://…")
-    parser.add_argument("--payout-corr-weight", type=float, default=PayoutRule.corr_weight)
-    parser.add_argument("--payout-mmc-weight", type=float, default=PayoutRule.mmc_weight)
-    parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip)
+    parser.add_argument("--payout-corr-weight", type=float, default=PayoutRule.corr_weight, metavar="W",
+                        help="corr's weight in the per-era payout clip(W·corr + M·mmc, ±C) (default 0.5)")
+    parser.add_argument("--payout-mmc-weight", type=float, default=PayoutRule.mmc_weight, metavar="M",
+                        help="mmc's weight in the payout (default 2)")
+    parser.add_argument("--payout-clip", type=float, default=PayoutRule.clip, metavar="C",
+                        help="the payout's clip, above 0 (default 0.05)")
     parser.add_argument("--models-per-task", type=int, default=ScoringParams.models_per_task,
                         help="models read and validated per Dask task")
     parser.add_argument("--max-submission-bytes", type=int, metavar="N",
@@ -470,29 +473,30 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="how long a refresh's lease on OUT lasts (default 7200)")
 
     run_parser = commands.add_parser("run", help="run a job file (see jobs/); a [refresh] table makes it a refresh")
-    run_parser.add_argument("job_file")
+    run_parser.add_argument("job_file", help="a TOML job file, e.g. jobs/local.toml")
     add_cluster_arguments(run_parser)
     add_output_arguments(run_parser)
 
     generate_parser = commands.add_parser("generate", help="write a synthetic Numerai-shaped dataset to ROOT")
-    generate_parser.add_argument("root")
+    generate_parser.add_argument("root", help="where to write: a folder, file://…, s3://bucket/prefix")
     add_generator_arguments(generate_parser)
-    generate_parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    generate_parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                                 help="fsspec storage option (repeatable), as for score")
 
     demo_parser = commands.add_parser("demo", help="generate a dataset in a local folder and score it")
     demo_parser.add_argument("--dir", default="demo-data", help="folder for the demo data (default demo-data)")
-    demo_parser.add_argument("--workers", type=int)
+    demo_parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     add_generator_arguments(demo_parser)
     return parser
 
 
 def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eras", type=int, default=24)
-    parser.add_argument("--rows-per-era", type=int, default=500)
-    parser.add_argument("--features", type=int, default=60)
-    parser.add_argument("--models", type=int, default=40)
-    parser.add_argument("--unresolved", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eras", type=int, default=24, help="eras, the unresolved ones included (default 24)")
+    parser.add_argument("--rows-per-era", type=int, default=500, help="stocks per era (default 500)")
+    parser.add_argument("--features", type=int, default=60, help="feature columns, int8 0-4 (default 60)")
+    parser.add_argument("--models", type=int, default=40, help="models with prediction files (default 40)")
+    parser.add_argument("--unresolved", type=int, default=2, help="newest eras left without a target (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything generated (default 0)")
 
 
 def generate(root: str, args: argparse.Namespace, storage_options: dict) -> None:
