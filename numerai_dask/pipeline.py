@@ -310,7 +310,8 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
         return available
     sets = storage.read_feature_sets()
     if feature_set not in sets:
-        known = ", ".join(sorted(sets)) or "none (no data/features.json)"
+        known = ", ".join(sorted(sets)) or ('none (data/features.json names no "feature_sets")'
+                                            if storage.info("data/features.json") else "none (no data/features.json)")
         raise JobError(f"unknown feature set {feature_set!r}; known sets: {known}")
     present = set(available)
     missing = [f for f in sets[feature_set] if f not in present]

@@ -523,6 +523,18 @@ def test_a_feature_listed_twice_in_a_feature_set_is_scored_once(tmp_path) -> Non
     assert select_features(Storage(str(tmp_path)), columns, None) == ["feature_a", "feature_b", "feature_c"]
 
 
+def test_an_unknown_feature_set_says_why_none_is_known(tmp_path) -> None:
+    from numerai_dask.pipeline import select_features
+
+    columns = ["id", "era", "feature_a", "target"]
+    with pytest.raises(JobError, match=r"known sets: none \(no data/features.json\)"):
+        select_features(Storage(str(tmp_path)), columns, "small")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "features.json").write_text('{"targets": ["target"]}')
+    with pytest.raises(JobError, match='known sets: none \\(data/features.json names no "feature_sets"\\)'):
+        select_features(Storage(str(tmp_path)), columns, "small")
+
+
 def test_job_errors_are_one_line_causes(tmp_path, client):
     generate(str(tmp_path), n_eras=2, rows_per_era=20, n_features=3, n_models=2, n_unresolved=0, seed=5)
     with pytest.raises(JobError, match="target column 'target_cyrus' is not in the data"):
