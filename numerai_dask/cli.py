@@ -239,6 +239,7 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
     timings = result.manifest.get("timings_seconds", {})
     console.say(f"\n{len(result.leaderboard):,} models scored over {len(result.manifest['eras']['scored']):,} eras · "
                 f"{len(rejections):,} rejections · {len(result.skipped_eras):,} eras skipped · "
+                f"{len(result.manifest['eras']['unresolved']):,} unresolved · "
                 + " · ".join(f"{name} {duration(seconds)}" for name, seconds in timings.items()))
     console.say(f"outputs: {out.display(folder)}")
     console.say(f"report: {out.display(folder + '/report.html')}")
@@ -259,6 +260,7 @@ def result_document(out: Storage, result: JobResult, folder: str) -> dict:
         "models_scored": len(result.leaderboard),
         "eras_scored": len(result.manifest["eras"]["scored"]),
         "eras_skipped": dict(sorted(result.skipped_eras.items())),
+        "eras_unresolved": result.manifest["eras"]["unresolved"],
         "rejections": len(result.rejections),
         "models_not_scored": result.manifest["models"].get("not_scored", []),
         "top_models": [{c: json_value(v) for c, v in zip(columns, row)} for row in top[columns].itertuples(index=False)],

@@ -245,7 +245,8 @@ def render_html(result: JobResult, run_id: str) -> str:
     columns = table_columns(board)
     cards = "".join([
         card("models scored", f"{len(board):,}", models_note(manifest.get("models", {}), len(board))),
-        card("eras scored", f"{len(data['eras']):,}", f"{len(result.skipped_eras)} skipped"),
+        card("eras scored", f"{len(data['eras']):,}", f"{len(result.skipped_eras)} skipped · "
+             f"{len(manifest.get('eras', {}).get('unresolved', [])):,} unresolved"),
         card("rejections", f"{len(result.rejections):,}", "see below" if len(result.rejections) else "none"),
         card("top model", str(top["model"]) if top is not None else "–",
              f"payout {_format(top['payout_mean'])} · corr {_format(top['corr_mean'])}" if top is not None else ""),

@@ -124,6 +124,7 @@ def test_score_prints_the_short_leaderboard_and_the_report_path(scored: Run) -> 
         assert printed[row.model]["corr_mean"] == f"{row.corr_mean:.4f}"
         assert printed[row.model]["payout_rank"] == str(row.payout_rank)
     assert lines[-1] == f"report: {scored.folder / 'report.html'}"
+    assert " · 0 eras skipped · 1 unresolved · " in scored.stdout
 
 
 def test_score_publishes_a_complete_run_that_latest_json_points_at(scored: Run) -> None:
@@ -178,9 +179,12 @@ def test_a_model_predicting_only_unresolved_eras_is_named_as_not_scored(mode: st
     assert manifest["models"]["not_scored"] == ["next_round"]
     assert manifest["models"]["submitted"] == DATASET["n_models"] + 1
     assert "next_round" not in set(run.table("leaderboard")["model"]) and run.table("rejections").empty
-    assert "5 submitted · 1 predict only unresolved or skipped eras" in (run.folder / "report.html").read_text()
+    page = (run.folder / "report.html").read_text()
+    assert "5 submitted · 1 predict only unresolved or skipped eras" in page and "0 skipped · 1 unresolved" in page
     if mode == "json":
-        assert json.loads(done.stdout)["models_not_scored"] == ["next_round"]
+        document = json.loads(done.stdout)
+        assert document["models_not_scored"] == ["next_round"]
+        assert document["eras_unresolved"] == manifest["eras"]["unresolved"] and len(document["eras_unresolved"]) == 1
     else:
         assert "1 not scored (every era they predict is unresolved or skipped): next_round" in done.stdout
 
