@@ -160,7 +160,9 @@ class Lease:
             holder = json.loads(self.out.read_bytes(f"lease/{newest}.json"))
             if holder["expires_at"] > time.time():
                 until = dt.datetime.fromtimestamp(holder["expires_at"], dt.timezone.utc).isoformat(timespec="seconds")
-                raise LeaseBusy(f"another refresh holds the lease on {self.out.display_url}: {holder['owner']} until {until}")
+                raise LeaseBusy(f"another refresh holds the lease on {self.out.display_url}: {holder['owner']} until "
+                                f"{until}; if it is no longer running, an empty file "
+                                f"{self.out.display(f'lease/{newest}.released')} releases it")
         record = {"owner": self.owner, "acquired_at": time.time(), "expires_at": time.time() + self.seconds}
         try:
             self.out.create_exclusive(f"lease/{newest + 1}.json", json.dumps(record).encode())

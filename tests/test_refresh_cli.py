@@ -53,6 +53,10 @@ def test_refresh_against_a_held_lease_exits_non_zero_with_one_line(tmp_path, das
     assert result.stderr.count("\n") == 1
     assert "another refresh holds the lease" in result.stderr and "nightly@elsewhere:42" in result.stderr
     assert not (tmp_path / "leaderboard" / "latest.json").exists()
+    released = result.stderr.split("if it is no longer running, an empty file ")[1].split(" releases it")[0]
+    Path(released).touch()  # as the message says: the holder is gone
+    assert cli("refresh", str(tmp_path), "--scheduler", dask_cluster).returncode == 0
+    assert (tmp_path / "leaderboard" / "latest.json").exists()
 
 
 def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_cluster):
