@@ -225,6 +225,11 @@ def chart(chart_id: str, title: str, note: str, controls: str = "") -> str:
             f"<p class='note'>{html.escape(note)}</p><div class='chart' id='{chart_id}'></div></section>")
 
 
+def benchmark_missing(board: pd.DataFrame) -> bool:
+    """Whether no model has a BMC: the run had no benchmark (or none of its eras could use it)."""
+    return "bmc_mean" in board and len(board) > 0 and bool(board["bmc_mean"].isna().all())
+
+
 def models_note(models: dict, scored: int) -> str:
     """How many models were submitted, and how many of them wait for a resolved era (none of theirs is)."""
     waiting = len(models.get("not_scored", []))
@@ -263,7 +268,9 @@ def render_html(result: JobResult, run_id: str) -> str:
         f"<p class='meta'>run <code>{html.escape(run_id)}</code> · root <code>"
         f"{html.escape(str(manifest.get('root', '')))}</code>"
         + (f" · rank change against run <code>{html.escape(str(previous))}</code>" if previous else
-           " · first run in this output: no rank change") + "</p></header>",
+           " · first run in this output: no rank change")
+        + (" · no benchmark (a file in <code>benchmark/</code>): BMC is empty" if benchmark_missing(board) else "")
+        + "</p></header>",
         f"<div class='cards'>{cards}</div>",
         "<section class='panel wide'><div class='panel-head'><h2>Models</h2>"
         "<div class='controls'><input id='filter' type='search' placeholder='filter by model name' "

@@ -140,6 +140,19 @@ def test_series_cap_keeps_the_first_models_within_the_budget() -> None:
     assert len(series_models(board, n_eras=10**6, n_metrics=4, budget=10)) == CHART_TOP
 
 
+def test_a_run_without_a_benchmark_says_why_bmc_is_empty() -> None:
+    rng = np.random.default_rng(1)
+    per_era = pd.DataFrame({"era": np.repeat(["1", "2"], 3), "model": ["a", "b", "c"] * 2,
+                            **{m: rng.normal(0, 0.03, 6) for m in ("corr", "fnc", "mmc", "tc", "cwmm", "fe_max",
+                                                                   "fe_rms")}})
+    note = "no benchmark (a file in <code>benchmark/</code>): BMC is empty"
+    for bmc, noted in ((np.full(6, np.nan), True), (rng.normal(0, 0.03, 6), False)):
+        table = per_era.assign(bmc=bmc)
+        result = JobResult(table, build_leaderboard(table), pd.DataFrame(columns=["model", "file", "era", "reason"]),
+                           {}, {"root": "r", "eras": {"scored": ["1", "2"]}})
+        assert (note in render_html(result, "run")) == noted
+
+
 def test_a_report_of_5000_models_stays_small() -> None:
     models, eras = 5000, 80
     rng = np.random.default_rng(0)
