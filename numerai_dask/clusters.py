@@ -218,6 +218,9 @@ class ClusterSpec:
 def load_spec(path: str | os.PathLike) -> ClusterSpec:
     """Read and check a cluster spec file; every mistake is a :class:`ClusterSpecError` naming the file."""
     where = str(path)
+    if where.endswith(".toml"):
+        raise ClusterSpecError(f"{where} is a job file, not a cluster spec (YAML, e.g. cluster/processes.yaml); "
+                               f"run it with: numerai-dask run {where}")
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:

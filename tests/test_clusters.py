@@ -234,6 +234,12 @@ def test_spec_mistakes_are_errors_naming_the_file(tmp_path: Path, text: str, com
     assert spec in str(raised.value) and complaint in str(raised.value)
 
 
+def test_a_job_file_given_as_a_cluster_spec_says_how_to_run_it() -> None:
+    with pytest.raises(ClusterSpecError, match=r"jobs/local.toml is a job file, not a cluster spec .*"
+                                               r"run it with: numerai-dask run jobs/local.toml"):
+        load_spec("jobs/local.toml")
+
+
 def test_a_missing_backend_library_names_the_extra_that_installs_it() -> None:
     assert clusters.backend("dask_jobqueue", "jobqueue") is dask_jobqueue
     with pytest.raises(ClusterSpecError, match=r"needs no_such_backend .*pip install 'numerai-dask\[ssh\]'"):
