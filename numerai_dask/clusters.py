@@ -27,7 +27,9 @@ import contextlib
 import importlib
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -436,10 +438,27 @@ def backend(module: str, extra: str) -> Any:
 
 
 @contextlib.contextmanager
+def workers_deaf_to_ctrl_c() -> Iterator[None]:
+    """Processes started within ignore SIGINT (an ignored signal stays ignored in a child, and Python keeps it
+    so): a LocalCluster's workers share the terminal's Ctrl-C with the command, and each printed a
+    KeyboardInterrupt traceback, while the command, which stops them itself, said it was interrupted. Outside
+    the main thread, where signals cannot be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _start(spec: ClusterSpec) -> Iterator[Any]:
     """Start the cluster of a spec that is not a bare scheduler, through its library; close it on exit."""
     if spec.kind == "local":
-        cluster: Any = LocalCluster(**local_cluster_arguments(spec))
+        with workers_deaf_to_ctrl_c():
+            cluster: Any = LocalCluster(**local_cluster_arguments(spec))
     elif spec.kind == "ssh":
         backend("asyncssh", "ssh")  # SSHCluster imports it only once it is starting, behind other errors
         from distributed import SSHCluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,6 +58,26 @@ def test_refresh_against_a_held_lease_exits_non_zero_with_one_line(tmp_path, das
     Path(released).touch()  # as the message says: the holder is gone
     assert cli("refresh", str(tmp_path), "--scheduler", dask_cluster).returncode == 0
     assert (tmp_path / "leaderboard" / "latest.json").exists()
+
+
+def test_ctrl_c_stops_a_scheduled_refresh_on_a_local_cluster_without_a_traceback(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the LocalCluster's workers too, which each printed a
+    KeyboardInterrupt traceback and died under the refresh that was to finish."""
+    small_dataset(tmp_path)
+    log, errors = tmp_path / "log.txt", tmp_path / "errors.txt"
+    with log.open("w") as handle, errors.open("w") as error_handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "numerai_dask.cli", "refresh", str(tmp_path), "--workers", "1", "--every", "1h"],
+            stdout=handle, stderr=error_handle, text=True, start_new_session=True)
+    try:
+        wait_for(log, "next refresh in", process)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert log.read_text().rstrip().endswith("stopped")
+    assert "Traceback" not in errors.read_text() and "KeyboardInterrupt" not in errors.read_text(), errors.read_text()
 
 
 def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_cluster):
