@@ -100,6 +100,11 @@ class JobError(Exception):
     """The job itself cannot run (bad root, missing target column…): a one-line cause."""
 
 
+class InputError(JobError):
+    """What in the job's inputs stops it, found by a task (a cache that no longer matches the data): the same
+    answer however often the task is tried."""
+
+
 @dataclass(frozen=True)
 class ScoringParams:
     """What to score against: everything here is recorded in the manifest."""
@@ -638,16 +643,18 @@ def score_staged_era_task(
     """Score one era (:func:`score_era_task`, one Dask task, with its ``cache`` and ``write``) from its ranks in the
     batches' scratch files.
 
-    What stops the job because of its inputs (a bad data file, a cache that no
-    longer matches the data) is returned as the era's ``failure``, for the
-    client to raise (:func:`raise_era_failure`): raised here, Dask would run
-    the task again ``TASK_RETRIES`` times for the same answer, and each time
-    a LocalCluster's worker would print its traceback.
+    What stops the job because of its inputs (a bad data file, a
+    :class:`StorageError`; an :class:`InputError`) is returned as the era's
+    ``failure``, for the client to raise (:func:`raise_era_failure`): raised
+    here, Dask would run the task again ``TASK_RETRIES`` times for the same
+    answer, and each time a LocalCluster's worker would print its traceback.
+    Anything else (the scratch unreadable from this worker) is raised, and
+    tried again.
     """
     try:
         return score_era_task(storage, era, features, params, staged_era_slices(scratch, batches, era.label),
                               stakes, benchmark, cache, write)
-    except (JobError, StorageError) as error:
+    except (InputError, StorageError) as error:
         return EraScores(era.label, empty_per_era(params), failure=error)
 
 
@@ -740,7 +747,7 @@ def score_era_task(
     if cache is not None and cache.keep:
         cached = read_columns(cache.out, cache.files.predictions, [CACHED_IDS_COLUMN, *cache.keep])
         if not np.array_equal(cached.pop(CACHED_IDS_COLUMN), ids):
-            raise JobError(f"era {era.label}: cached predictions do not match the era's ids; delete the cache")
+            raise InputError(f"era {era.label}: cached predictions do not match the era's ids; delete the cache")
         by_name.update({name: values for name, values in cached.items() if name not in by_name})
         if cache.keep_scores:
             kept_scores = single_model_scores(read_parquet(cache.out, cache.files.scores), cache.keep)
@@ -749,7 +756,7 @@ def score_era_task(
     models = sorted(by_name)
     by_model = np.vstack([by_name[name] for name in models])
     if by_model.shape[1] != len(rows):
-        raise JobError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} predicted")
+        raise InputError(f"era {era.label}: {len(rows)} resolved rows in the data but {by_model.shape[1]} predicted")
     stake = np.ones(len(models)) if stakes is None else stakes.reindex(models).fillna(0.0).to_numpy()
     rescore = ~np.isin(models, kept_scores.index) if len(kept_scores) else None
     one_blas_thread()

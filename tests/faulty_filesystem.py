@@ -5,8 +5,9 @@
 listings and reads to fsspec's local filesystem, except that reads of chosen
 files go wrong the way remote storage does:
 
-* ``fail``: the first read of each matching file raises :class:`ConnectionResetError`
-  (an OSError, as a dropped S3 connection does); later reads succeed;
+* ``fail``: the first ``fail_reads`` reads (default 1) of each matching file raise
+  :class:`ConnectionResetError` (an OSError, as a dropped S3 connection does); later
+  reads succeed;
 * ``gate``: reads of matching files wait until :meth:`FaultyFileSystem.release`
   is called (storage that stalls), so a test can act while a job is in flight.
 
@@ -43,7 +44,7 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):
     root_marker = "/"
 
     def __init__(self, state: str, fail: str = "", gate: str = "", where: str = "any", client_pid: int = 0,
-                 **kwargs) -> None:
+                 fail_reads: int = 1, **kwargs) -> None:
         if where not in ("any", "worker", "client"):
             raise ValueError(f"where must be 'any', 'worker' or 'client', got {where!r}")
         if where != "any" and not client_pid:
@@ -52,6 +53,7 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):
         self.local = LocalFileSystem()
         self.state = Path(state)
         self.fail = fail
+        self.fail_reads = fail_reads
         self.gate = gate
         self.where = where
         self.client_pid = client_pid
@@ -90,7 +92,7 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):
         if "r" in mode and self._affects_this_process():
             if self.gate and fnmatch.fnmatch(local, self.gate):
                 self._wait_for_release(local)
-            if self.fail and fnmatch.fnmatch(local, self.fail) and self._first_read(local):
+            if self.fail and fnmatch.fnmatch(local, self.fail) and self._read_due_to_fail(local):
                 raise ConnectionResetError(errno.ECONNRESET, "injected transient storage failure", local)
         return self.local.open(local, mode=mode)
 
@@ -102,14 +104,17 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):
             return True
         return (os.getpid() == self.client_pid) == (self.where == "client")
 
-    def _first_read(self, path: str) -> bool:
-        """True exactly once per path across every process sharing ``state`` (an O_EXCL marker file)."""
-        marker = self.state / "failed" / hashlib.sha1(path.encode()).hexdigest()
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return False
-        return True
+    def _read_due_to_fail(self, path: str) -> bool:
+        """True for the first ``fail_reads`` reads of ``path`` across every process sharing ``state`` (one O_EXCL
+        marker file a failure)."""
+        for attempt in range(self.fail_reads):
+            marker = self.state / "failed" / f"{hashlib.sha1(path.encode()).hexdigest()}-{attempt}"
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            return True
+        return False
 
     def _wait_for_release(self, path: str) -> None:
         """Leave a marker that a read is waiting, then block until the ``released`` file exists."""
@@ -120,7 +125,7 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):
     # ------------------------------------------------------------- for the test
 
     def failures(self) -> int:
-        """How many reads have failed so far (one per file)."""
+        """How many reads have failed so far."""
         return sum(1 for _ in (self.state / "failed").iterdir())
 
     def waiting(self) -> int:

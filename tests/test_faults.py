@@ -38,7 +38,7 @@ from test_cli import RUN_FILES, cli_environment, run_cli
 from numerai_dask.pipeline import (SCRATCH_HEARTBEAT, SCRATCH_PREFIX, SCRATCH_STALE_SECONDS, JobResult, ScoringParams,
                                    run_job, sweep_stale_scratch)
 from numerai_dask.report import new_run_id, publish_run
-from numerai_dask.storage import Storage
+from numerai_dask.storage import READ_ATTEMPTS, Storage
 from numerai_dask.synthetic import generate
 
 #: One model per load task: many small tasks spread over both workers.
@@ -205,6 +205,22 @@ def test_transient_storage_failures_change_nothing(tmp_path: Path, dask_cluster:
     finally:
         if fs.failures() == 0:
             pytest.fail("no fault was injected: the test would prove nothing")
+    assert_same_scores(result, expected)
+
+
+def test_a_scratch_read_failing_past_the_read_retries_is_tried_again_as_a_task(tmp_path: Path, dask_cluster: str,
+                                                                               dataset: tuple[str, JobResult]) -> None:
+    """The batch's ranks file fails READ_ATTEMPTS reads for each of the two workers: some era task's reads all
+    fail, and only Dask's task retries (an I/O failure, not an input the job must stop for) save the job."""
+    root, expected = dataset
+    scratch_root = tmp_path / "scratch"
+    scratch_root.mkdir()
+    scratch, fs = faulty_storage(str(scratch_root), tmp_path / "state", fail=f"{scratch_root}/{SCRATCH_PREFIX}*/*.ranks",
+                                 where="worker", fail_reads=2 * READ_ATTEMPTS)
+    with client_with_faults(dask_cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        result = run_job(client, Storage(root), ScoringParams(), scratch=scratch)  # one batch: one ranks file
+    assert fs.failures() == 2 * READ_ATTEMPTS
     assert_same_scores(result, expected)
 
 
