@@ -1142,6 +1142,7 @@ def job_result(
         "parameters": {**asdict(params), "payout": asdict(params.payout)},
         "inputs": input_record(inputs),
         "eras": {"scored": era_order(per_era["era"]), "skipped": skipped, "unresolved": inputs.unresolved},
+        "benchmark": storage.label(inputs.benchmark_file[1].path) if inputs.benchmark_file else None,
         "models": {"submitted": len(inputs.submissions), "scored": int(per_era["model"].nunique()),
                    "rejections": len(rejections), "not_scored": not_scored(inputs, per_era, rejections)},
         "versions": {"numerai_dask": __version__, "python": platform.python_version(),

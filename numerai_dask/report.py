@@ -225,9 +225,14 @@ def chart(chart_id: str, title: str, note: str, controls: str = "") -> str:
             f"<p class='note'>{html.escape(note)}</p><div class='chart' id='{chart_id}'></div></section>")
 
 
-def benchmark_missing(board: pd.DataFrame) -> bool:
-    """Whether no model has a BMC: the run had no benchmark (or none of its eras could use it)."""
-    return "bmc_mean" in board and len(board) > 0 and bool(board["bmc_mean"].isna().all())
+def bmc_note(board: pd.DataFrame, manifest: dict) -> str:
+    """Why no model has a BMC, when none has (HTML): no benchmark file, or one that could not be used."""
+    if "bmc_mean" not in board or not len(board) or board["bmc_mean"].notna().any():
+        return ""
+    if manifest.get("benchmark"):
+        return (f" · BMC is empty: the benchmark <code>{html.escape(manifest['benchmark'])}</code> was rejected or "
+                "covers no scored era (see the rejections)")
+    return " · BMC is empty: no benchmark (a file in <code>benchmark/</code>)"
 
 
 def models_note(models: dict, scored: int) -> str:
@@ -269,7 +274,7 @@ def render_html(result: JobResult, run_id: str) -> str:
         f"{html.escape(str(manifest.get('root', '')))}</code>"
         + (f" · rank change against run <code>{html.escape(str(previous))}</code>" if previous else
            " · first run in this output: no rank change")
-        + (" · no benchmark (a file in <code>benchmark/</code>): BMC is empty" if benchmark_missing(board) else "")
+        + bmc_note(board, manifest)
         + "</p></header>",
         f"<div class='cards'>{cards}</div>",
         "<section class='panel wide'><div class='panel-head'><h2>Models</h2>"

@@ -145,12 +145,15 @@ def test_a_run_without_a_benchmark_says_why_bmc_is_empty() -> None:
     per_era = pd.DataFrame({"era": np.repeat(["1", "2"], 3), "model": ["a", "b", "c"] * 2,
                             **{m: rng.normal(0, 0.03, 6) for m in ("corr", "fnc", "mmc", "tc", "cwmm", "fe_max",
                                                                    "fe_rms")}})
-    note = "no benchmark (a file in <code>benchmark/</code>): BMC is empty"
-    for bmc, noted in ((np.full(6, np.nan), True), (rng.normal(0, 0.03, 6), False)):
+    no_file = "BMC is empty: no benchmark (a file in <code>benchmark/</code>)"
+    unusable = "BMC is empty: the benchmark <code>benchmark/&lt;b&gt;.csv</code> was rejected or covers no scored era"
+    for bmc, benchmark, note in ((np.full(6, np.nan), None, no_file), (np.full(6, np.nan), "benchmark/<b>.csv", unusable),
+                                 (rng.normal(0, 0.03, 6), "benchmark/<b>.csv", None)):
         table = per_era.assign(bmc=bmc)
         result = JobResult(table, build_leaderboard(table), pd.DataFrame(columns=["model", "file", "era", "reason"]),
-                           {}, {"root": "r", "eras": {"scored": ["1", "2"]}})
-        assert (note in render_html(result, "run")) == noted
+                           {}, {"root": "r", "eras": {"scored": ["1", "2"]}, "benchmark": benchmark})
+        page = render_html(result, "run")
+        assert [n for n in (no_file, unusable) if n in page] == ([note] if note else [])
 
 
 def test_a_report_of_5000_models_stays_small() -> None:
