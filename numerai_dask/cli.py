@@ -29,7 +29,7 @@ from numerai_dask.leaderboard import PayoutRule, with_rank_change
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
-from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
+from numerai_dask.settings import InvalidSetting, is_count, require, require_count, require_positive
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error, redact
 
@@ -54,6 +54,10 @@ class JobSpec:
     workers: int | None = None
     storage_options: dict = field(default_factory=dict)
     params: ScoringParams = field(default_factory=ScoringParams)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            require_count(self.workers, "workers")
 
     @property
     def out_url(self) -> str:
@@ -354,8 +358,6 @@ def option_of(key: str) -> str:
 
 
 def spec_from_arguments(args: argparse.Namespace) -> JobSpec:
-    if args.workers is not None:
-        require_count(args.workers, "workers")
     return JobSpec(
         root=args.root,
         out=args.out,
@@ -415,17 +417,15 @@ def spec_from_job_file(path: str) -> JobSpec:
     with settings_of(path, "scoring"):
         params = ScoringParams(payout=rule, **scoring)
     with settings_of(path, "cluster"):
-        if cluster.get("workers") is not None:
-            require_count(cluster["workers"], "workers")
-    return JobSpec(
-        root=document["root"],
-        out=document.get("out"),
-        scheduler=cluster.get("scheduler"),
-        cluster=cluster.get("cluster"),
-        workers=cluster.get("workers"),
-        storage_options=dict(document.get("storage_options", {})),
-        params=params,
-    )
+        return JobSpec(
+            root=document["root"],
+            out=document.get("out"),
+            scheduler=cluster.get("scheduler"),
+            cluster=cluster.get("cluster"),
+            workers=cluster.get("workers"),
+            storage_options=dict(document.get("storage_options", {})),
+            params=params,
+        )
 
 
 def refresh_settings_from_job_file(path: str) -> RefreshSettings | None:
@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--dir", default="demo-data", help="folder for the demo data (default demo-data)")
     demo_parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     add_generator_arguments(demo_parser)
+    for command in (score_parser, refresh_parser, run_parser, generate_parser, demo_parser):
+        command.set_defaults(command_parser=command)  # whose usage a bad option value is told with
     return parser
 
 
@@ -532,16 +534,33 @@ def prepared(args: argparse.Namespace, console: Console) -> Callable[[], int]:
         if args.scheduler or args.cluster:  # the command line wins over the file's [cluster]
             spec = dataclasses.replace(spec, scheduler=args.scheduler, cluster=args.cluster)
         return lambda: score(spec, console) if schedule is None else refresh(spec, schedule, console)
-    for key in ("eras", "rows_per_era", "features", "models"):
-        require_count(getattr(args, key), key)
+    check_generator_arguments(args)
     if args.command == "generate":
         options = parse_storage_options(args.storage_option)
-        return lambda: generate(args.root, args, options) or 0
-    if args.workers is not None:
-        require_count(args.workers, "workers")
+
+        def write() -> int:
+            generate(args.root, args, options)
+            return 0
+
+        return write
     root = str(Path(args.dir).resolve())
     demo = JobSpec(root=root, workers=args.workers, params=ScoringParams(extra_targets=("target_jerome",)))
-    return lambda: generate(root, args, {}) or score(demo)
+
+    def generate_and_score() -> int:
+        generate(root, args, {})
+        return score(demo)
+
+    return generate_and_score
+
+
+def check_generator_arguments(args: argparse.Namespace) -> None:
+    """The sizes ``generate`` and ``demo`` take must describe a dataset that can be written and scored."""
+    for key in ("eras", "features", "models"):
+        require_count(getattr(args, key), key)
+    require(is_count(args.rows_per_era) and args.rows_per_era >= 2, "rows_per_era",
+            f"must be a whole number of at least 2 (a correlation needs two rows), got {args.rows_per_era!r}")
+    require(0 <= args.unresolved <= args.eras, "unresolved", f"must be between 0 and --eras ({args.eras}), "
+            f"got {args.unresolved!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -551,8 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             command = prepared(args, console)
-        except InvalidSetting as error:
-            parser.error(f"argument {option_of(error.key)}: {error.problem}")
+        except InvalidSetting as error:  # a usage error, told as argparse tells its own, with the command's usage
+            args.command_parser.error(f"argument {option_of(error.key)}: {error.problem}")
         return command()
     except KeyboardInterrupt:
         print("numerai-dask: interrupted", file=sys.stderr)

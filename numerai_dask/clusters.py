@@ -220,7 +220,7 @@ class ClusterSpec:
 def load_spec(path: str | os.PathLike) -> ClusterSpec:
     """Read and check a cluster spec file; every mistake is a :class:`ClusterSpecError` naming the file."""
     where = str(path)
-    if where.endswith(".toml"):
+    if where.endswith(".toml") and Path(path).is_file():
         raise ClusterSpecError(f"{where} is a job file, not a cluster spec (YAML, e.g. cluster/processes.yaml); "
                                f"run it with: numerai-dask run {where}")
     try:
@@ -259,7 +259,7 @@ def _is_duration(value: Any) -> bool:
 
 def _check_local(spec: ClusterSpec) -> None:
     workers = spec.options.get("workers")
-    _require(spec, workers is None or is_count(workers), f"workers must be a positive integer, got {workers!r}")
+    _require(spec, workers is None or is_count(workers), f"workers must be a whole number of at least 1, got {workers!r}")
 
 
 def _check_scheduler(spec: ClusterSpec) -> None:

@@ -511,12 +511,14 @@ def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str,
         (["refresh", "r", "--every", "15x"], "argument --every: takes an interval like 30s, 15m, 2h or 1d"),
         (["refresh", "r", "--cron", "0 0 31 2 *"], "argument --cron: never fires"),
         (["generate", "r", "--eras", "0"], "argument --eras: must be a whole number of at least 1, got 0"),
+        (["generate", "r", "--rows-per-era", "1"], "argument --rows-per-era: must be a whole number of at least 2"),
+        (["generate", "r", "--unresolved", "30"], "argument --unresolved: must be between 0 and --eras (24), got 30"),
         (["demo", "--workers", "0"], "argument --workers: must be a whole number of at least 1, got 0"),
     ],
     ids=["bad-neutralization", "era-as-target", "nan-payout-weight", "negative-clip", "zero-workers",
          "zero-models-per-task", "zero-submission-bytes", "id-as-extra-target", "extra-target-twice",
          "bad-storage-option", "zero-lease", "zero-keep-runs", "bad-interval", "cron-never-fires",
-         "bad-generator-size", "zero-demo-workers"],
+         "bad-generator-size", "one-row-eras", "too-many-unresolved", "zero-demo-workers"],
 )
 def test_bad_option_values_are_usage_errors(args: list[str], cause: str, capsys: pytest.CaptureFixture) -> None:
     """Exit status 2, as for an unknown option, naming the option and the problem; nothing is started."""
@@ -524,8 +526,8 @@ def test_bad_option_values_are_usage_errors(args: list[str], cause: str, capsys:
         main(args)
     captured = capsys.readouterr()
     assert exited.value.code == 2 and captured.out == ""
-    assert captured.err.splitlines()[-1].startswith(f"numerai-dask: error: {cause}")
-    assert captured.err.splitlines()[0].startswith("usage: numerai-dask")
+    assert captured.err.splitlines()[-1].startswith(f"numerai-dask {args[0]}: error: {cause}")
+    assert captured.err.splitlines()[0].startswith(f"usage: numerai-dask {args[0]} ")
 
 
 # ------------------------------------------------------------------ job files

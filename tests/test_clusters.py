@@ -208,7 +208,7 @@ def test_every_shipped_spec_loads_and_every_kind_has_one() -> None:
     [
         ("kind: yarn\n", "kind must be one of local, scheduler, ssh, kubernetes, jobqueue, got 'yarn'"),
         ("- kind: local\n", "is not a YAML mapping"),
-        ("kind: local\nworkers: 0\n", "workers must be a positive integer, got 0"),
+        ("kind: local\nworkers: 0\n", "workers must be a whole number of at least 1, got 0"),
         ("kind: local\nworker: {thread: 2}\n", "unknown key(s) ['thread'] in worker"),
         ("kind: local\nworker: {spill: 0.5}\n", "target ≤ spill ≤ pause ≤ terminate, got [0.6, 0.5, 0.8, 0.95]"),
         ("kind: local\nworker: {malloc_trim_threshold: 64KiB}\n", "malloc_trim_threshold must be bytes (an integer"),
