@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from numerai_dask.cli import duration, main, progress_line, refresh_settings_from_job_file, spec_from_job_file
+from numerai_dask.cli import Console, duration, main, progress_line, refresh_settings_from_job_file, spec_from_job_file
 from numerai_dask.leaderboard import build_leaderboard
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, run_job
 from numerai_dask.report import render_html
@@ -194,6 +194,15 @@ def test_scheduler_address_from_the_environment(dataset: Path, dask_cluster: str
                              env={"DASK_SCHEDULER_ADDRESS": dask_cluster}))
     assert f"connected to {dask_cluster} (2 workers)" in done.stdout
     assert "LocalCluster" not in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["text", "quiet", "json"])
+def test_a_failure_the_command_outlives_goes_to_stderr_in_every_mode(mode: str, capsys: pytest.CaptureFixture) -> None:
+    """A scheduled refresh's failed tick: on stderr even with --quiet, and a failed JSON object with --json."""
+    Console(mode).warn("refresh failed: OSError: down")
+    captured = capsys.readouterr()
+    assert captured.err == "refresh failed: OSError: down\n"
+    assert captured.out == ('{"status": "failed", "error": "refresh failed: OSError: down"}\n' if mode == "json" else "")
 
 
 def test_json_failure_is_one_object_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
