@@ -315,7 +315,7 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
         return available
     sets = storage.read_feature_sets()
     if feature_set not in sets:
-        known = ", ".join(sorted(sets)) or ('none (data/features.json names no "feature_sets")'
+        known = ", ".join(sorted(sets)) or ("none (data/features.json names no feature sets)"
                                             if storage.info("data/features.json") else "none (no data/features.json)")
         raise JobError(f"unknown feature set {feature_set!r}; known sets: {known}")
     present = set(available)
@@ -387,7 +387,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     data_files = storage.list_data_files()
     if not data_files:
         missing = storage.first_missing("data")
-        raise JobError(f"no data files: {missing} does not exist" if missing else
+        raise JobError(f"no data files: {missing}" if missing else
                        f"no data files: {storage.display('data')} holds no .parquet file")
     columns = storage.data_columns(data_files[0].path)
     for name in (params.target, *params.extra_targets):
@@ -406,7 +406,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     if not submissions:
         missing = storage.first_missing("submissions")
         raise JobError(f"no submissions: {rejections_text(rejections)}" if rejections else
-                       f"no submissions: {missing} does not exist" if missing else
+                       f"no submissions: {missing}" if missing else
                        f"no submissions: {storage.display('submissions')} holds no .csv or .parquet file")
     stakes_file = storage.find_stakes()
     return JobInputs(
@@ -526,7 +526,8 @@ def one_blas_thread() -> None:
     at the start of each era task, since OpenMP's limit is per thread. The
     scan of the pools is threadpoolctl's cached one, redone when modules are
     imported: a scan on every call, as ``threadpool_limits`` does, took 1.6 ms
-    an era.
+    an era. Era tasks run in the caller's own process (a ``Client(processes=False)``)
+    leave that process with one BLAS thread too.
     """
     get_cached_controller().limit(limits=1)
 

@@ -172,8 +172,10 @@ def with_aws_environment(url: str, storage_options: dict) -> dict:
 
 
 def start_s3_session(fs: S3FileSystem, shown: str) -> None:
-    """Open ``fs``'s botocore session and client now, which sends no request, so that options neither takes
-    (a misspelled storage option) are refused before the job starts, not by the first request of a task."""
+    """Open ``fs``'s botocore session and client now, so that options neither takes (a misspelled storage
+    option) are refused before the job starts, not by the first request of a task. Nothing is asked of the
+    bucket; without explicit keys, finding credentials may ask the machine's metadata service, as the first
+    request would."""
     try:
         fs.connect()
     except TypeError as error:  # botocore's own words name the option: "got an unexpected keyword argument 'x'"
@@ -219,12 +221,14 @@ class Storage:
         return redact(self.fs.unstrip_protocol(path))
 
     def first_missing(self, relpath: str) -> str | None:
-        """The highest folder on the way to ``relpath`` that does not exist (on S3 the bucket first), as a person
-        would type it; None when every one exists: what to tell someone who finds nothing there."""
+        """What to tell someone who finds nothing at ``relpath``: the highest folder on the way there (on S3 the
+        bucket first) that does not exist, as a person would type it, and that it does not; None when every
+        one exists. Remote storage also answers "no" for what these credentials may not see."""
         parts = self.path(relpath).split("/")
         for prefix in ("/".join(parts[:depth]) for depth in range(1, len(parts) + 1)):
             if prefix and not retrying(lambda: self.fs.exists(prefix)):
-                return self._display_path(prefix)
+                hidden = "" if isinstance(self.fs, LocalFileSystem) else " (or is hidden from these credentials)"
+                return f"{self._display_path(prefix)} does not exist{hidden}"
         return None
 
     def path(self, *parts: str) -> str:

@@ -421,8 +421,9 @@ def test_a_bad_data_file_on_a_local_cluster_is_one_line_with_nothing_from_its_wo
 @pytest.mark.parametrize(
     ("root", "options", "cause"),
     [
-        ("s3://no-such-bucket-{tag}/tournament", [], "no data files: s3://no-such-bucket-{tag} does not exist"),
-        ("{bucket}/tournament", [], "no data files: {bucket}/tournament does not exist"),
+        ("s3://no-such-bucket-{tag}/tournament", [], "no data files: s3://no-such-bucket-{tag} does not exist (or is "
+         "hidden from these credentials)"),
+        ("{bucket}/tournament", [], "no data files: {bucket}/tournament does not exist (or is hidden"),
         ("{bucket}/tournament", ["--storage-option", "bogus_option=1"],
          "{bucket}/tournament: a storage option that S3 does not take (AioSession.__init__() got an unexpected "
          "keyword argument 'bogus_option')"),

@@ -531,7 +531,7 @@ def test_an_unknown_feature_set_says_why_none_is_known(tmp_path) -> None:
         select_features(Storage(str(tmp_path)), columns, "small")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "features.json").write_text('{"targets": ["target"]}')
-    with pytest.raises(JobError, match='known sets: none \\(data/features.json names no "feature_sets"\\)'):
+    with pytest.raises(JobError, match=r"known sets: none \(data/features.json names no feature sets\)"):
         select_features(Storage(str(tmp_path)), columns, "small")
 
 
