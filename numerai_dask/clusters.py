@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import shlex
 import signal
@@ -416,7 +417,7 @@ def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[C
         return
     with dask.config.set(spec.worker.dask_config()), _start(spec) as cluster, Client(cluster) as client:
         if spec.kind == "local":
-            log(f"started a LocalCluster of {len(cluster.workers)} workers · dashboard {client.dashboard_link}")
+            log(f"started a LocalCluster of {len(cluster.workers)} workers · {local_dashboard(client)}")
         elif spec.kind == "jobqueue":
             log(f"submitted {spec.options.get('jobs', 1)} {spec.options['system']} jobs; tasks start as their "
                 f"workers join · dashboard {client.dashboard_link}")
@@ -435,6 +436,14 @@ def backend(module: str, extra: str) -> Any:
     except ImportError as error:
         raise ClusterSpecError(f"this cluster spec needs {module} ({error}); "
                                f"install it with: pip install 'numerai-dask[{extra}]'") from error
+
+
+def local_dashboard(client: Client) -> str:
+    """Where the dashboard of a cluster whose scheduler runs in this process is, or how to get one: Dask serves
+    it only with bokeh installed, which the job itself does not need."""
+    if importlib.util.find_spec("bokeh") is None:
+        return "no dashboard (pip install 'numerai-dask[dashboard]' for one)"
+    return f"dashboard {client.dashboard_link}"
 
 
 @contextlib.contextmanager

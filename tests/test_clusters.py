@@ -10,6 +10,7 @@ here; what each check covers is said in ``cluster/README.md``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -118,7 +119,9 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
         local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
         huge_pages = client.run(lambda: np._core.multiarray._get_madvise_hugepage())
         local = run_job(client, Storage(str(dataset)), ScoringParams())
-    assert messages[0].startswith("started a LocalCluster of 2 workers")
+    assert messages[0].startswith("started a LocalCluster of 2 workers · ")
+    with_bokeh = importlib.util.find_spec("bokeh") is not None  # without it Dask serves no dashboard
+    assert ("dashboard http" if with_bokeh else "no dashboard (pip install 'numerai-dask[dashboard]'") in messages[0]
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
     assert list(profiling.values()) == [100, 100]  # ms: the profiler samples at WorkerSettings' interval, not 10 ms
     assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
