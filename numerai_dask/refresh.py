@@ -95,7 +95,8 @@ from numerai_dask.submissions import (EraIndex, Predictions, Rejection, describe
 
 #: Part of every cached score's fingerprint: a cache of another format is rescored, never read. 2: an era's
 #: cached predictions hold their ids under ``pipeline.CACHED_IDS_COLUMN`` (in 1, under "id", a valid model name).
-STATE_FORMAT = 2
+#: 3: the state records which eras the benchmark covered (``benchmark_eras``).
+STATE_FORMAT = 3
 STATE_FILE = "state.json"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -456,6 +457,9 @@ def _refresh_under_lease(
                               f"{previous.folder}")
     run_id = new_run_id()
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
+    # Eras the benchmark covers now and did not, or the reverse, though its file is the same (rejected for ids
+    # the data did not hold yet, and now does): their BMC changes.
+    benchmark_moved = set(benchmark) ^ set(state["benchmark_eras"]) if plan.previous_eras else set()
     discovered = time.perf_counter()
 
     # Phase 1: read the changed models. Scattered data takes keys of this refresh's own (hash=False): under a key
@@ -489,7 +493,7 @@ def _refresh_under_lease(
         reuse: dict[str, dict] = {}
         futures = {}
         for era in inputs.eras:
-            work_era = era_work(era, plan, replaced, bool(plan.full) or bool(plan.append))
+            work_era = era_work(era, plan, replaced, bool(plan.full) or bool(plan.append), benchmark_moved)
             if work_era is None:
                 reuse[era.label] = plan.previous_eras[era.label]
                 continue
@@ -540,6 +544,7 @@ def _refresh_under_lease(
         "era_ids": plan.era_ids,
         "stakes": plan.stakes,
         "benchmark": file_entries(storage, [inputs.benchmark_file[1]]) if inputs.benchmark_file else None,
+        "benchmark_eras": sorted(benchmark),
         "models": {m: {"files": file_entries(storage, fs), "rejected": m in set(result.rejections["model"])}
                    for m, fs in inputs.submissions.items()},
         "rejections": [asdict(r) for r in read_rejections if r.model in inputs.submissions],
@@ -554,9 +559,11 @@ def _refresh_under_lease(
 
 
 def era_work(
-    era: EraPlan, plan: RefreshPlan, replaced: dict[str, frozenset[str] | None], models_changed: bool
+    era: EraPlan, plan: RefreshPlan, replaced: dict[str, frozenset[str] | None], models_changed: bool,
+    benchmark_moved: set[str],
 ) -> tuple[list[str], bool] | None:
-    """Whether one era needs a task; if so which cached models it keeps and whether their own scores hold."""
+    """Whether one era needs a task; if so which cached models it keeps and whether their own scores hold.
+    ``benchmark_moved`` are the eras the benchmark now covers or no longer does."""
     before = plan.previous_eras.get(era.label)
     if before is None:
         return [], False
@@ -568,6 +575,7 @@ def era_work(
         or bool(touched)
         or bool(cached & (plan.deleted | plan.stakes_changed))
         or plan.benchmark_changed
+        or era.label in benchmark_moved
         or (before.get("skipped") is not None and models_changed)
     )
     if not cross_changed:

@@ -325,6 +325,26 @@ def test_new_era_with_appended_round_files_rescores_one_era(client, dataset):
     assert_equals_full_score(client, root, outcome)
 
 
+def test_a_benchmark_rejected_for_ids_the_data_lacked_counts_once_they_arrive(client, dataset):
+    """The benchmark's file is unchanged, but a new era's data makes its ids known: every era's BMC is back, as
+    in a full score, where the refresh kept the eras' cached NaN."""
+    root, out, info = dataset
+    data = data_frame(root)
+    template = data[data["era"].astype(str) == resolved_labels(info)[0]].copy()
+    template["id"] = "new" + template["id"].str[3:]
+    template["era"] = "0099"
+    bench = next((root / "benchmark").iterdir())
+    frame = pd.read_parquet(bench).reset_index()
+    extra = pd.DataFrame({"id": template["id"], "prediction": np.linspace(0.1, 0.9, len(template))})
+    pd.concat([frame[["id", "prediction"]], extra], ignore_index=True).set_index("id").to_parquet(bench)
+    first = refresh(client, root, out)
+    assert "benchmark/" in " ".join(first.result.rejections["model"]) and first.result.per_era["bmc"].isna().all()
+    template.set_index("id").to_parquet(root / "data" / "zz_new_round.parquet")
+    outcome = refresh(client, root, out)
+    assert outcome.result.per_era["bmc"].notna().any()
+    assert_equals_full_score(client, root, outcome)
+
+
 def test_newly_resolved_era_and_rewritten_data(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
