@@ -339,6 +339,7 @@ def local_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
         "memory_limit": spec.worker.memory_limit,
         "dashboard_address": ":0",
         "env": spec.worker.process_environment(),
+        "preload": [__name__],  # dask_setup: the workers leave Ctrl-C to the command
     }
 
 
@@ -447,32 +448,56 @@ def local_dashboard(client: Client) -> str:
 
 
 @contextlib.contextmanager
-def workers_deaf_to_ctrl_c() -> Iterator[None]:
-    """Processes started within ignore SIGINT (an ignored signal stays ignored in a child, and Python keeps it
-    so): a LocalCluster's workers share the terminal's Ctrl-C with the command, and each printed a
-    KeyboardInterrupt traceback, while the command, which stops them itself, said it was interrupted. Outside
-    the main thread, where signals cannot be set, nothing changes."""
+def ctrl_c_deferred() -> Iterator[Callable[[], None]]:
+    """A Ctrl-C (SIGINT) in the block is kept, and raised as KeyboardInterrupt when the function given is
+    called (or the block ends), so that a LocalCluster being started is first entered into the block that
+    closes it. Outside the main thread nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    kept: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _: kept.append(signum))
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            signal.signal(signal.SIGINT, previous)
+            if kept:
+                raise KeyboardInterrupt
+
     try:
-        yield
+        yield release
     finally:
-        signal.signal(signal.SIGINT, previous)
+        release()
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by Dask in each worker of a LocalCluster the job starts (its ``preload``): the worker ignores Ctrl-C.
+
+    The workers share the terminal's Ctrl-C with the command, which stops
+    them itself; each printed a KeyboardInterrupt traceback, while the command
+    said it was interrupted. (A Ctrl-C in the moment a worker starts, before
+    this runs, still reaches it.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def _start(spec: ClusterSpec) -> Iterator[Any]:
     """Start the cluster of a spec that is not a bare scheduler, through its library; close it on exit."""
     if spec.kind == "local":
-        with workers_deaf_to_ctrl_c():
-            cluster: Any = LocalCluster(**local_cluster_arguments(spec))
-    elif spec.kind == "ssh":
+        with ctrl_c_deferred() as release:
+            with LocalCluster(**local_cluster_arguments(spec)) as local:
+                release()  # a Ctrl-C while the workers started arrives here, and closes them on its way
+                yield local
+        return
+    if spec.kind == "ssh":
         backend("asyncssh", "ssh")  # SSHCluster imports it only once it is starting, behind other errors
         from distributed import SSHCluster
 
-        cluster = SSHCluster(**ssh_cluster_arguments(spec))
+        cluster: Any = SSHCluster(**ssh_cluster_arguments(spec))
     elif spec.kind == "kubernetes":
         cluster = backend("dask_kubernetes.operator", "kubernetes").KubeCluster(**kubernetes_cluster_arguments(spec))
     else:

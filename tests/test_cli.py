@@ -9,6 +9,7 @@ scheduler variable, and gets only those the test gives it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -468,6 +470,37 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.splitlines()[-1] == "numerai-dask: interrupted"
     assert json.loads(out) == {"status": "interrupted"}
+
+
+def test_ctrl_c_while_the_local_cluster_starts_is_not_lost(dataset: Path, tmp_path: Path) -> None:
+    """Ctrl-C to the command's process group once it has started its first worker process (the LocalCluster
+    is starting): the job stops, exit 130, where the signal was ignored then and the run published."""
+    process = subprocess.Popen([sys.executable, "-m", "numerai_dask.cli", "score", str(dataset), "--workers", "1",
+                                "--out", str(tmp_path / "out"), "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not child_processes(process.pid) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1] == "numerai-dask: interrupted" and json.loads(out) == {"status": "interrupted"}
+    assert not (tmp_path / "out" / "latest.json").exists()
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+    return children
 
 
 def test_an_unreachable_s3_endpoint_is_a_one_line_cause_and_a_json_failure(tmp_path: Path, dask_cluster: str) -> None:
