@@ -390,14 +390,20 @@ def spec_from_job_file(path: str) -> JobSpec:
     if "root" not in document:
         raise JobError(f"job file {path} has no 'root'")
     for key in ("root", "out"):
-        if not isinstance(document.get(key, ""), str):
+        if not (isinstance(document.get(key, "-"), str) and document.get(key, "-")):
             raise JobError(f"job file {path}: {key} must be a text (a folder or URL), got {document[key]!r}")
-    for key in ("scoring", "cluster", "storage_options"):
+    for key in ("scoring", "cluster", "storage_options", "refresh"):
         if not isinstance(document.get(key, {}), dict):
             raise JobError(f"job file {path}: {key} must be a table ([{key}]), got {document[key]!r}")
     scoring = dict(document.get("scoring", {}))
-    payout = dict(scoring.pop("payout", {}))
+    payout = scoring.pop("payout", {})
+    if not isinstance(payout, dict):
+        raise JobError(f"job file {path}: [scoring] payout must be a table ([scoring.payout]), got {payout!r}")
     cluster = document.get("cluster", {})
+    for key in ("scheduler", "cluster"):
+        if not isinstance(cluster.get(key, "-"), str):
+            raise JobError(f"job file {path}: [cluster] {key} must be a text (an address or a spec file), "
+                           f"got {cluster[key]!r}")
     score_fields = [f.name for f in dataclasses.fields(ScoringParams) if f.name != "payout"]
     for table, allowed, where in ((document, JOB_FILE_KEYS, "at the top"), (cluster, CLUSTER_KEYS, "in [cluster]"),
                                   (scoring, [*score_fields, "payout"], "in [scoring]"),

@@ -122,6 +122,9 @@ class ScoringParams:
     max_submission_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        require(isinstance(self.target, str), "target", f"must be a column name (text), got {self.target!r}")
+        require(self.feature_set is None or isinstance(self.feature_set, str), "feature_set",
+                f"must be a feature set's name (text), got {self.feature_set!r}")
         require(is_finite_number(self.neutralization) and 0.0 <= self.neutralization <= 1.0, "neutralization",
                 f"must be between 0 and 1, got {self.neutralization!r}")
         for key, names in (("target", [self.target]), ("extra_targets", self.extra_targets)):

@@ -624,6 +624,14 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\n[refresh]\nlease_seconds = "x"\n', "[refresh] lease_seconds: must be a positive number"),
         ('root = "r"\n[refresh]\ncron = 5\n', "[refresh] cron: takes five fields"),
         ('root = "r"\n[cluster]\nworkers = 0\n', "[cluster] workers: must be a whole number of at least 1, got 0"),
+        ('root = "r"\n[cluster]\ncluster = 5\n', "[cluster] cluster must be a text (an address or a spec file), got 5"),
+        ('root = "r"\n[cluster]\nscheduler = 5\n', "[cluster] scheduler must be a text (an address or a spec file)"),
+        ('root = "r"\n[scoring]\npayout = 3\n', "[scoring] payout must be a table ([scoring.payout]), got 3"),
+        ('root = "r"\nrefresh = true\n', "refresh must be a table ([refresh]), got True"),
+        ('root = "r"\n[scoring]\ntarget = 5\n', "[scoring] target: must be a column name (text), got 5"),
+        ('root = "r"\n[scoring]\nfeature_set = 5\n', "[scoring] feature_set: must be a feature set's name (text)"),
+        ('root = ""\n', "root must be a text (a folder or URL), got ''"),
+        ('root = "r"\nout = ""\n', "out must be a text (a folder or URL), got ''"),
     ],
 )
 def test_job_file_mistakes_are_errors(tmp_path: Path, text: str, complaint: str) -> None:
