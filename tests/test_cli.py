@@ -492,6 +492,18 @@ def test_ctrl_c_while_the_local_cluster_starts_is_not_lost(dataset: Path, tmp_pa
     assert not (tmp_path / "out" / "latest.json").exists()
 
 
+def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path) -> None:
+    """The command's libraries take about a second to load, before ``main`` runs: a Ctrl-C then was a
+    KeyboardInterrupt traceback from an import."""
+    process = subprocess.Popen([sys.executable, "-m", "numerai_dask", "score", str(tmp_path), "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == "numerai-dask: interrupted"
+
+
 def child_processes(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc)."""
     children = []
