@@ -493,4 +493,4 @@ def test_the_dockerfile_installs_what_the_readme_installs_and_its_context_builds
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"numerai_dask/{p.name}" for p in (REPO / "numerai_dask").glob("*.py")} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "numerai-dask = numerai_dask.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "numerai-dask = numerai_dask.__main__:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
