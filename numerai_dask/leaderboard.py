@@ -59,7 +59,7 @@ def era_order(eras: pd.Series | pd.Index | list) -> list:
 
 
 def rank_of_means(means: pd.Series) -> pd.Series:
-    """1 = the highest mean; means equal to RANK_RTOL share the best rank of their group, as pandas' ``min``
+    """1 = the highest mean; means equal within RANK_RTOL share the best rank of their group, as pandas' ``min``
     method ranks exact ties; a NaN mean has no rank.
 
     Scores of the same predictions differ in the last bits with the order
