@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
+import importlib.metadata
 import os
 import shlex
 import signal
@@ -40,6 +40,7 @@ import dask.config
 import yaml
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
+from distributed.versions import BOKEH_REQUIREMENT
 
 from numerai_dask.settings import is_count, require_count
 
@@ -339,8 +340,19 @@ def local_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
         "memory_limit": spec.worker.memory_limit,
         "dashboard_address": ":0",
         "env": spec.worker.process_environment(),
-        "preload": [__name__],  # dask_setup: the workers leave Ctrl-C to the command
+        **local_preloads(),
     }
+
+
+def local_preloads() -> dict[str, list]:
+    """``LocalCluster`` arguments for its workers' preloads: those Dask's config names, then this module's
+    (:func:`dask_setup`). Given explicitly, they replace the config's, so these are added to them; each keeps its
+    own arguments (the config's ``preload-argv``: one list for all, or one per preload)."""
+    preload = dask.config.get("distributed.worker.preload", None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    argv = dask.config.get("distributed.worker.preload-argv", None) or []
+    per_preload = [list(argv)] * len(preload) if argv and isinstance(argv[0], str) else [list(a) for a in argv]
+    return {"preload": [*preload, __name__], "preload_argv": [*(per_preload or [[]] * len(preload)), []]}
 
 
 def ssh_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
@@ -442,21 +454,27 @@ def backend(module: str, extra: str) -> Any:
 def local_dashboard(client: Client) -> str:
     """Where the dashboard of a cluster whose scheduler runs in this process is, or how to get one: Dask serves
     it only with bokeh installed, which the job itself does not need."""
-    if importlib.util.find_spec("bokeh") is None:
-        return "no dashboard (pip install 'numerai-dask[dashboard]' for one)"
+    try:
+        served = BOKEH_REQUIREMENT.specifier.contains(importlib.metadata.version("bokeh"), prereleases=True)
+    except importlib.metadata.PackageNotFoundError:
+        served = False
+    if not served:
+        return f"no dashboard (it needs {BOKEH_REQUIREMENT}: pip install 'numerai-dask[dashboard]')"
     return f"dashboard {client.dashboard_link}"
 
 
 @contextlib.contextmanager
 def ctrl_c_deferred() -> Iterator[Callable[[], None]]:
-    """A Ctrl-C (SIGINT) in the block is kept, and raised as KeyboardInterrupt when the function given is
-    called (or the block ends), so that a LocalCluster being started is first entered into the block that
-    closes it. Outside the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
+    """A Ctrl-C (SIGINT) in the block is kept, and handed to the handler it was meant for (KeyboardInterrupt by
+    default) when the function given is called or the block ends, so that a LocalCluster being started is
+    first entered into the block that closes it. Outside the main thread, or with SIGINT ignored, nothing
+    changes."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield lambda: None  # SIGINT ignored (or handled outside Python) stays so
         return
     kept: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _: kept.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: kept.append(signum))
     released = False
 
     def release() -> None:
@@ -465,7 +483,7 @@ def ctrl_c_deferred() -> Iterator[Callable[[], None]]:
             released = True
             signal.signal(signal.SIGINT, previous)
             if kept:
-                raise KeyboardInterrupt
+                signal.raise_signal(signal.SIGINT)  # to the handler it was meant for: KeyboardInterrupt by default
 
     try:
         yield release
@@ -478,8 +496,9 @@ def dask_setup(worker: Any) -> None:
 
     The workers share the terminal's Ctrl-C with the command, which stops
     them itself; each printed a KeyboardInterrupt traceback, while the command
-    said it was interrupted. (A Ctrl-C in the moment a worker starts, before
-    this runs, still reaches it.)
+    said it was interrupted. Dask runs preloads once a worker has loaded its
+    libraries: a Ctrl-C while the cluster starts still reaches the workers
+    starting then, and each may print its traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
         local = run_job(client, Storage(str(dataset)), ScoringParams())
     assert messages[0].startswith("started a LocalCluster of 2 workers · ")
     with_bokeh = importlib.util.find_spec("bokeh") is not None  # without it Dask serves no dashboard
-    assert ("dashboard http" if with_bokeh else "no dashboard (pip install 'numerai-dask[dashboard]'") in messages[0]
+    assert ("dashboard http" if with_bokeh else "no dashboard (it needs bokeh>=3.1.0: pip install 'numerai-dask[dashboard]')"
+            ) in messages[0]
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
     assert list(profiling.values()) == [100, 100]  # ms: the profiler samples at WorkerSettings' interval, not 10 ms
     assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
@@ -235,6 +237,18 @@ def test_spec_mistakes_are_errors_naming_the_file(tmp_path: Path, text: str, com
     with pytest.raises(ClusterSpecError) as raised:
         load_spec(spec)
     assert spec in str(raised.value) and complaint in str(raised.value)
+
+
+def test_local_workers_ignore_ctrl_c_and_keep_the_preloads_dask_config_names(tmp_path: Path, monkeypatch) -> None:
+    """The project's preload (workers leave Ctrl-C to the command) is added to the config's, not put in their place,
+    with each preload's own arguments."""
+    (tmp_path / "user_preload.py").write_text("def dask_setup(worker):\n    worker.user_preload_ran = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this process's sys.path
+    with dask.config.set({"distributed.worker.preload": ["user_preload"], "distributed.worker.preload-argv": [[]]}):
+        with clusters.connect(choose(None, None, 1, {}), log=lambda _: None) as client:
+            seen = client.run(lambda dask_worker: (getattr(dask_worker, "user_preload_ran", False),
+                                                   signal.getsignal(signal.SIGINT) == signal.SIG_IGN))
+    assert list(seen.values()) == [(True, True)]
 
 
 def test_a_job_file_given_as_a_cluster_spec_says_how_to_run_it() -> None:
