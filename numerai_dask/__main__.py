@@ -10,6 +10,8 @@ def run() -> int:
         from numerai_dask.cli import main
     except KeyboardInterrupt:
         print("numerai-dask: interrupted", file=sys.stderr)
+        if "--json" in sys.argv[1:]:
+            print('{"status": "interrupted"}', flush=True)
         return 130
     return main()
 

@@ -400,10 +400,9 @@ def spec_from_job_file(path: str) -> JobSpec:
     if not isinstance(payout, dict):
         raise JobError(f"job file {path}: [scoring] payout must be a table ([scoring.payout]), got {payout!r}")
     cluster = document.get("cluster", {})
-    for key in ("scheduler", "cluster"):
-        if not isinstance(cluster.get(key, "-"), str):
-            raise JobError(f"job file {path}: [cluster] {key} must be a text (an address or a spec file), "
-                           f"got {cluster[key]!r}")
+    for key, what in (("scheduler", "a scheduler's address"), ("cluster", "a cluster spec file")):
+        if not (isinstance(cluster.get(key, "-"), str) and cluster.get(key, "-")):
+            raise JobError(f"job file {path}: [cluster] {key} must be a text ({what}), got {cluster[key]!r}")
     score_fields = [f.name for f in dataclasses.fields(ScoringParams) if f.name != "payout"]
     for table, allowed, where in ((document, JOB_FILE_KEYS, "at the top"), (cluster, CLUSTER_KEYS, "in [cluster]"),
                                   (scoring, [*score_fields, "payout"], "in [scoring]"),
