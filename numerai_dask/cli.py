@@ -29,7 +29,7 @@ from numerai_dask.leaderboard import PayoutRule, with_rank_change
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, prediction_correlations, run_job
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
-from numerai_dask.settings import InvalidSetting, is_count, require, require_count, require_positive
+from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error, redact
 
@@ -349,7 +349,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 #: The option of each setting whose option is not ``--`` and its key with dashes (see :func:`option_of`).
 OPTIONS_OF_KEYS = {"extra_targets": "--extra-target", "corr_weight": "--payout-corr-weight",
-                   "mmc_weight": "--payout-mmc-weight", "clip": "--payout-clip"}
+                   "mmc_weight": "--payout-mmc-weight", "clip": "--payout-clip", "n_eras": "--eras",
+                   "n_features": "--features", "n_models": "--models", "n_unresolved": "--unresolved"}
 
 
 def option_of(key: str) -> str:
@@ -559,13 +560,11 @@ def prepared(args: argparse.Namespace, console: Console) -> Callable[[], int]:
 
 
 def check_generator_arguments(args: argparse.Namespace) -> None:
-    """The sizes ``generate`` and ``demo`` take must describe a dataset that can be written and scored."""
-    for key in ("eras", "features", "models"):
-        require_count(getattr(args, key), key)
-    require(is_count(args.rows_per_era) and args.rows_per_era >= 2, "rows_per_era",
-            f"must be a whole number of at least 2 (a correlation needs two rows), got {args.rows_per_era!r}")
-    require(0 <= args.unresolved <= args.eras, "unresolved", f"must be between 0 and --eras ({args.eras}), "
-            f"got {args.unresolved!r}")
+    """The sizes ``generate`` and ``demo`` take must describe a dataset that can be written and scored
+    (:func:`numerai_dask.synthetic.check_sizes`, the generator's own check)."""
+    from numerai_dask.synthetic import check_sizes
+
+    check_sizes(args.eras, args.rows_per_era, args.features, args.models, args.unresolved)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

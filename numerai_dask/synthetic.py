@@ -39,6 +39,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from scipy.special import expit, ndtri
 
+from numerai_dask.settings import is_count, require, require_count
+
 #: Latent factors behind the features of a row.
 N_FACTORS = 8
 
@@ -353,7 +355,8 @@ def generate(root: str, *, n_eras: int = 20, rows_per_era: int = 200, n_features
     the same paths are overwritten; nothing else under ``root`` is removed.
     Memory holds every row's predictions for every model (rows × models floats).
     """
-    _check_dataset_arguments(n_eras, rows_per_era, n_unresolved, n_data_files, era_format, extra_targets)
+    check_sizes(n_eras, rows_per_era, n_features, n_models, n_unresolved)
+    _check_dataset_arguments(n_eras, n_data_files, era_format, extra_targets)
     _check_era_arguments(rows_per_era, n_features, n_models, tie_fraction, n_constant_features, n_duplicate_features)
     rng = np.random.default_rng(seed)
     population = _draw_population(rng, n_features, n_models, signal, tie_fraction,
@@ -397,13 +400,20 @@ def generate(root: str, *, n_eras: int = 20, rows_per_era: int = 200, n_features
                             stakes_file=stakes_file, benchmark_file=benchmark_file)
 
 
-def _check_dataset_arguments(n_eras: int, rows_per_era: int, n_unresolved: int, n_data_files: int,
-                             era_format: str, extra_targets: tuple[str, ...]) -> None:
+def check_sizes(n_eras: int, rows_per_era: int, n_features: int, n_models: int, n_unresolved: int) -> None:
+    """Raise :class:`InvalidSetting` (a ValueError naming :func:`generate`'s parameter) for sizes that cannot
+    give a dataset to score: the command line checks its options with it before anything starts."""
+    for key, value in (("n_eras", n_eras), ("n_features", n_features), ("n_models", n_models)):
+        require_count(value, key)
+    require(is_count(rows_per_era) and rows_per_era >= 2, "rows_per_era",
+            f"must be a whole number of at least 2 (a correlation needs two rows), got {rows_per_era!r}")
+    require(isinstance(n_unresolved, int) and 0 <= n_unresolved <= n_eras, "n_unresolved",
+            f"must be between 0 and the number of eras ({n_eras}), got {n_unresolved!r}")
+
+
+def _check_dataset_arguments(n_eras: int, n_data_files: int, era_format: str,
+                             extra_targets: tuple[str, ...]) -> None:
     """Raise ValueError for a dataset layout that cannot be written as asked."""
-    if n_eras < 1:
-        raise ValueError(f"need at least one era, got n_eras={n_eras}")
-    if not 0 <= n_unresolved <= n_eras:
-        raise ValueError(f"n_unresolved must be between 0 and n_eras={n_eras}, got {n_unresolved}")
     if not 1 <= n_data_files <= n_eras:
         raise ValueError(f"n_data_files must be between 1 and n_eras={n_eras}, got {n_data_files}")
     if era_format not in ("string", "int"):
