@@ -389,7 +389,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
     """List and read what the graph needs: data layout, era index, submissions, stakes, benchmark."""
     data_files = storage.list_data_files()
     if not data_files:
-        missing = storage.first_missing("data")
+        missing = storage.what_is_missing("data")
         raise JobError(f"no data files: {missing}" if missing else
                        f"no data files: {storage.display('data')} holds no .parquet file")
     columns = storage.data_columns(data_files[0].path)
@@ -407,7 +407,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
         raise JobError("no era has a resolved target: nothing to score")
     submissions, rejections = storage.list_submissions(params.submission_size_limit(len(index.ids)))
     if not submissions:
-        missing = storage.first_missing("submissions")
+        missing = storage.what_is_missing("submissions")
         raise JobError(f"no submissions: {rejections_text(rejections)}" if rejections else
                        f"no submissions: {missing}" if missing else
                        f"no submissions: {storage.display('submissions')} holds no .csv or .parquet file")

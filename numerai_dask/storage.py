@@ -220,7 +220,7 @@ class Storage:
             return path or "/"
         return redact(self.fs.unstrip_protocol(path))
 
-    def first_missing(self, relpath: str) -> str | None:
+    def what_is_missing(self, relpath: str) -> str | None:
         """What to tell someone who finds nothing at ``relpath``: the highest folder on the way there (on S3 the
         bucket first) that does not exist, as a person would type it, and that it does not; None when every
         one exists. Remote storage also answers "no" for what these credentials may not see."""
