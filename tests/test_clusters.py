@@ -117,6 +117,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
             {name: os.environ.get(name) for name in WorkerSettings().process_environment()}, dask_worker.state.nthreads,
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
         profiling = client.run(lambda dask_worker: dask_worker.periodic_callbacks["profile"].callback_time)
+        ticks = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+        scheduler_tick = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
         local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
         huge_pages = client.run(lambda: np._core.multiarray._get_madvise_hugepage())
         local = run_job(client, Storage(str(dataset)), ScoringParams())
@@ -126,6 +128,7 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
             ) in messages[0]
     assert list(settings.values()) == [(WorkerSettings().process_environment(), 1, WorkerSettings().dask_config())] * 2
     assert list(profiling.values()) == [100, 100]  # ms: the profiler samples at WorkerSettings' interval, not 10 ms
+    assert list(ticks.values()) == [1000, 1000] and scheduler_tick == 1000  # ms: EVENT_LOOP_CONFIG's tick, not 20 ms
     assert [{k: env.get(k) for k in ALLOCATOR_START} for env in local_environments] == [ALLOCATOR_START] * 2
     assert list(huge_pages.values()) == [False, False]  # NumPy read its variable when the worker imported it
     assert_frames_close(on_processes.table("per_era"), local.per_era, ["era", "model"])
