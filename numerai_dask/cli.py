@@ -569,7 +569,9 @@ def check_generator_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would tell them with the top-level usage, which does not list the command's options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     console = console_from_arguments(args) if args.command in ("score", "refresh", "run") else Console()
     try:
         try:

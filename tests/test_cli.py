@@ -602,6 +602,21 @@ def test_bad_option_values_are_usage_errors(args: list[str], cause: str, capsys:
     assert captured.err.splitlines()[0].startswith(f"usage: numerai-dask {args[0]} ")
 
 
+@pytest.mark.parametrize(("args", "unknown"), [(["score", "r", "--neutralisation", "1"], "--neutralisation 1"),
+                                               (["refresh", "r", "more"], "more"),
+                                               (["generate", "--bogus", "r"], "--bogus")])
+def test_unknown_arguments_are_told_with_the_commands_usage(args: list[str], unknown: str,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """An argument the command does not take is a usage error naming it, with that command's usage (which
+    lists the options it does take), not the top-level one."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines()[0].startswith(f"usage: numerai-dask {args[0]} ")
+    assert captured.err.splitlines()[-1] == f"numerai-dask {args[0]}: error: unrecognized arguments: {unknown}"
+
+
 # ------------------------------------------------------------------ job files
 
 
