@@ -32,6 +32,7 @@ from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error, redact
+from numerai_dask.wording import counted
 
 REJECTIONS_SHOWN = 20
 #: Models listed in the final summary (--json's top_models).
@@ -229,7 +230,7 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
         console.say(f"skipped era {era}: {reason}")
     rejections = result.rejections
     if len(rejections):
-        console.say(f"\n{len(rejections)} rejections:")
+        console.say(f"\n{counted(len(rejections), 'rejection')}:")
         for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
             where = f" era {row.era}" if row.era else ""
             console.say(f"  {row.model} · {row.file}{where}: {row.reason}")  # names made printable already
@@ -241,8 +242,9 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
                                                          if len(waiting) > REJECTIONS_SHOWN else "")
         console.say(f"\n{len(waiting):,} not scored (every era they predict is unresolved or skipped): {names}")
     timings = result.manifest.get("timings_seconds", {})
-    console.say(f"\n{len(result.leaderboard):,} models scored over {len(result.manifest['eras']['scored']):,} eras · "
-                f"{len(rejections):,} rejections · {len(result.skipped_eras):,} eras skipped · "
+    console.say(f"\n{counted(len(result.leaderboard), 'model')} scored over "
+                f"{counted(len(result.manifest['eras']['scored']), 'era')} · {counted(len(rejections), 'rejection')} · "
+                f"{counted(len(result.skipped_eras), 'era')} skipped · "
                 f"{len(result.manifest['eras']['unresolved']):,} unresolved · "
                 + " · ".join(f"{name} {duration(seconds)}" for name, seconds in timings.items()))
     console.say(f"outputs: {out.display(folder)}")
@@ -515,8 +517,8 @@ def generate(root: str, args: argparse.Namespace, storage_options: dict) -> None
     dataset = write_dataset(root, n_eras=args.eras, rows_per_era=args.rows_per_era, n_features=args.features,
                             n_models=args.models, n_unresolved=args.unresolved, seed=args.seed,
                             storage_options=storage_options)
-    say(f"wrote {len(dataset.eras)} eras ({len(dataset.unresolved_eras)} unresolved), {args.features} features, "
-        f"{len(dataset.models)} models to {root}")
+    say(f"wrote {counted(len(dataset.eras), 'era')} ({len(dataset.unresolved_eras)} unresolved), "
+        f"{counted(args.features, 'feature')}, {counted(len(dataset.models), 'model')} to {root}")
 
 
 def one_line(error: BaseException) -> str:

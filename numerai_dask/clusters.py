@@ -43,6 +43,7 @@ from distributed import Client, LocalCluster
 from distributed.versions import BOKEH_REQUIREMENT
 
 from numerai_dask.settings import is_count, require_count
+from numerai_dask.wording import counted
 
 #: BLAS and OpenMP pools: one thread for each task thread, or the two levels of threads fight over cores.
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -417,7 +418,7 @@ def jobqueue_cluster_arguments(spec: ClusterSpec) -> tuple[str, dict[str, Any]]:
 
 
 def _log_workers(client: Client, what: str, log: Callable[[str], None]) -> None:
-    log(f"{what} ({len(client.scheduler_info()['workers'])} workers) · dashboard {client.dashboard_link}")
+    log(f"{what} ({counted(len(client.scheduler_info()['workers']), 'worker')}) · dashboard {client.dashboard_link}")
 
 
 @contextlib.contextmanager
@@ -439,7 +440,7 @@ def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[C
         return
     with dask.config.set(spec.worker.dask_config()), _start(spec) as cluster, Client(cluster) as client:
         if spec.kind == "local":
-            log(f"started a LocalCluster of {len(cluster.workers)} workers · {local_dashboard(client)}")
+            log(f"started a LocalCluster of {counted(len(cluster.workers), 'worker')} · {local_dashboard(client)}")
         elif spec.kind == "jobqueue":
             log(f"submitted {spec.options.get('jobs', 1)} {spec.options['system']} jobs; tasks start as their "
                 f"workers join · dashboard {client.dashboard_link}")

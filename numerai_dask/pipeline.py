@@ -59,6 +59,7 @@ from numerai_dask.settings import is_finite_number, require, require_count
 from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import (EraIndex, Rejection, RepeatedIds, describe_error, merge_model_files,
                                       split_by_era)
+from numerai_dask.wording import counted
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -324,7 +325,7 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
     present = set(available)
     missing = [f for f in sets[feature_set] if f not in present]
     if missing:
-        raise JobError(f"feature set {feature_set!r} names {len(missing)} columns absent from the data, e.g. {missing[:3]}")
+        raise JobError(f"feature set {feature_set!r} names {counted(len(missing), 'column')} absent from the data, e.g. {missing[:3]}")
     return list(dict.fromkeys(sets[feature_set]))
 
 
@@ -354,15 +355,15 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     for column, need in (("id", "every row needs an id"), ("era", "every row must belong to an era")):
         missing = data[column].isna().to_numpy()
         if missing.any():
-            raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: {missing.sum()} rows "
-                               f"have no {column} (a missing value in {column!r}); {need}")
+            raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: {counted(int(missing.sum()), 'row has', 'rows have')} "
+                               f"no {column} (a missing value in {column!r}); {need}")
     try:
         index = EraIndex.from_frame(data.rename(columns={target: "target"}))
     except RepeatedIds as error:  # the index checks; the files holding those rows are found only then
         where = data["id"].isin(error.repeated).to_numpy()
-        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[where])))}: {len(error.repeated)} ids "
-                           f"appear on more than one row of the data, e.g. {error.repeated[0]!r}; each id must be one "
-                           "row") from None
+        raise StorageError(f"{display_files(storage, sorted(set(file_of_row[where])))}: "
+                           f"{counted(len(error.repeated), 'id appears', 'ids appear')} on more than one row of the "
+                           f"data, e.g. {error.repeated[0]!r}; each id must be one row") from None
     resolved = data[data[target].notna()].groupby("era", sort=True).size()
     if (resolved < MIN_ERA_ROWS).any():
         era, rows = next((e, r) for e, r in resolved.items() if r < MIN_ERA_ROWS)
@@ -952,9 +953,9 @@ def run_job(
     """
     started = time.perf_counter()
     inputs = discover(storage, params)
-    log(f"{len(inputs.data_files)} data files, {len(inputs.eras)} resolved eras "
-        f"({len(inputs.unresolved)} unresolved skipped), {len(inputs.features)} features, "
-        f"{len(inputs.submissions)} models")
+    log(f"{counted(len(inputs.data_files), 'data file')}, {counted(len(inputs.eras), 'resolved era')} "
+        f"({len(inputs.unresolved)} unresolved skipped), {counted(len(inputs.features), 'feature')}, "
+        f"{counted(len(inputs.submissions), 'model')}")
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     discovered = time.perf_counter()
     model_batches = batches(inputs.submissions, params)
@@ -1159,7 +1160,7 @@ def job_result(
 def why_nothing_scored(inputs: JobInputs, rejections: Sequence[Rejection]) -> str:
     """Why a job scored nothing, for its error: nothing is published, so the rejections are told here."""
     if not rejections:
-        return f"every era the {len(inputs.submissions):,} models predict is unresolved or skipped"
+        return f"every era the {counted(len(inputs.submissions), 'model predicts', 'models predict')} is unresolved or skipped"
     return rejections_text(rejections)
 
 
@@ -1167,7 +1168,7 @@ def rejections_text(rejections: Sequence[Rejection]) -> str:
     """How many ``rejections`` there are, and the first of them: for an error, which publishes none."""
     first = rejections[0]
     era = f" era {first.era}" if first.era else ""
-    return f"{len(rejections):,} rejections, the first: {first.model} · {first.file}{era}: {first.reason}"
+    return f"{counted(len(rejections), 'rejection')}, the first: {first.model} · {first.file}{era}: {first.reason}"
 
 
 def not_scored(inputs: JobInputs, per_era: pd.DataFrame, rejections: Sequence[Rejection]) -> list[str]:

@@ -92,6 +92,7 @@ from numerai_dask.settings import InvalidSetting, require
 from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import (EraIndex, Predictions, Rejection, describe_error, merge_model_files, rows_in,
                                       split_by_era)
+from numerai_dask.wording import counted
 
 #: Part of every cached score's fingerprint: a cache of another format is rescored, never read. 2: an era's
 #: cached predictions hold their ids under ``pipeline.CACHED_IDS_COLUMN`` (in 1, under "id", a valid model name).
@@ -484,7 +485,7 @@ def _refresh_under_lease(
         replaced: dict[str, frozenset[str] | None] = {}
         for part in client.gather(client.map(replaced_models, batches, pure=False)):
             replaced.update(part)
-        log(f"read {len(plan.full)} models in full and {len(plan.append)} from appended files")
+        log(f"read {counted(len(plan.full), 'model')} in full and {len(plan.append)} from appended files")
 
         # Phase 2: rescore the eras that changed. What every era takes travels once, not in each era's task: at
         # 600 eras × 2,376 feature names × 10,000 stakes, submitting and running took 3.2 s embedded, 1.3 s scattered.
@@ -555,7 +556,7 @@ def _refresh_under_lease(
                          before_latest=lease.check)
     prune_history(out, keep_runs)
     return RefreshOutcome(folder, result, sorted(scored), sorted(replaced),
-                          f"published {folder}: {len(scored)} eras rescored, {len(replaced)} models read")
+                          f"published {folder}: {counted(len(scored), 'era')} rescored, {counted(len(replaced), 'model')} read")
 
 
 def era_work(

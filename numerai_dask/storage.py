@@ -51,6 +51,7 @@ from numerai_dask.submissions import (
     read_tabular,
     redact,
 )
+from numerai_dask.wording import counted
 
 MAX_MODEL_NAME = 64
 MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")
@@ -729,14 +730,14 @@ def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
     if missing:
         raise StorageError(f"{name}: missing column(s) {missing}; it has {list(frame.columns)[:10]}")
     if frame["model"].isna().any():
-        raise StorageError(f"{name}: {int(frame['model'].isna().sum())} rows have no model name")
+        raise StorageError(f"{name}: {counted(int(frame['model'].isna().sum()), 'row has', 'rows have')} no model name")
     models = frame["model"].astype(str)
     repeated = sorted(models[models.duplicated()].unique())
     if repeated:
-        raise StorageError(f"{name}: {len(repeated)} models appear more than once, e.g. {repeated[:2]}")
+        raise StorageError(f"{name}: {counted(len(repeated), 'model appears', 'models appear')} more than once, e.g. {repeated[:2]}")
     stakes = pd.to_numeric(frame["stake"], errors="coerce").astype(np.float64)
     bad = ~np.isfinite(stakes) | (stakes < 0)
     if bad.any():
         examples = ", ".join(f"{printable(m)}={s!r}" for m, s in zip(models[bad][:2], frame["stake"][bad][:2]))
-        raise StorageError(f"{name}: {int(bad.sum())} stakes are not finite numbers ≥ 0, e.g. {examples}")
+        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is', 'stakes are')} not finite numbers ≥ 0, e.g. {examples}")
     return pd.Series(stakes.to_numpy(), index=pd.Index(models.to_numpy(), name="model"), name="stake")

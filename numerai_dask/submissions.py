@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from numerai_dask.wording import counted
+
 EXAMPLES_SHOWN = 2
 COLUMNS_SHOWN = 10
 #: Fewer ids than the data's over this factor are looked up in a kept hash table (Arrow would hash all the data's).
@@ -285,7 +287,7 @@ def _numeric_predictions(column: pa.ChunkedArray) -> np.ndarray:
     bad = values.notna() & coerced.isna()
     if bad.any():
         raise SubmissionError(
-            f"'prediction' is not numeric in {int(bad.sum())} rows, e.g. {_examples(values[bad])}"
+            f"'prediction' is not numeric in {counted(int(bad.sum()), 'row')}, e.g. {_examples(values[bad])}"
         )
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -364,19 +366,19 @@ def parse_prediction_file(file_name: str, raw: bytes, index: EraIndex | None = N
         raise SubmissionError("the file has a header but no rows")
     ids = _text_ids(table.column("id"))
     if ids.null_count:
-        raise SubmissionError(f"{ids.null_count} rows have no id")
+        raise SubmissionError(f"{counted(ids.null_count, 'row has', 'rows have')} no id")
     rows = index.rows_of(ids) if index is not None else None
     if _has_repeats(ids, rows):
         repeated = _repeated(ids)
-        raise SubmissionError(f"{len(repeated)} ids appear more than once in this file, e.g. {_examples(repeated)}")
+        raise SubmissionError(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in this file, e.g. {_examples(repeated)}")
     predictions = _numeric_predictions(table.column("prediction"))
     not_finite = ~np.isfinite(predictions)
     if not_finite.any():
-        raise SubmissionError(f"{int(not_finite.sum())} rows have a missing (NaN) or infinite prediction")
+        raise SubmissionError(f"{counted(int(not_finite.sum()), 'row has', 'rows have')} a missing (NaN) or infinite prediction")
     outside = (predictions < 0.0) | (predictions > 1.0)
     if outside.any():
         raise SubmissionError(
-            f"{int(outside.sum())} predictions are outside [0, 1] "
+            f"{counted(int(outside.sum()), 'prediction is', 'predictions are')} outside [0, 1] "
             f"(min {predictions.min():.6g}, max {predictions.max():.6g})"
         )
     return Predictions(ids, predictions, rows)
@@ -471,7 +473,7 @@ class RepeatedIds(ValueError):
     """Ids on more than one row of the data (``repeated``, sorted): an era index needs each id once."""
 
     def __init__(self, repeated: list[str]) -> None:
-        super().__init__(f"{len(repeated)} ids appear more than once in the data, e.g. {_examples(repeated)}")
+        super().__init__(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in the data, e.g. {_examples(repeated)}")
         self.repeated = repeated
 
     def __reduce__(self) -> tuple:
@@ -507,7 +509,7 @@ class EraIndex:
     def __post_init__(self) -> None:
         self.ids = as_arrow_ids(self.ids)
         if self.ids.null_count:
-            raise ValueError(f"{self.ids.null_count} rows of the data have no id")
+            raise ValueError(f"{counted(self.ids.null_count, 'row of the data has', 'rows of the data have')} no id")
         if not _all_distinct(self.ids):
             raise RepeatedIds(_repeated(self.ids))
         self._derive()

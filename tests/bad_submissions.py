@@ -149,11 +149,11 @@ KINDS: list[Kind] = [
                                                       "prediction": pa.array([b"\x80\x04K\x01."] * len(c.frame()))})),
           "'prediction' is not numeric", ext="parquet"),
     _file("nan_values", lambda c: csv(c.with_values(np.nan, "")), "2 rows have a missing (NaN) or infinite prediction"),
-    _file("positive_inf", lambda c: csv(c.with_values(np.inf)), "1 rows have a missing (NaN) or infinite prediction"),
+    _file("positive_inf", lambda c: csv(c.with_values(np.inf)), "1 row has a missing (NaN) or infinite prediction"),
     _file("negative_inf", lambda c: parquet(c.with_values(-np.inf).astype({"prediction": float})),
-          "1 rows have a missing (NaN) or infinite prediction", ext="parquet"),
+          "1 row has a missing (NaN) or infinite prediction", ext="parquet"),
     _file("above_one", lambda c: csv(c.with_values(1.5, 37)), "2 predictions are outside [0, 1] (min"),
-    _file("below_zero", lambda c: csv(c.with_values(-0.001)), "1 predictions are outside [0, 1] (min -0.001"),
+    _file("below_zero", lambda c: csv(c.with_values(-0.001)), "1 prediction is outside [0, 1] (min -0.001"),
     _file("percentages", lambda c: csv(c.frame().assign(prediction=lambda f: f["prediction"] * 100)),
           "predictions are outside [0, 1]"),
     _file("constant_in_an_era", lambda c: csv(c.one_era().assign(prediction=0.5)),
@@ -193,7 +193,7 @@ KINDS: list[Kind] = [
     Kind("pipe_in_folder", lambda c: fifo(c, "model_003/zz_pipe.csv"), "not a regular file", model="model_003"),
     Kind("dangling_link", lambda c: dangling_link(c, "gone_model.csv"), "not a regular file", model="gone_model.csv"),
     Kind("bad_reupload", lambda c: c.put("model_002/zz_reupload.csv", csv(c.with_values(2.0))),
-         "1 predictions are outside [0, 1]", model="model_002"),
+         "1 prediction is outside [0, 1]", model="model_002"),
     Kind("undecodable_name", lambda c: c.put("model_006/zz_late\udcff.csv", csv(c.with_values(2.0, 3.0))),
          "2 predictions are outside [0, 1]", model="model_006"),  # the name's byte 0xff is not UTF-8
 ]

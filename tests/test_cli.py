@@ -33,6 +33,7 @@ from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, 
 from numerai_dask.report import render_html
 from numerai_dask.storage import Storage
 from numerai_dask.synthetic import generate
+from numerai_dask.wording import counted
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 180
@@ -700,7 +701,7 @@ def test_one_extra_target_given_as_a_string_is_one_target(tmp_path: Path) -> Non
 def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) -> None:
     done = succeeded(run_cli("demo", "--dir", str(tmp_path / "demo"), "--eras", "4", "--rows-per-era", "40",
                              "--features", "5", "--models", "4", "--workers", "1"))
-    assert "started a LocalCluster of 1 workers" in done.stdout
+    assert "started a LocalCluster of 1 worker" in done.stdout
     report = Path(done.stdout.splitlines()[-1].removeprefix("report: "))
     assert report.is_file() and report.is_relative_to(tmp_path / "demo" / "leaderboard" / "runs")
     assert "<h1>Leaderboard</h1>" in report.read_text()
@@ -710,6 +711,13 @@ def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) ->
                                                 (42.4, "42s"), (59.6, "1m00s"), (185, "3m05s"), (7_800, "2h10m")])
 def test_durations_are_short_and_a_short_stage_is_not_zero(seconds: float, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+@pytest.mark.parametrize(("count", "words", "shown"), [
+    (1, ("worker",), "1 worker"), (0, ("model",), "0 models"), (2, ("era",), "2 eras"),
+    (1, ("row has", "rows have"), "1 row has"), (1_234, ("row has", "rows have"), "1,234 rows have")])
+def test_counts_agree_with_their_words(count: int, words: tuple[str, ...], shown: str) -> None:
+    assert counted(count, *words) == shown
 
 
 def test_a_progress_line_says_how_far_how_long_and_how_long_still() -> None:

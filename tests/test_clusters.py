@@ -315,7 +315,7 @@ def test_ssh_spec_starts_a_cluster_over_ssh_whose_workers_have_the_worker_settin
         memory = client.run(lambda dask_worker: (dask_worker.memory_manager.memory_limit,
                                                  dask.config.get("distributed.worker.memory.spill")))
         on_ssh = run_job(client, Storage(str(dataset)), ScoringParams())
-    assert messages[0].startswith(f"started an SSHCluster from {spec} (1 workers)")
+    assert messages[0].startswith(f"started an SSHCluster from {spec} (1 worker)")
     assert list(blas.values()) == [WorkerSettings().process_environment()]
     assert list(memory.values()) == [(parse_bytes("1GiB"), 0.75)]
     with Client(dask_cluster) as client:

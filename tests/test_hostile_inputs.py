@@ -174,7 +174,7 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (lambda f, _: one_row_era(f), "era 9999 has only 1 row with a resolved target"),
         (lambda f, _: eraless_rows(f), "2 rows have no era (a missing value in 'era')"),
         (lambda f, _: idless_rows(f), "3 rows have no id (a missing value in 'id')"),
-        (repeated_id, "1 ids appear on more than one row of the data"),
+        (repeated_id, "1 id appears on more than one row of the data"),
         (lambda f, _: f.assign(era=f["era"].astype(int)), "the era column holds text in"),
         (lambda f, _: f.assign(era=f["era"].astype(float)), "but float64 values in"),
     ],

@@ -181,7 +181,7 @@ def test_repeated_ids_name_only_the_data_files_that_hold_them(tmp_path):
     frame, last = pd.read_parquet(first), pd.read_parquet(third)
     pd.concat([last, frame.iloc[[4]]]).to_parquet(third)
     storage = Storage(str(tmp_path))
-    with pytest.raises(StorageError, match="1 ids appear on more than one row of the data") as raised:
+    with pytest.raises(StorageError, match="1 id appears on more than one row of the data") as raised:
         read_era_index(storage, storage.list_data_files(), "target")
     message = str(raised.value)
     assert str(first) in message and str(third) in message and str(second) not in message

@@ -69,7 +69,7 @@ def test_no_credential_in_any_output_log_or_error(s3_server, s3_bucket: str, das
     fs.pipe_file(f"{root.removeprefix('s3://')}/submissions/broken.csv", b"id;prediction\nx;0,5\n")
     env = secret_environment(s3_server.endpoint_url)
     refreshed = succeeded(run_cli("refresh", root, "--scheduler", dask_cluster, env=env))
-    assert "1 rejections:" in refreshed.stdout
+    assert "1 rejection:" in refreshed.stdout
     failed = run_cli("score", "s3://no-such-bucket-for-this-test/root", "--scheduler", dask_cluster,
                      "--storage-option", f"secret={env['AWS_SECRET_ACCESS_KEY']}",
                      "--storage-option", f"token={env['AWS_SESSION_TOKEN']}", env=env)
@@ -180,7 +180,7 @@ def test_the_job_on_a_tls_only_cluster_equals_the_plain_run(tls_cluster: TlsClus
     out = tmp_path / "out"
     run = Run.of(out, run_cli("score", str(root), "--scheduler", tls_cluster.address, "--out", str(out),
                               env=tls_cluster.certificates.client_environment()))
-    assert f"connected to {tls_cluster.address} (1 workers)" in run.stdout
+    assert f"connected to {tls_cluster.address} (1 worker)" in run.stdout
     with Client(dask_cluster) as client:
         plain = run_job(client, Storage(str(root)), ScoringParams())
     pd.testing.assert_frame_equal(run.table("per_era"), plain.per_era, check_exact=True)

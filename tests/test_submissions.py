@@ -56,9 +56,9 @@ def test_csv_and_parquet_give_string_ids_and_float_predictions() -> None:
 def test_csv_ids_that_spell_missing_value_words_are_ids_and_only_empty_ones_are_missing() -> None:
     parsed = parse_prediction_file("w.csv", csv("id,prediction\nNA,0.1\nnull,0.2\nnan,0.3\nN/A,0.4\n")).frame()
     assert parsed["id"].tolist() == ["NA", "null", "nan", "N/A"]
-    with pytest.raises(SubmissionError, match="1 rows have no id"):
+    with pytest.raises(SubmissionError, match="1 row has no id"):
         parse_prediction_file("e.csv", csv("id,prediction\n,0.1\nn2,0.2\n"))
-    with pytest.raises(SubmissionError, match="1 rows have a missing"):
+    with pytest.raises(SubmissionError, match="1 row has a missing"):
         parse_prediction_file("n.csv", csv("id,prediction\nn1,nan\nn2,0.2\n"))
 
 
@@ -82,7 +82,7 @@ def test_parquet_ids_may_be_the_index() -> None:
         ("m.csv", b"ID,Prediction\nn1,0.5\n", "missing column(s) 'id', 'prediction'; the file has columns 'ID', 'Prediction'"),
         ("d.csv", b"id,prediction\nn2,0.1\nn1,0.2\nn2,0.3\nn1,0.4\nn3,0.5\n",
          "2 ids appear more than once in this file, e.g. 'n1', 'n2'"),
-        ("i.csv", b"id,prediction\n,0.1\nn1,0.2\n", "1 rows have no id"),
+        ("i.csv", b"id,prediction\n,0.1\nn1,0.2\n", "1 row has no id"),
         ("t.csv", b"id,prediction\nn1,abc\nn2,0.5\nn3,high\n", "'prediction' is not numeric in 2 rows, e.g. 'abc', 'high'"),
         ("b.parquet", parquet(pd.DataFrame({"id": ["n1"], "prediction": [True]})), "true/false values, not numbers"),
         ("n.csv", b"id,prediction\nn1,\nn2,inf\nn3,-inf\nn4,0.5\nn5,nan\n",
@@ -196,7 +196,7 @@ def test_a_bad_file_is_rejected_alone_and_the_others_still_apply() -> None:
     ])
     assert predictions.series().to_dict() == {"n1": 0.1, "n2": 0.2}
     assert rejections == [Rejection("bob", "submissions/bob/2.csv", None,
-                                     "1 predictions are outside [0, 1] (min 7, max 7)")]
+                                     "1 prediction is outside [0, 1] (min 7, max 7)")]
 
 
 def test_a_read_error_becomes_unreadable_without_leaking_secrets() -> None:
@@ -310,7 +310,7 @@ def test_repeated_ids_are_found_among_the_data_rows_as_without_them() -> None:
         with pytest.raises(SubmissionError) as with_index:
             parse_prediction_file("r.csv", raw, index)
         assert str(with_index.value) == str(without_index.value) == (
-            f"1 ids appear more than once in this file, e.g. '{ids[0]}'")
+            f"1 id appears more than once in this file, e.g. '{ids[0]}'")
     parsed = parse_prediction_file("r.csv", csv(f"id,prediction\nnope-001,0.5\n{known[2]},0.5\n"), index)
     assert parsed.rows.tolist() == [-1, index.rows_of(as_arrow_ids([known[2]]))[0]]
 
