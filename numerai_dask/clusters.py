@@ -508,7 +508,9 @@ def dask_setup(worker: Any) -> None:
     them itself; each printed a KeyboardInterrupt traceback, while the command
     said it was interrupted. Dask runs preloads once a worker has loaded its
     libraries: a Ctrl-C while the cluster starts still reaches the workers
-    starting then, and each may print its traceback.
+    starting then, and each may print its traceback, unless (as the
+    ``numerai-dask`` command's workers do, in :mod:`numerai_dask.__main__`) they
+    ignore it from the start.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

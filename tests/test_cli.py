@@ -522,6 +522,41 @@ def test_ctrl_c_while_the_command_loads_its_libraries_is_one_line(tmp_path: Path
     assert json.loads(done.stdout) == {"status": "interrupted"}
 
 
+#: Put on PYTHONPATH, makes a worker process the command spawns send Ctrl-C's SIGINT to its process group as it
+#: starts importing Dask's worker: a Ctrl-C while the LocalCluster's workers load their libraries.
+INTERRUPT_AS_A_WORKER_LOADS_DASK = """
+import os, signal, sys
+from multiprocessing import spawn
+
+class InterruptAtDaskWorker:
+    def find_spec(self, name, path=None, target=None):
+        if name == "distributed.worker":
+            sys.meta_path.remove(self)
+            os.killpg(0, signal.SIGINT)
+        return None
+
+if spawn.is_forking(sys.argv):
+    sys.meta_path.insert(0, InterruptAtDaskWorker())
+"""
+
+
+def test_ctrl_c_while_the_local_clusters_workers_load_dask_is_the_commands_alone(dataset: Path, tmp_path: Path) -> None:
+    """The worker took the Ctrl-C too, and printed a KeyboardInterrupt traceback from its imports: Dask's
+    preload, which makes a worker ignore Ctrl-C, runs only once they are done."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(INTERRUPT_AS_A_WORKER_LOADS_DASK)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), *sys.path[1:]])}
+    command = Path(sys.executable).parent / "numerai-dask"
+    done = subprocess.run([str(command), "score", str(dataset), "--workers", "1", "--out", str(tmp_path / "out"),
+                           "--json"], env=environment, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)  # the hook's SIGINT goes to the command's process group only
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == "numerai-dask: interrupted"
+    assert json.loads(done.stdout) == {"status": "interrupted"}
+    assert not (tmp_path / "out" / "latest.json").exists()
+
+
 def child_processes(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc)."""
     children = []
