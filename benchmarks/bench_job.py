@@ -356,7 +356,8 @@ def numerai_scale(workers: list[int], rows: int = 5000, features: int = 2376, er
              f"{costs[1000]:.2f} s for 1000 → {fixed:.2f} s per era + {per_model * 1000:.2f} s per 1000 models",
              f"Numerai scale ({models} models × {eras} eras × {features} features): "
              f"{era_seconds:.1f} s per era on one core"]
-    lines += [f"  on {k:4d} worker{'s' if k != 1 else ' '}: {era_seconds * eras / k / 3600:7.2f} h (scoring only)" for k in workers]
+    lines += [f"  on {k:4d} worker{'s' if k != 1 else ' '}: {era_seconds * eras / k / 3600:7.2f} h (scoring only)"
+              for k in workers]
     return lines
 
 

@@ -243,8 +243,8 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
         console.say(f"\n{len(waiting):,} not scored (every era they predict is unresolved or skipped): {names}")
     timings = result.manifest.get("timings_seconds", {})
     console.say(f"\n{counted(len(result.leaderboard), 'model')} scored over "
-                f"{counted(len(result.manifest['eras']['scored']), 'era')} · {counted(len(rejections), 'rejection')} · "
-                f"{counted(len(result.skipped_eras), 'era')} skipped · "
+                f"{counted(len(result.manifest['eras']['scored']), 'era')} · "
+                f"{counted(len(rejections), 'rejection')} · {counted(len(result.skipped_eras), 'era')} skipped · "
                 f"{len(result.manifest['eras']['unresolved']):,} unresolved · "
                 + " · ".join(f"{name} {duration(seconds)}" for name, seconds in timings.items()))
     console.say(f"outputs: {out.display(folder)}")

@@ -325,7 +325,8 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
     present = set(available)
     missing = [f for f in sets[feature_set] if f not in present]
     if missing:
-        raise JobError(f"feature set {feature_set!r} names {counted(len(missing), 'column')} absent from the data, e.g. {missing[:3]}")
+        raise JobError(f"feature set {feature_set!r} names {counted(len(missing), 'column')} absent from the data, "
+                       f"e.g. {missing[:3]}")
     return list(dict.fromkeys(sets[feature_set]))
 
 
@@ -355,8 +356,9 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     for column, need in (("id", "every row needs an id"), ("era", "every row must belong to an era")):
         missing = data[column].isna().to_numpy()
         if missing.any():
-            raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: {counted(int(missing.sum()), 'row has', 'rows have')} "
-                               f"no {column} (a missing value in {column!r}); {need}")
+            raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: "
+                               f"{counted(int(missing.sum()), 'row has', 'rows have')} no {column} (a missing value "
+                               f"in {column!r}); {need}")
     try:
         index = EraIndex.from_frame(data.rename(columns={target: "target"}))
     except RepeatedIds as error:  # the index checks; the files holding those rows are found only then
@@ -1160,7 +1162,8 @@ def job_result(
 def why_nothing_scored(inputs: JobInputs, rejections: Sequence[Rejection]) -> str:
     """Why a job scored nothing, for its error: nothing is published, so the rejections are told here."""
     if not rejections:
-        return f"every era the {counted(len(inputs.submissions), 'model predicts', 'models predict')} is unresolved or skipped"
+        models = counted(len(inputs.submissions), "model predicts", "models predict")
+        return f"every era the {models} is unresolved or skipped"
     return rejections_text(rejections)
 
 

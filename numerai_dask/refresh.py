@@ -556,7 +556,8 @@ def _refresh_under_lease(
                          before_latest=lease.check)
     prune_history(out, keep_runs)
     return RefreshOutcome(folder, result, sorted(scored), sorted(replaced),
-                          f"published {folder}: {counted(len(scored), 'era')} rescored, {counted(len(replaced), 'model')} read")
+                          f"published {folder}: {counted(len(scored), 'era')} rescored, "
+                          f"{counted(len(replaced), 'model')} read")
 
 
 def era_work(

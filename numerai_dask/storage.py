@@ -734,10 +734,12 @@ def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
     models = frame["model"].astype(str)
     repeated = sorted(models[models.duplicated()].unique())
     if repeated:
-        raise StorageError(f"{name}: {counted(len(repeated), 'model appears', 'models appear')} more than once, e.g. {repeated[:2]}")
+        raise StorageError(f"{name}: {counted(len(repeated), 'model appears', 'models appear')} more than once, "
+                           f"e.g. {repeated[:2]}")
     stakes = pd.to_numeric(frame["stake"], errors="coerce").astype(np.float64)
     bad = ~np.isfinite(stakes) | (stakes < 0)
     if bad.any():
         examples = ", ".join(f"{printable(m)}={s!r}" for m, s in zip(models[bad][:2], frame["stake"][bad][:2]))
-        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is', 'stakes are')} not finite numbers ≥ 0, e.g. {examples}")
+        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is', 'stakes are')} not finite numbers ≥ 0, "
+                           f"e.g. {examples}")
     return pd.Series(stakes.to_numpy(), index=pd.Index(models.to_numpy(), name="model"), name="stake")

@@ -370,11 +370,13 @@ def parse_prediction_file(file_name: str, raw: bytes, index: EraIndex | None = N
     rows = index.rows_of(ids) if index is not None else None
     if _has_repeats(ids, rows):
         repeated = _repeated(ids)
-        raise SubmissionError(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in this file, e.g. {_examples(repeated)}")
+        raise SubmissionError(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in this file, "
+                              f"e.g. {_examples(repeated)}")
     predictions = _numeric_predictions(table.column("prediction"))
     not_finite = ~np.isfinite(predictions)
     if not_finite.any():
-        raise SubmissionError(f"{counted(int(not_finite.sum()), 'row has', 'rows have')} a missing (NaN) or infinite prediction")
+        raise SubmissionError(f"{counted(int(not_finite.sum()), 'row has', 'rows have')} a missing (NaN) or infinite "
+                              "prediction")
     outside = (predictions < 0.0) | (predictions > 1.0)
     if outside.any():
         raise SubmissionError(
@@ -473,7 +475,8 @@ class RepeatedIds(ValueError):
     """Ids on more than one row of the data (``repeated``, sorted): an era index needs each id once."""
 
     def __init__(self, repeated: list[str]) -> None:
-        super().__init__(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in the data, e.g. {_examples(repeated)}")
+        super().__init__(f"{counted(len(repeated), 'id appears', 'ids appear')} more than once in the data, "
+                         f"e.g. {_examples(repeated)}")
         self.repeated = repeated
 
     def __reduce__(self) -> tuple:
@@ -509,7 +512,8 @@ class EraIndex:
     def __post_init__(self) -> None:
         self.ids = as_arrow_ids(self.ids)
         if self.ids.null_count:
-            raise ValueError(f"{counted(self.ids.null_count, 'row of the data has', 'rows of the data have')} no id")
+            raise ValueError(f"{counted(self.ids.null_count, 'row of the data has', 'rows of the data have')} "
+                             "no id")
         if not _all_distinct(self.ids):
             raise RepeatedIds(_repeated(self.ids))
         self._derive()

@@ -118,7 +118,8 @@ def test_the_processes_spec_scores_on_the_scripts_cluster_exactly_as_a_local_clu
             {key: dask.config.get(key) for key in WorkerSettings().dask_config()}))
         profiling = client.run(lambda dask_worker: dask_worker.periodic_callbacks["profile"].callback_time)
         ticks = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
-        scheduler_tick = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
+        scheduler_tick = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
         local_environments = [process_environment(pid) for pid in client.run(os.getpid).values()]
         huge_pages = client.run(lambda: np._core.multiarray._get_madvise_hugepage())
         local = run_job(client, Storage(str(dataset)), ScoringParams())
