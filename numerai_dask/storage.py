@@ -16,6 +16,7 @@ compares :attr:`FileInfo.version` to find what changed.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -613,11 +614,31 @@ class Storage:
         self.write_bytes(relpath, buffer.getvalue())
 
     def delete(self, relpath: str) -> None:
-        """Remove the file or folder at ``relpath``; nothing there is not an error."""
+        """Remove the file or folder at ``relpath``; nothing there is not an error.
+
+        The path is taken as it is. fsspec's ``rm`` reads ``*``, ``?`` and
+        ``[…]`` in a path as a pattern, and a root may hold them: under
+        ``s3://bucket/out[1]`` it found nothing to remove and failed, and under
+        a root with ``*`` it would remove whatever the pattern matched.
+        """
         target = self.path(relpath)
         self.fs.invalidate_cache()
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+        if not self.fs.exists(target):
+            return
+        if not glob.has_magic(target):
+            self.fs.rm(target, recursive=True)  # S3 deletes a folder's objects a thousand to a request
+            return
+        if self.fs.isfile(target):
+            self.fs.rm_file(target)
+            return
+        found = self.fs.find(target, withdirs=True, detail=True)
+        for path, entry in found.items():
+            if entry["type"] != "directory":
+                self.fs.rm_file(path)
+        self.fs.invalidate_cache()
+        for folder in sorted((p for p, e in found.items() if e["type"] == "directory"), key=len, reverse=True):
+            if self.fs.exists(folder):  # object storage has no folders left once their files are gone
+                self.fs.rmdir(folder)
 
 
 def prefetch_local(paths: Sequence[str]) -> None:

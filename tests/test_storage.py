@@ -495,6 +495,23 @@ def test_writes_reads_and_deletes(root: Root) -> None:
     assert storage.exists("latest.json")
 
 
+def test_delete_takes_a_root_with_pattern_characters_as_it_is(root: Root) -> None:
+    """fsspec's rm reads *, ? and [] in a path as a pattern: under a root named ``out[1]*`` it removed nothing
+    and failed, and it would have removed a sibling root's folder the pattern matched (``out1``)."""
+    for relpath in ("out[1]*/runs/r1/a.bin", "out[1]*/runs/r1/sub/b.bin", "out[1]*/runs/r2/c.bin",
+                    "out1/runs/r1/kept.bin"):
+        root.put(relpath, b"x")
+    storage = Storage(f"{root.url}/out[1]*", root.options)
+    storage.delete("runs/r1")
+    storage.delete("runs/r2/c.bin")
+    storage.delete("runs/never-written")
+    root.fs.invalidate_cache()
+    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1/a.bin")
+    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1/sub/b.bin")
+    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1") and not root.fs.exists(f"{root.base}/out[1]*/runs/r2/c.bin")
+    assert root.fs.cat_file(f"{root.base}/out1/runs/r1/kept.bin") == b"x"
+
+
 def test_write_columns_writes_plain_columns_that_read_back_with_their_types(root: Root) -> None:
     storage = root.storage()
     ids = np.array(["n003", "n001", "n002"], dtype=object)
