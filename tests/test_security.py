@@ -74,6 +74,10 @@ def test_no_credential_in_any_output_log_or_error(s3_server, s3_bucket: str, das
                      "--storage-option", f"secret={env['AWS_SECRET_ACCESS_KEY']}",
                      "--storage-option", f"token={env['AWS_SESSION_TOKEN']}", env=env)
     assert failed.returncode == 1
+    # Credentials written into the root's URL, which S3 does not take: botocore names the bucket, quoted, with them.
+    in_url = run_cli("score", f"s3://{env['AWS_ACCESS_KEY_ID']}:{env['AWS_SECRET_ACCESS_KEY']}@"
+                     f"{s3_bucket.removeprefix('s3://')}/root", "--scheduler", dask_cluster, "--json", env=env)
+    assert in_url.returncode == 1 and "Invalid bucket name" in in_url.stderr
 
     fs.invalidate_cache()
     stored = {path: fs.cat_file(path) for path in fs.find(f"{root.removeprefix('s3://')}/leaderboard")}
@@ -82,7 +86,8 @@ def test_no_credential_in_any_output_log_or_error(s3_server, s3_bucket: str, das
     logs = {str(p): p.read_bytes() for p in tmp_path_factory.getbasetemp().glob("dask*/*.log")}
     assert logs, "the Dask cluster's logs were not found"
     outputs = {"stdout": refreshed.stdout.encode(), "stderr": refreshed.stderr.encode(),
-               "failed stdout": failed.stdout.encode(), "failed stderr": failed.stderr.encode(), **stored, **logs}
+               "failed stdout": failed.stdout.encode(), "failed stderr": failed.stderr.encode(),
+               "URL stdout": in_url.stdout.encode(), "URL stderr": in_url.stderr.encode(), **stored, **logs}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         value = env[name].encode()
         leaks = [where for where, data in outputs.items() if value in data]

@@ -512,6 +512,15 @@ def test_delete_takes_a_root_with_pattern_characters_as_it_is(root: Root) -> Non
     assert root.fs.cat_file(f"{root.base}/out1/runs/r1/kept.bin") == b"x"
 
 
+def test_a_question_mark_in_a_root_is_part_of_its_paths(root: Root) -> None:
+    """Paths were shown cut at a ``?`` (as if it began an HTTP query string): ``--json``'s outputs named files
+    that do not exist."""
+    storage = Storage(f"{root.url}/q?x", root.options)
+    storage.write_text("latest.json", "{}")
+    assert storage.display("latest.json").endswith("/q?x/latest.json")
+    assert root.fs.cat_file(f"{root.base}/q?x/latest.json") == b"{}"
+
+
 def test_write_columns_writes_plain_columns_that_read_back_with_their_types(root: Root) -> None:
     storage = root.storage()
     ids = np.array(["n003", "n001", "n002"], dtype=object)
