@@ -35,6 +35,8 @@ from numerai_dask.submissions import describe_error, redact
 from numerai_dask.wording import counted
 
 REJECTIONS_SHOWN = 20
+#: Storage options taken as written: credentials, which may look like numbers.
+TEXT_STORAGE_OPTIONS = ("key", "secret", "token", "profile")
 #: Models listed in the final summary (--json's top_models).
 TOP_MODELS = 10
 OUTPUT_MODES = ("text", "quiet", "json")
@@ -286,16 +288,19 @@ def json_value(value: object) -> object:
 
 
 def parse_storage_options(pairs: Sequence[str]) -> dict:
-    """``KEY=VALUE`` pairs; ``true``/``false`` and numbers are converted, nested keys use dots."""
+    """``KEY=VALUE`` pairs, nested keys with dots; ``true``/``false`` and numbers written as Python writes them
+    are converted. Credentials stay as written (a secret ``0123`` is not the number 123)."""
     options: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         require(bool(sep and key), "storage_option", f"takes KEY=VALUE, got {pair!r}")
-        value: object = {"true": True, "false": False}.get(raw.lower(), raw)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(raw) if "." in raw else int(raw)
         *parents, leaf = key.split(".")
+        value: object = raw
+        if leaf not in TEXT_STORAGE_OPTIONS:
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
+            with contextlib.suppress(ValueError):
+                number = float(raw) if "." in raw else int(raw)
+                value = number if str(number) == raw else value
         target = options
         for parent in parents:
             target = target.setdefault(parent, {})

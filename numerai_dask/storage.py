@@ -158,14 +158,23 @@ def _change_time(entry: dict) -> float | None:
 AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
 
 
+#: Storage options that say which credentials to use: given any of them, the environment's are not taken.
+CREDENTIAL_OPTIONS = ("key", "secret", "token", "profile", "anon")
+
+
 def with_aws_environment(url: str, storage_options: dict) -> dict:
-    """``storage_options`` completed, for ``s3://`` roots, from the standard AWS environment variables."""
+    """``storage_options`` completed, for ``s3://`` roots, from the standard AWS environment variables.
+
+    Credentials come whole from one place: options that choose any (keys, a
+    profile, anonymous access) take none from the environment, where a session
+    token from there was sent with other keys, and keys from there beat a profile.
+    """
     if not url.startswith(("s3://", "s3a://")):
         return storage_options
     options = dict(storage_options)
-    for variable, option in AWS_ENVIRONMENT.items():
-        if os.environ.get(variable) and option not in options:
-            options[option] = os.environ[variable]
+    if not any(option in options for option in CREDENTIAL_OPTIONS):
+        options.update({option: os.environ[variable] for variable, option in AWS_ENVIRONMENT.items()
+                        if os.environ.get(variable)})
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     client_kwargs = dict(options.get("client_kwargs", {}))
     if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in options:

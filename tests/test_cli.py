@@ -27,7 +27,8 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from numerai_dask.cli import Console, duration, main, progress_line, refresh_settings_from_job_file, spec_from_job_file
+from numerai_dask.cli import (Console, duration, main, parse_storage_options, progress_line, refresh_settings_from_job_file,
+                              spec_from_job_file)
 from numerai_dask.leaderboard import build_leaderboard
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, run_job
 from numerai_dask.report import render_html
@@ -746,6 +747,15 @@ def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) ->
                                                 (42.4, "42s"), (59.6, "1m00s"), (185, "3m05s"), (7_800, "2h10m")])
 def test_durations_are_short_and_a_short_stage_is_not_zero(seconds: float, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_storage_options_convert_numbers_and_booleans_but_keep_credentials_as_written() -> None:
+    """A secret ``0123456789`` went to S3 as the number 123456789."""
+    assert parse_storage_options(["key=00012345", "secret=0123456789", "token=1.50", "profile=123", "anon=true",
+                                  "config_kwargs.retries.max_attempts=5", "client_kwargs.timeout=1.5",
+                                  "client_kwargs.region_name=007"]) == {
+        "key": "00012345", "secret": "0123456789", "token": "1.50", "profile": "123", "anon": True,
+        "config_kwargs": {"retries": {"max_attempts": 5}}, "client_kwargs": {"timeout": 1.5, "region_name": "007"}}
 
 
 @pytest.mark.parametrize(("count", "words", "shown"), [

@@ -22,7 +22,7 @@ from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 
 from numerai_dask import storage as storage_module
-from numerai_dask.storage import DEEP_NESTING, FileInfo, Storage, StorageError
+from numerai_dask.storage import DEEP_NESTING, FileInfo, Storage, StorageError, with_aws_environment
 from numerai_dask.submissions import Rejection
 
 
@@ -510,6 +510,25 @@ def test_delete_takes_a_root_with_pattern_characters_as_it_is(root: Root) -> Non
     assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1/sub/b.bin")
     assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1") and not root.fs.exists(f"{root.base}/out[1]*/runs/r2/c.bin")
     assert root.fs.cat_file(f"{root.base}/out1/runs/r1/kept.bin") == b"x"
+
+
+@pytest.mark.parametrize(("given", "taken"), [
+    ({}, {"key": "env-key", "secret": "env-secret", "token": "env-token"}),
+    ({"profile": "good"}, {"profile": "good"}),
+    ({"key": "k", "secret": "s"}, {"key": "k", "secret": "s"}),
+    ({"anon": True}, {"anon": True}),
+])
+def test_credentials_come_whole_from_the_options_or_the_environment(given: dict, taken: dict,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment filled in each credential the options lacked: its keys beat an explicit profile, and
+    its session token was sent with other, explicit keys (S3 refused both)."""
+    for variable, value in (("AWS_ACCESS_KEY_ID", "env-key"), ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                            ("AWS_SESSION_TOKEN", "env-token")):
+        monkeypatch.setenv(variable, value)
+    for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(variable, raising=False)
+    assert with_aws_environment("s3://bucket/root", given) == taken
+    assert with_aws_environment("memory://root", given) == given
 
 
 def test_a_question_mark_in_a_root_is_part_of_its_paths(root: Root) -> None:
