@@ -135,12 +135,21 @@ def printable(name: str) -> str:
 
 
 def _file_info(entry: dict) -> FileInfo:
-    """A FileInfo from an fsspec info/ls/find entry (s3fs: ETag; local: mtime; memory: created).
+    """A FileInfo from an fsspec info/ls/find entry (s3fs: ETag; local: mtime, change time and inode; memory:
+    created).
 
-    Times become POSIX seconds as text: fsspec's memory filesystem gives a datetime
-    from ``info`` but a float from ``find``, and both must give the same version.
+    A local file's version is not its modification time alone, which ``cp -p``,
+    ``touch -r`` or an unpacked archive put back on new content of the same size
+    (a refresh then kept the old scores): fsspec's ``created`` is, on Linux, the
+    inode's change time, which any write or ``utime`` moves, and a file replaced
+    by a rename has another inode. Times become POSIX seconds as text: fsspec's
+    memory filesystem gives a datetime from ``info`` but a float from ``find``,
+    and both must give the same version.
     """
-    version = entry.get("ETag") or entry.get("mtime") or entry.get("created") or ""
+    if "ino" in entry and "mtime" in entry:
+        version: object = f"{entry['mtime']}:{entry.get('created')}:{entry['ino']}"
+    else:
+        version = entry.get("ETag") or entry.get("mtime") or entry.get("created") or ""
     if isinstance(version, datetime):
         version = version.timestamp()
     return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'))

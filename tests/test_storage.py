@@ -385,6 +385,22 @@ def test_s3_version_is_the_etag_and_changes_when_rewritten(s3_server, s3_bucket)
     assert second.size == first.size and second.version != first.version
 
 
+def test_a_local_file_rewritten_with_its_old_size_and_time_has_a_new_version(tmp_path) -> None:
+    """Content rewritten at the same size, its modification time put back (``cp -p``, ``touch -r``, an unpacked
+    archive), kept the version, which was that time: a refresh kept the old file's scores."""
+    stakes = tmp_path / "stakes.csv"
+    stakes.write_bytes(b"model,stake\nalice,1\n")
+    storage = Storage(str(tmp_path))
+    first = storage.find_stakes()
+    before = stakes.stat()
+    stakes.write_bytes(b"model,stake\nalice,2\n")
+    os.utime(stakes, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = Storage(str(tmp_path)).find_stakes()
+    assert second.size == first.size and stakes.stat().st_mtime_ns == before.st_mtime_ns
+    assert second.version != first.version
+    assert Storage(str(tmp_path)).find_stakes() == second  # and a file left alone keeps its version
+
+
 def test_s3_endpoint_and_credentials_come_from_the_aws_environment(s3_server, s3_bucket, monkeypatch) -> None:
     """botocore reads AWS_ENDPOINT_URL itself: no storage options needed."""
     s3_server.filesystem().pipe_file(f"{s3_bucket.removeprefix('s3://')}/data/x.parquet", b"PAR1")
