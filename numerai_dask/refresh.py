@@ -447,6 +447,11 @@ def _refresh_under_lease(
     started = time.perf_counter()
     previous = read_previous(out)
     state = previous.state if previous else None
+    gone = missing_cache_files(out, state) if state is not None else []
+    if gone:
+        log(f"{counted(len(gone), 'cached file')} of {previous.folder} gone (e.g. {out.display(gone[0])}): "
+            "scoring everything again")
+        state = None
     inputs = discover(storage, params)
     plan = plan_refresh(storage, inputs, params, state)
     record = input_record(inputs)
@@ -558,6 +563,17 @@ def _refresh_under_lease(
     return RefreshOutcome(folder, result, sorted(scored), sorted(replaced),
                           f"published {folder}: {counted(len(scored), 'era')} rescored, "
                           f"{counted(len(replaced), 'model')} read")
+
+
+def missing_cache_files(out: Storage, state: dict) -> list[str]:
+    """The era caches ``state`` names that ``out`` no longer holds (deleted by hand, or expired by a bucket's
+    lifecycle rule): the eras they hold cannot be scored again from what changed, so everything is."""
+    named = {path for era in state["eras"].values() for path in (era.get("predictions"), era.get("scores")) if path}
+    if not named:
+        return []
+    out.fs.invalidate_cache()
+    held = {out.relative(path) for path in out.fs.find(out.path("cache/eras"))} if out.exists("cache/eras") else set()
+    return sorted(named - held)
 
 
 def era_work(

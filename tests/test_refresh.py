@@ -305,6 +305,22 @@ def test_stakes_only_change_reads_no_submission(client, dataset):
     assert_equals_full_score(client, root, outcome)
 
 
+def test_era_caches_gone_from_storage_are_scored_again_from_the_inputs(client, dataset):
+    """A refresh with the caches deleted said "nothing to do", and the next change failed every refresh with
+    a FileNotFoundError for a cached era's file."""
+    root, out, info = dataset
+    refresh(client, root, out)
+    cached = sorted((out / "cache" / "eras").rglob("*.parquet"))
+    cached[0].unlink()
+    healed = refresh(client, root, out)
+    assert healed.eras_rescored == resolved_labels(info) and sorted(healed.models_read) == sorted(info.models)
+    assert_equals_full_score(client, root, healed)
+    stakes = pd.read_csv(root / "stakes.csv")
+    stakes["stake"] = stakes["stake"][::-1].to_numpy()
+    stakes.to_csv(root / "stakes.csv", index=False)
+    assert_equals_full_score(client, root, refresh(client, root, out))
+
+
 def test_new_era_with_appended_round_files_rescores_one_era(client, dataset):
     root, out, info = dataset
     refresh(client, root, out)
