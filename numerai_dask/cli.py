@@ -31,7 +31,7 @@ from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_on
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
 from numerai_dask.storage import Storage, StorageError
-from numerai_dask.submissions import describe_error, redact
+from numerai_dask.submissions import redact
 from numerai_dask.wording import counted
 
 REJECTIONS_SHOWN = 20
@@ -176,19 +176,9 @@ def score(spec: JobSpec, console: Console = Console()) -> int:
     if previous is not None and previous.leaderboard is not None:
         result.leaderboard = with_rank_change(result.leaderboard, previous.leaderboard)
         result.manifest["previous_run"] = previous.folder
-    folder = publish(out, result)
+    folder = publish_run(out, result, new_run_id())
     show_result(out, result, folder, console)
     return 0
-
-
-def publish(out: Storage, result: JobResult) -> str:
-    """Publish a new run; storage failing for good is a StorageError saying the previous run is still the latest."""
-    run_id = new_run_id()
-    try:
-        return publish_run(out, result, run_id)
-    except OSError as error:
-        raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
-                           "latest.json still names the previous run") from None
 
 
 def refresh(spec: JobSpec, settings: RefreshSettings, console: Console = Console()) -> int:

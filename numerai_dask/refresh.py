@@ -201,7 +201,15 @@ class Previous:
 
 
 def read_previous(out: Storage) -> Previous | None:
-    """The run ``latest.json`` names, with its state and leaderboard (None when nothing was published)."""
+    """The run ``latest.json`` names, with its state and leaderboard (None when nothing was published).
+    Storage refusing (credentials S3 does not accept) is a StorageError naming the output."""
+    try:
+        return _read_previous(out)
+    except OSError as error:
+        raise StorageError(f"cannot read the previous run in {out.display_url} ({describe_error(error)})") from None
+
+
+def _read_previous(out: Storage) -> Previous | None:
     if not out.exists("latest.json"):
         return None
     try:
@@ -427,7 +435,11 @@ def refresh_once(
     ``on_progress`` hears how far reading the changed models and rescoring eras are (see ``run_job``).
     """
     lease = Lease(out, seconds=lease_seconds)
-    lease.acquire()
+    try:
+        lease.acquire()
+    except OSError as error:  # the output's bucket missing, or not writable with these credentials
+        raise StorageError(f"cannot take the refresh's lease in {out.display('lease')} ({describe_error(error)})"
+                           ) from None
     try:
         return _refresh_under_lease(client, storage, out, params, lease, keep_runs, log, on_progress)
     finally:

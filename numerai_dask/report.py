@@ -31,7 +31,8 @@ import pandas as pd
 
 from numerai_dask.leaderboard import era_order
 from numerai_dask.pipeline import JobResult
-from numerai_dask.storage import Storage
+from numerai_dask.storage import Storage, StorageError
+from numerai_dask.submissions import describe_error
 
 #: Leaderboard columns shown in the terminal.
 SUMMARY_COLUMNS = ("model", "n_eras", "corr_mean", "fnc_mean", "mmc_mean", "bmc_mean", "tc_mean",
@@ -327,8 +328,18 @@ def publish_run(
     A reader of ``latest.json`` therefore only ever sees a finished run.
     ``extra_files`` join the run folder; ``before_latest`` runs just before the
     switch and may raise to stop it (a refresh checks it still holds its lease).
-    Returns the run's folder relative to ``out``.
+    Returns the run's folder relative to ``out``. Storage failing for good is a
+    StorageError saying so, and that ``latest.json`` still names the previous run.
     """
+    try:
+        return _write_run(out, result, run_id, extra_files or {}, before_latest)
+    except OSError as error:
+        raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
+                           "latest.json still names the previous run") from None
+
+
+def _write_run(out: Storage, result: JobResult, run_id: str, extra_files: dict[str, bytes],
+               before_latest: Callable[[], None] | None) -> str:
     folder = f"runs/{run_id}"
     manifest = {**result.manifest, "run_id": run_id}
     out.write_parquet(f"{folder}/per_era.parquet", result.per_era)
@@ -338,7 +349,7 @@ def publish_run(
         "leaderboard.csv": result.leaderboard.to_csv(index=False).encode(),
         "report.html": render_html(result, run_id).encode(),
         "manifest.json": json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
-        **(extra_files or {}),
+        **extra_files,
     }
     for name, data in files.items():
         out.write_bytes(f"{folder}/{name}", data, CONTENT_TYPES.get(name.rsplit(".", 1)[-1]))

@@ -32,6 +32,22 @@ def small_dataset(root: Path, seed: int = 0) -> None:
     generate(str(root), n_eras=4, rows_per_era=30, n_features=4, n_models=3, n_unresolved=1, seed=seed)
 
 
+@pytest.mark.parametrize("command", ["score", "refresh"])
+def test_storage_refusing_the_run_folder_is_one_line_keeping_the_previous_run(command, tmp_path, dask_cluster):
+    """A refresh's failed publishing was a bare OSError, where score said what failed and that the previous run
+    is still the latest. Here ``runs`` is a file, where the run folders go."""
+    small_dataset(tmp_path / "root")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "runs").write_text("not a folder")
+    done = cli(command, str(tmp_path / "root"), "--out", str(out), "--scheduler", dask_cluster, "--quiet")
+    [line] = done.stderr.splitlines()
+    assert done.returncode == 1
+    assert line.startswith("numerai-dask: error: could not publish run ") and f"to {out} (" in line, line
+    assert line.endswith("; latest.json still names the previous run"), line
+    assert not (out / "latest.json").exists()
+
+
 def test_refresh_once_then_nothing_to_do(tmp_path, dask_cluster):
     small_dataset(tmp_path)
     first = cli("refresh", str(tmp_path), "--scheduler", dask_cluster)
