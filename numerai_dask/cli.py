@@ -224,7 +224,7 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
     if len(rejections):
         console.say(f"\n{counted(len(rejections), 'rejection')}:")
         for row in rejections.head(REJECTIONS_SHOWN).itertuples(index=False):
-            where = f" era {row.era}" if row.era else ""
+            where = f" era {row.era}" if isinstance(row.era, str) else ""  # None, or NaN beside era rejections
             console.say(f"  {row.model} · {row.file}{where}: {row.reason}")  # names made printable already
         if len(rejections) > REJECTIONS_SHOWN:
             console.say(f"  … and {len(rejections) - REJECTIONS_SHOWN} more in rejections.parquet")

@@ -33,6 +33,7 @@ from numerai_dask.leaderboard import era_order
 from numerai_dask.pipeline import JobResult
 from numerai_dask.storage import Storage, StorageError
 from numerai_dask.submissions import describe_error
+from numerai_dask.wording import counted
 
 #: Leaderboard columns shown in the terminal.
 SUMMARY_COLUMNS = ("model", "n_eras", "corr_mean", "fnc_mean", "mmc_mean", "bmc_mean", "tc_mean",
@@ -51,6 +52,8 @@ FIRST_PAGE = 50
 #: Rejections embedded at most, and characters of a reason (they quote file contents).
 REJECTIONS_EMBEDDED = 10_000
 REASON_CHARACTERS = 500
+#: Models waiting for a resolved era named on the report's card; the manifest lists them all.
+NOT_SCORED_SHOWN = 20
 #: int16 quantization of per-era scores: the value times SCALE, MISSING where a model has no score.
 SCALE = 10_000
 MISSING = -32768
@@ -237,10 +240,14 @@ def bmc_note(board: pd.DataFrame, manifest: dict) -> str:
 
 
 def models_note(models: dict, scored: int) -> str:
-    """How many models were submitted, and how many of them wait for a resolved era (none of theirs is)."""
-    waiting = len(models.get("not_scored", []))
-    return f"{models.get('submitted', scored):,} submitted" + (
-        f" · {waiting:,} predict only unresolved or skipped eras" if waiting else "")
+    """How many models were submitted, and which of them wait for a resolved era (none of theirs is)."""
+    waiting = models.get("not_scored", [])
+    if not waiting:
+        return f"{models.get('submitted', scored):,} submitted"
+    names = ", ".join(waiting[:NOT_SCORED_SHOWN]) + (
+        f" and {len(waiting) - NOT_SCORED_SHOWN:,} more" if len(waiting) > NOT_SCORED_SHOWN else "")
+    return (f"{models.get('submitted', scored):,} submitted · "
+            f"{counted(len(waiting), 'predicts', 'predict')} only unresolved or skipped eras: {names}")
 
 
 def render_html(result: JobResult, run_id: str) -> str:

@@ -184,7 +184,8 @@ def test_a_model_predicting_only_unresolved_eras_is_named_as_not_scored(mode: st
     assert manifest["models"]["submitted"] == DATASET["n_models"] + 1
     assert "next_round" not in set(run.table("leaderboard")["model"]) and run.table("rejections").empty
     page = (run.folder / "report.html").read_text()
-    assert "5 submitted · 1 predict only unresolved or skipped eras" in page and "0 skipped · 1 unresolved" in page
+    assert "5 submitted · 1 predicts only unresolved or skipped eras: next_round" in page
+    assert "0 skipped · 1 unresolved" in page
     if mode == "json":
         document = json.loads(done.stdout)
         assert document["models_not_scored"] == ["next_round"]
@@ -283,8 +284,13 @@ def test_score_on_s3_equals_the_local_job_and_never_shows_the_secret(
 def test_bad_submissions_are_listed_and_change_no_other_score(dataset: Path, dask_cluster: str, scored: Run,
                                                                 tmp_path: Path) -> None:
     root = Path(shutil.copytree(dataset, tmp_path / "root"))
-    ids = pd.concat(pd.read_parquet(p) for p in sorted((root / "data").glob("*.parquet"))).index
+    data = pd.concat(pd.read_parquet(p) for p in sorted((root / "data").glob("*.parquet")))
+    ids = data.index
     submissions = root / "submissions"
+    # one era alone, every prediction the same: a rejection of that era (the others are of whole files)
+    flat_era = data.loc[data["target"].notna(), "era"].iloc[0]
+    pd.DataFrame({"id": ids[(data["era"] == flat_era).to_numpy()], "prediction": 0.5}).to_csv(
+        submissions / "flat.csv", index=False)
     # columns id and a script tag, no prediction: the reason quotes the columns, so it carries the tag
     pd.DataFrame({"id": ids, "<script>alert(1)</script>": 0.5}).to_csv(submissions / "no_prediction.csv",
                                                                       index=False)
@@ -294,12 +300,14 @@ def test_bad_submissions_are_listed_and_change_no_other_score(dataset: Path, das
     out = tmp_path / "out"
     run = Run.of(out, run_cli("score", str(root), "--scheduler", dask_cluster, "--out", str(out)))
 
-    assert "4 rejections:" in run.stdout
+    assert "5 rejections:" in run.stdout
     assert ("  no_prediction · submissions/no_prediction.csv: missing column(s) 'prediction'; "
             "the file has columns 'id', '<script>alert(1)</script>'") in run.stdout
     for bad_name in ("bad name", "..", "<script>"):
         assert f"  {bad_name} · submissions/{bad_name}.csv: invalid model name" in run.stdout
-    assert sorted(run.table("rejections")["model"]) == sorted(["no_prediction", "bad name", "..", "<script>"])
+    assert f"  flat · submissions/flat.csv era {flat_era}: constant: every prediction" in run.stdout
+    assert " era nan" not in run.stdout  # a file's rejection beside an era's said "era nan"
+    assert sorted(run.table("rejections")["model"]) == sorted(["no_prediction", "bad name", "..", "<script>", "flat"])
     # rejected files never reach the meta model: every other score is the clean run's
     assert_frames_close(run.table("per_era"), scored.table("per_era"), ["era", "model"])
     page = (run.folder / "report.html").read_text()
