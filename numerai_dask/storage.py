@@ -779,6 +779,6 @@ def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
     bad = ~np.isfinite(stakes) | (stakes < 0)
     if bad.any():
         examples = ", ".join(f"{printable(m)}={s!r}" for m, s in zip(models[bad][:2], frame["stake"][bad][:2]))
-        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is', 'stakes are')} not finite numbers ≥ 0, "
+        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is not a finite number', 'stakes are not finite numbers')} ≥ 0, "
                            f"e.g. {examples}")
     return pd.Series(stakes.to_numpy(), index=pd.Index(models.to_numpy(), name="model"), name="stake")

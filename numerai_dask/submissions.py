@@ -756,7 +756,8 @@ def split_by_era(
             continue
         if have < size:
             rejections.append(Rejection(model, source, index.era_label(era),
-                                        f"incomplete: {size - have} of the era's {size} ids have no prediction"))
+                                        f"incomplete: {size - have} of the era's {size} ids "
+                                        f"{'has' if size - have == 1 else 'have'} no prediction"))
         elif low == high:
             rejections.append(Rejection(model, source, index.era_label(era),
                                         f"constant: every prediction on the era's scored rows is {low:.6g}"))

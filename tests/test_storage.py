@@ -451,10 +451,11 @@ def test_stakes_with_the_model_as_parquet_index(memory_root: Root) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"model,stake\nalice,-1\n", r"1 stake is not finite numbers ≥ 0, e.g. alice=-1"),
-        (b"model,stake\nalice,inf\nbob,1\n", r"not finite numbers ≥ 0, e.g. alice=inf"),
-        (b"model,stake\nalice,\n", r"not finite numbers ≥ 0"),
-        (b"model,stake\nalice,lots\n", r"not finite numbers ≥ 0, e.g. alice='lots'"),
+        (b"model,stake\nalice,-1\n", r"1 stake is not a finite number ≥ 0, e.g. alice=-1"),
+        (b"model,stake\nalice,-1\nbob,-2\n", r"2 stakes are not finite numbers ≥ 0, e.g. alice=-1, bob=-2"),
+        (b"model,stake\nalice,inf\nbob,1\n", r"not a finite number ≥ 0, e.g. alice=inf"),
+        (b"model,stake\nalice,\n", r"not a finite number ≥ 0"),
+        (b"model,stake\nalice,lots\n", r"not a finite number ≥ 0, e.g. alice='lots'"),
         (b"name,amount\nalice,1\n", r"missing column\(s\) \['model', 'stake'\]; it has \['name', 'amount'\]"),
         (b"model,stake\nalice,1\nalice,2\n", r"1 model appears more than once, e.g. \['alice'\]"),
         (b"", r"the file is empty"),
