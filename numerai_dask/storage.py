@@ -779,6 +779,11 @@ def _validated_stakes(name: str, frame: pd.DataFrame) -> pd.Series:
     bad = ~np.isfinite(stakes) | (stakes < 0)
     if bad.any():
         examples = ", ".join(f"{printable(m)}={s!r}" for m, s in zip(models[bad][:2], frame["stake"][bad][:2]))
-        raise StorageError(f"{name}: {counted(int(bad.sum()), 'stake is not a finite number', 'stakes are not finite numbers')} ≥ 0, "
-                           f"e.g. {examples}")
+        problem = counted(int(bad.sum()), "stake is not a finite number", "stakes are not finite numbers")
+        raise StorageError(f"{name}: {problem} ≥ 0, e.g. {examples}")
+    with np.errstate(over="ignore"):
+        total = stakes.sum()
+    if not np.isfinite(total):  # the meta model divides by it: it overflowed, and every MMC was wrong
+        raise StorageError(f"{name}: the stakes add up to more than a float holds (the largest is "
+                           f"{stakes.max():.3g}); write them in a larger unit")
     return pd.Series(stakes.to_numpy(), index=pd.Index(models.to_numpy(), name="model"), name="stake")

@@ -456,6 +456,7 @@ def test_stakes_with_the_model_as_parquet_index(memory_root: Root) -> None:
         (b"model,stake\nalice,inf\nbob,1\n", r"not a finite number ≥ 0, e.g. alice=inf"),
         (b"model,stake\nalice,\n", r"not a finite number ≥ 0"),
         (b"model,stake\nalice,lots\n", r"not a finite number ≥ 0, e.g. alice='lots'"),
+        (b"model,stake\nalice,1e308\nbob,1e308\n", r"the stakes add up to more than a float holds \(the largest is 1e\+308\)"),
         (b"name,amount\nalice,1\n", r"missing column\(s\) \['model', 'stake'\]; it has \['name', 'amount'\]"),
         (b"model,stake\nalice,1\nalice,2\n", r"1 model appears more than once, e.g. \['alice'\]"),
         (b"", r"the file is empty"),
