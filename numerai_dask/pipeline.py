@@ -330,6 +330,23 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
     return list(dict.fromkeys(sets[feature_set]))
 
 
+def check_features_in_every_file(storage: Storage, data_files: Sequence[FileInfo], features: Sequence[str],
+                                 every_feature: bool) -> None:
+    """Every data file holds the features taken from the first (and, when every feature is scored, no other
+    ``feature_*`` column): a feature the first file lacked was dropped silently, changing FNC, TC and the
+    exposures of the eras in the other files."""
+    wanted = set(features)
+    first = display_files(storage, [data_files[0].path])
+    for info in data_files[1:]:
+        available = {c for c in storage.data_columns(info.path) if c.startswith("feature_")}
+        missing, extra = sorted(wanted - available), sorted(available - wanted) if every_feature else []
+        if missing or extra:
+            difference = (f"lacks {counted(len(missing), 'feature')} of {first}, e.g. {missing[:3]}" if missing else
+                          f"has {counted(len(extra), 'feature')} {first} lacks, e.g. {extra[:3]}")
+            raise StorageError(f"{display_files(storage, [info.path])}: {difference}; every data file must hold "
+                               "the same features")
+
+
 def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) -> tuple[EraIndex, dict[str, list[str]]]:
     """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era.
 
@@ -401,6 +418,7 @@ def discover(storage: Storage, params: ScoringParams) -> JobInputs:
             raise JobError(f"{display_files(storage, [data_files[0].path])}: target column {name!r} is not in the data "
                            f"(targets there: {[c for c in columns if c.startswith('target')]})")
     features = select_features(storage, columns, params.feature_set)
+    check_features_in_every_file(storage, data_files, features, every_feature=params.feature_set is None)
     index, files_by_era = read_era_index(storage, data_files, params.target)
     eras = [
         EraPlan(era, index.era_label(era), tuple(files_by_era[index.era_label(era)]))

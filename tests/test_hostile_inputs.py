@@ -177,9 +177,13 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (repeated_id, "1 id appears on more than one row of the data"),
         (lambda f, _: f.assign(era=f["era"].astype(int)), "the era column holds text in"),
         (lambda f, _: f.assign(era=f["era"].astype(float)), "but float64 values in"),
+        (lambda f, _: f.drop(columns=["feature_0001"]), "lacks 1 feature of"),
+        # the first file lacks one of the second's: that feature was dropped, silently, from every era
+        (lambda f, _: f.assign(feature_9999=f["feature_0001"]), "has 1 feature"),
     ],
     ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "rows-without-id",
-         "duplicate-id", "eras-as-numbers-in-one-file", "eras-as-floats-in-one-file"],
+         "duplicate-id", "eras-as-numbers-in-one-file", "eras-as-floats-in-one-file", "feature-missing-in-one-file",
+         "feature-only-in-one-file"],
 )
 def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     change: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame], problem: str, tmp_path: Path, dask_cluster: str,
