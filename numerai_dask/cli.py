@@ -557,11 +557,11 @@ def prepared(args: argparse.Namespace, console: Console) -> Callable[[], int]:
 
 
 def check_generator_arguments(args: argparse.Namespace) -> None:
-    """The sizes ``generate`` and ``demo`` take must describe a dataset that can be written and scored
-    (:func:`numerai_dask.synthetic.check_sizes`, the generator's own check)."""
-    from numerai_dask.synthetic import check_sizes
+    """The sizes ``generate`` and ``demo`` take must describe a dataset that can be written and scored, with a
+    seed NumPy takes (:func:`numerai_dask.synthetic.check_parameters`, the generator's own check)."""
+    from numerai_dask.synthetic import check_parameters
 
-    check_sizes(args.eras, args.rows_per_era, args.features, args.models, args.unresolved)
+    check_parameters(args.eras, args.rows_per_era, args.features, args.models, args.unresolved, args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -355,7 +355,7 @@ def generate(root: str, *, n_eras: int = 20, rows_per_era: int = 200, n_features
     the same paths are overwritten; nothing else under ``root`` is removed.
     Memory holds every row's predictions for every model (rows × models floats).
     """
-    check_sizes(n_eras, rows_per_era, n_features, n_models, n_unresolved)
+    check_parameters(n_eras, rows_per_era, n_features, n_models, n_unresolved, seed)
     _check_dataset_arguments(n_eras, n_data_files, era_format, extra_targets)
     _check_era_arguments(rows_per_era, n_features, n_models, tie_fraction, n_constant_features, n_duplicate_features)
     rng = np.random.default_rng(seed)
@@ -400,11 +400,14 @@ def generate(root: str, *, n_eras: int = 20, rows_per_era: int = 200, n_features
                             stakes_file=stakes_file, benchmark_file=benchmark_file)
 
 
-def check_sizes(n_eras: int, rows_per_era: int, n_features: int, n_models: int, n_unresolved: int) -> None:
+def check_parameters(n_eras: int, rows_per_era: int, n_features: int, n_models: int, n_unresolved: int,
+                     seed: int) -> None:
     """Raise :class:`InvalidSetting` (a ValueError naming :func:`generate`'s parameter) for sizes that cannot
-    give a dataset to score: the command line checks its options with it before anything starts."""
+    give a dataset to score, or a seed NumPy does not take: the command line checks its options with it before
+    anything starts."""
     for key, value in (("n_eras", n_eras), ("n_features", n_features), ("n_models", n_models)):
         require_count(value, key)
+    require(isinstance(seed, int) and seed >= 0, "seed", f"must be a whole number of at least 0, got {seed!r}")
     require(is_count(rows_per_era) and rows_per_era >= 2, "rows_per_era",
             f"must be a whole number of at least 2 (a correlation needs two rows), got {rows_per_era!r}")
     require(isinstance(n_unresolved, int) and 0 <= n_unresolved <= n_eras, "n_unresolved",

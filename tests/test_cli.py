@@ -631,11 +631,12 @@ def test_bad_arguments_exit_1_with_a_one_line_cause(args: list[str], cause: str,
         (["generate", "r", "--rows-per-era", "1"], "argument --rows-per-era: must be a whole number of at least 2"),
         (["generate", "r", "--unresolved", "30"], "argument --unresolved: must be between 0 and the number of eras (24), got 30"),
         (["demo", "--workers", "0"], "argument --workers: must be a whole number of at least 1, got 0"),
+        (["generate", "r", "--seed", "-1"], "argument --seed: must be a whole number of at least 0, got -1"),
     ],
     ids=["bad-neutralization", "era-as-target", "nan-payout-weight", "negative-clip", "zero-workers",
          "zero-models-per-task", "zero-submission-bytes", "id-as-extra-target", "extra-target-twice",
          "bad-storage-option", "zero-lease", "zero-keep-runs", "bad-interval", "cron-never-fires",
-         "bad-generator-size", "one-row-eras", "too-many-unresolved", "zero-demo-workers"],
+         "bad-generator-size", "one-row-eras", "too-many-unresolved", "zero-demo-workers", "negative-seed"],
 )
 def test_bad_option_values_are_usage_errors(args: list[str], cause: str, capsys: pytest.CaptureFixture) -> None:
     """Exit status 2, as for an unknown option, naming the option and the problem; nothing is started."""
