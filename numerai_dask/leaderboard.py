@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from numerai_dask.settings import is_finite_number, require, require_positive
+from numerai_dask.settings import require, require_finite_number, require_positive
 
 #: An era label of digits, as DESIGN.md orders eras: decimal digits, which ``int`` reads (``str.isdigit`` also
 #: takes "²", which ``int`` refuses).
@@ -42,7 +42,7 @@ class PayoutRule:
     def __post_init__(self) -> None:
         for name in ("corr_weight", "mmc_weight"):
             value = getattr(self, name)
-            require(is_finite_number(value), name, f"must be a finite number, got {value!r}")
+            require_finite_number(value, name)
         require_positive(self.clip, "clip")
 
     def per_era(self, per_era: pd.DataFrame) -> pd.Series:

@@ -55,7 +55,7 @@ from threadpoolctl import get_cached_controller
 from numerai_dask import __version__
 from numerai_dask.leaderboard import PayoutRule, build_leaderboard, era_order
 from numerai_dask.scoring import DegenerateEraError, Ranks, score_era
-from numerai_dask.settings import is_finite_number, require, require_count
+from numerai_dask.settings import require, require_between, require_count
 from numerai_dask.storage import FileInfo, Storage, StorageError
 from numerai_dask.submissions import (EraIndex, Rejection, RepeatedIds, describe_error, merge_model_files,
                                       split_by_era)
@@ -126,8 +126,7 @@ class ScoringParams:
         require(isinstance(self.target, str), "target", f"must be a column name (text), got {self.target!r}")
         require(self.feature_set is None or isinstance(self.feature_set, str), "feature_set",
                 f"must be a feature set's name (text), got {self.feature_set!r}")
-        require(is_finite_number(self.neutralization) and 0.0 <= self.neutralization <= 1.0, "neutralization",
-                f"must be between 0 and 1, got {self.neutralization!r}")
+        require_between(self.neutralization, "neutralization", 0.0, 1.0)
         for key, names in (("target", [self.target]), ("extra_targets", self.extra_targets)):
             for name in names:
                 require(name not in ("id", "era"), key, f"{name!r} is the data's {name} column, not a target")

@@ -44,6 +44,28 @@ def require_count(value: object, key: str) -> None:
     require(is_count(value), key, f"must be a whole number of at least 1, got {value!r}")
 
 
+def quotes_hint(value: object) -> str:
+    """For text that reads as a number, what is wrong with it: a job file's quotes made it text (``"0.5"``)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return " (text: write the number without quotes)"
+    return ""
+
+
+def require_finite_number(value: object, key: str) -> None:
+    """``value`` must be a finite int or float (:func:`is_finite_number`)."""
+    require(is_finite_number(value), key, f"must be a finite number, got {value!r}{quotes_hint(value)}")
+
+
 def require_positive(value: object, key: str) -> None:
     """``value`` must be a finite number above 0."""
-    require(is_finite_number(value) and value > 0, key, f"must be a positive number, got {value!r}")
+    require(is_finite_number(value) and value > 0, key, f"must be a positive number, got {value!r}{quotes_hint(value)}")
+
+
+def require_between(value: object, key: str, low: float, high: float) -> None:
+    """``value`` must be a finite number from ``low`` to ``high``."""
+    require(is_finite_number(value) and low <= value <= high, key,
+            f"must be between {low:g} and {high:g}, got {value!r}{quotes_hint(value)}")

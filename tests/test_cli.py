@@ -697,6 +697,8 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\n[scoring.payout]\nmmc = 1\n', "unknown key(s) ['mmc'] in [scoring.payout]"),
         ('root = "r"\n[cluster]\nadress = "tcp://x:1"\n', "unknown key(s) ['adress'] in [cluster]"),
         ('root = "r"\n[scoring.payout]\nclip = "high"\n', "[scoring.payout] clip: must be a positive number, got 'high'"),
+        ('root = "r"\n[scoring]\nneutralization = "0.5"\n',
+         "[scoring] neutralization: must be between 0 and 1, got '0.5' (text: write the number without quotes)"),
         ('out = "o"\n', "has no 'root'"),
         ('root = 5\n', "root must be a text (a folder or URL), got 5"),
         ('root = "r"\nscoring = "x"\n', "scoring must be a table ([scoring]), got 'x'"),
