@@ -311,13 +311,20 @@ class Storage:
         return max(known) if known and len(known) == len(times) else None
 
     def _direct_files(self, relpath: str, kinds: tuple[str, ...]) -> list[FileInfo]:
-        """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path."""
+        """Files directly in folder ``relpath`` whose extension is one of ``kinds``, sorted by path. A folder
+        there named like such a file is a StorageError: a dataset written in parts (``x.parquet/part-0.parquet``,
+        as Spark and Dask write one), whose rows were left out without a word."""
         folder = self.path(relpath) + "/"
-        return [
-            _file_info(entry)
-            for entry in self._files(relpath)
-            if "/" not in entry["name"][len(folder) :] and file_kind(entry["name"]) in kinds
-        ]
+        direct = []
+        for entry in self._files(relpath, with_folders=True):
+            name = entry["name"].rstrip("/")[len(folder) :]
+            if "/" in name or file_kind(name) not in kinds:
+                continue
+            if entry.get("type") == "directory":
+                raise StorageError(f"{self.display(f'{relpath}/{name}')} is a folder, not a file (a dataset written "
+                                   f"in parts?): write it as one file in {self.display(relpath)}")
+            direct.append(_file_info(entry))
+        return direct
 
     def list_data_files(self) -> list[FileInfo]:
         """The tournament data files, ``data/*.parquet``, sorted by path."""

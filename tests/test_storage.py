@@ -128,6 +128,19 @@ def test_repr_and_display_url_never_show_credentials(s3_server, s3_bucket) -> No
 # ---------------------------------------------------------------- listings
 
 
+@pytest.mark.parametrize("folder", ["data", "benchmark"])
+def test_a_folder_named_like_a_data_file_is_an_error_naming_it(root: Root, folder: str) -> None:
+    """A dataset written in parts (``x.parquet/part-0.parquet``, as Spark and Dask write one) was left out
+    without a word, and its eras' rows with it."""
+    root.put(f"{folder}/a.parquet", parquet_bytes(data_frame(["0001"])))
+    root.put(f"{folder}/parts.parquet/part-0.parquet", parquet_bytes(data_frame(["0002"])))
+    storage = root.storage()
+    listing = storage.list_data_files if folder == "data" else storage.find_benchmark
+    with pytest.raises(StorageError, match=rf"{folder}/parts\.parquet is a folder, not a file \(a dataset written "
+                                           rf"in parts\?\): write it as one file in "):
+        listing()
+
+
 def test_data_files_are_listed_sorted_with_size_and_version(root: Root) -> None:
     root.put("data/b.parquet", parquet_bytes(data_frame(["0001"])))
     root.put("data/a.parquet", parquet_bytes(data_frame(["0002"])))
