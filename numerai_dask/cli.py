@@ -244,10 +244,10 @@ def show_result(out: Storage, result: JobResult, folder: str, console: Console) 
 
 
 def result_document(out: Storage, result: JobResult, folder: str) -> dict:
-    """The ``--json`` summary of the run published in ``folder``: id, output paths, top models, counts, timings."""
-    top = result.leaderboard.head(TOP_MODELS)
-    columns = [c for c in ("model", "payout_rank", "payout_mean", "corr_mean", "mmc_mean", "tc_mean", "rank_change")
-               if c in top.columns]
+    """The ``--json`` summary of the run published in ``folder``: id, output paths, top models, counts, timings.
+    Every run's top models have the same keys: a first run's ``rank_change`` is null."""
+    columns = ["model", "payout_rank", "payout_mean", "corr_mean", "mmc_mean", "tc_mean", "rank_change"]
+    top = result.leaderboard.head(TOP_MODELS).reindex(columns=columns)
     files = ("report.html", "leaderboard.parquet", "leaderboard.csv", "per_era.parquet", "rejections.parquet",
              "manifest.json")
     return {

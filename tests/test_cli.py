@@ -189,6 +189,10 @@ def test_a_model_predicting_only_unresolved_eras_is_named_as_not_scored(mode: st
     if mode == "json":
         document = json.loads(done.stdout)
         assert document["models_not_scored"] == ["next_round"]
+        # a first run: every top model has the keys a later run's have, rank_change null
+        assert [set(m) for m in document["top_models"]] == [{"model", "payout_rank", "payout_mean", "corr_mean",
+                                                             "mmc_mean", "tc_mean", "rank_change"}] * 4
+        assert all(m["rank_change"] is None for m in document["top_models"])
         assert document["eras_unresolved"] == manifest["eras"]["unresolved"] and len(document["eras_unresolved"]) == 1
     else:
         assert "1 not scored (every era they predict is unresolved or skipped): next_round" in done.stdout
