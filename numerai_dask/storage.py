@@ -436,10 +436,12 @@ class Storage:
         except ValueError as error:
             raise StorageError(f"data/features.json is not valid JSON: {error}") from None
         sets = document.get("feature_sets", {}) if isinstance(document, dict) else None
-        if not isinstance(sets, dict) or not all(
-            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in sets.values()
-        ):
+        if not isinstance(sets, dict):
             raise StorageError('data/features.json: "feature_sets" must map names to lists of column names')
+        for name, columns in sets.items():
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise StorageError(f'data/features.json: feature set {name!r} must be a list of column names, '
+                                   f"got {json.dumps(columns)[:80]}")
         return sets
 
     def read_stakes(self) -> pd.Series:

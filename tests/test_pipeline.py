@@ -523,6 +523,18 @@ def test_a_feature_listed_twice_in_a_feature_set_is_scored_once(tmp_path) -> Non
     assert select_features(Storage(str(tmp_path)), columns, None) == ["feature_a", "feature_b", "feature_c"]
 
 
+def test_a_feature_set_naming_columns_that_are_not_features_says_so(tmp_path) -> None:
+    """It said the data lacked them, where ``era`` and ``target`` are in the data, though not features."""
+    from numerai_dask.pipeline import select_features
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "features.json").write_text('{"feature_sets": {"small": ["feature_a", "era", "target"]}}')
+    columns = ["id", "era", "feature_a", "target"]
+    with pytest.raises(JobError, match=r"feature set 'small' names 2 columns that are not among the data's "
+                                       r"feature_\* columns, e.g. \['era', 'target'\]"):
+        select_features(Storage(str(tmp_path)), columns, "small")
+
+
 def test_an_unknown_feature_set_says_why_none_is_known(tmp_path) -> None:
     from numerai_dask.pipeline import select_features
 

@@ -167,10 +167,16 @@ def test_feature_sets_are_read_when_present(root: Root) -> None:
     assert storage.read_feature_sets() == {"small": ["feature_int"]}
 
 
-@pytest.mark.parametrize("document", [b"{not json", b'{"feature_sets": {"small": "feature_int"}}'])
-def test_malformed_feature_sets_are_a_storage_error(memory_root: Root, document: bytes) -> None:
+@pytest.mark.parametrize(("document", "problem"), [
+    (b"{not json", "is not valid JSON"),
+    (b'{"feature_sets": ["feature_int"]}', '"feature_sets" must map names to lists of column names'),
+    # the set at fault is named: any set given to --feature-set failed with the same words
+    (b'{"feature_sets": {"small": ["feature_int"], "odd": "feature_int"}}',
+     "feature set 'odd' must be a list of column names, got \"feature_int\""),
+])
+def test_malformed_feature_sets_are_a_storage_error(memory_root: Root, document: bytes, problem: str) -> None:
     memory_root.put("data/features.json", document)
-    with pytest.raises(StorageError, match="features.json"):
+    with pytest.raises(StorageError, match=f"^data/features.json.*{re.escape(problem)}"):
         memory_root.storage().read_feature_sets()
 
 
