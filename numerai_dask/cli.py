@@ -514,6 +514,12 @@ def generate(root: str, args: argparse.Namespace, storage_options: dict) -> None
                             storage_options=storage_options)
     say(f"wrote {counted(len(dataset.eras), 'era')} ({len(dataset.unresolved_eras)} unresolved), "
         f"{counted(args.features, 'feature')}, {counted(len(dataset.models), 'model')} to {root}")
+    storage = Storage(root, storage_options)
+    earlier = sorted(set(storage.list_submissions()[0]) - set(dataset.models))
+    if earlier:  # a demo run again with fewer models scored the earlier run's too, without a word
+        shown = ", ".join(earlier[:REJECTIONS_SHOWN]) + ("…" if len(earlier) > REJECTIONS_SHOWN else "")
+        say(f"note: {storage.display('submissions')} also holds {counted(len(earlier), 'model')} written before "
+            f"({shown}), which a job scores with these; generate into an empty folder for this dataset alone")
 
 
 def one_line(error: BaseException) -> str:

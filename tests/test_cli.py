@@ -749,6 +749,19 @@ def test_one_extra_target_given_as_a_string_is_one_target(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ demo
 
 
+def test_generating_over_a_larger_dataset_names_the_models_left_from_it(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """``generate`` (and ``demo``) write over a folder and remove nothing: the earlier models were scored with
+    the new ones, without a word."""
+    sizes = ["--eras", "3", "--rows-per-era", "20", "--features", "4", "--unresolved", "1"]
+    assert main(["generate", str(tmp_path), *sizes, "--models", "5"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert main(["generate", str(tmp_path), *sizes, "--models", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: {tmp_path}/submissions also holds 2 models written before (model_003, model_004), which a job "
+        "scores with these; generate into an empty folder for this dataset alone")
+
+
 def test_demo_generates_scores_and_reports_on_a_local_cluster(tmp_path: Path) -> None:
     done = succeeded(run_cli("demo", "--dir", str(tmp_path / "demo"), "--eras", "4", "--rows-per-era", "40",
                              "--features", "5", "--models", "4", "--workers", "1"))
