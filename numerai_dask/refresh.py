@@ -127,7 +127,7 @@ def era_directory(label: str) -> str:
 
 
 def file_entries(storage: Storage, files: Sequence[FileInfo]) -> list[list]:
-    return [[storage.relative(f.path), f.size, f.version] for f in files]
+    return [[storage.relative(f.path), f.size, f.version, f.stamp] for f in files]
 
 
 # --------------------------------------------------------------------- lease
@@ -254,7 +254,7 @@ def era_fingerprints(storage: Storage, inputs: JobInputs) -> tuple[dict[str, str
     """Per resolved era the fingerprint of the data files holding it; per era (any) of its ids and of which of
     them have a resolved target: an era's cached predictions hold its resolved rows, so when those change the
     cache no longer fits the era and every submission is read again."""
-    entries = {f.path: [storage.relative(f.path), f.size, f.version] for f in inputs.data_files}
+    entries = {f.path: [storage.relative(f.path), f.size, f.version, f.stamp] for f in inputs.data_files}
     data = {era.label: digest([entries[p] for p in era.files]) for era in inputs.eras}
     index = inputs.index
     ids = {index.era_label(e): digest([index.ids_of(e).tolist(), np.packbits(index.resolved_of(e)).tobytes().hex()])

@@ -95,14 +95,22 @@ class StorageError(Exception):
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One stored file: full path (no protocol), size in bytes, and a version that changes when it is rewritten.
+    """One stored file: full path (no protocol), size in bytes, a version that changes when it is rewritten,
+    and a stamp that changes with its content where the version may not.
 
-    ``version`` is the ETag on object stores, else the modification time as text.
+    ``version`` is the ETag on object stores, else the modification time as
+    text. ``stamp`` is a local file's inode change time and inode (else empty):
+    ``cp -p``, ``touch -r`` or an unpacked archive put the old modification
+    time back on new content of the same size, and a refresh kept the old
+    scores; any write or ``utime`` moves the change time, and a file replaced
+    by a rename has another inode. Copying a tree (``cp -a``) changes them too,
+    and a refresh of the copy rescores it.
     """
 
     path: str
     size: int
     version: str
+    stamp: str = ""
 
 
 def is_model_name(name: str) -> bool:
@@ -135,24 +143,18 @@ def printable(name: str) -> str:
 
 
 def _file_info(entry: dict) -> FileInfo:
-    """A FileInfo from an fsspec info/ls/find entry (s3fs: ETag; local: mtime, change time and inode; memory:
-    created).
+    """A FileInfo from an fsspec info/ls/find entry (s3fs: ETag; local: mtime, and for the stamp fsspec's
+    ``created``, on Linux the inode's change time, and the inode; memory: created).
 
-    A local file's version is not its modification time alone, which ``cp -p``,
-    ``touch -r`` or an unpacked archive put back on new content of the same size
-    (a refresh then kept the old scores): fsspec's ``created`` is, on Linux, the
-    inode's change time, which any write or ``utime`` moves, and a file replaced
-    by a rename has another inode. Times become POSIX seconds as text: fsspec's
-    memory filesystem gives a datetime from ``info`` but a float from ``find``,
-    and both must give the same version.
+    Times become POSIX seconds as text: fsspec's memory filesystem gives a datetime
+    from ``info`` but a float from ``find``, and both must give the same version.
     """
-    if "ino" in entry and "mtime" in entry:
-        version: object = f"{entry['mtime']}:{entry.get('created')}:{entry['ino']}"
-    else:
-        version = entry.get("ETag") or entry.get("mtime") or entry.get("created") or ""
+    version = entry.get("ETag") or entry.get("mtime") or entry.get("created") or ""
     if isinstance(version, datetime):
         version = version.timestamp()
-    return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'))
+    stamp = f"{entry.get('created')}:{entry['ino']}" if "ino" in entry and "mtime" in entry else ""
+    return FileInfo(path=entry["name"], size=int(entry.get("size") or 0), version=str(version).strip('"'),
+                    stamp=stamp)
 
 
 def _change_time(entry: dict) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -302,6 +303,25 @@ def test_stakes_only_change_reads_no_submission(client, dataset):
     outcome = refresh(client, root, out)
     assert outcome.models_read == []
     assert outcome.eras_rescored == resolved_labels(info)
+    assert_equals_full_score(client, root, outcome)
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_is_read_again(client, dataset):
+    """New content of the same size with the old modification time put back (``cp -p``, ``touch -r``) was
+    "nothing to do", and the old scores stayed."""
+    root, out, info = dataset
+    refresh(client, root, out)
+    path = sorted((root / "submissions").glob("*.csv"))[0]
+    before = path.stat()
+    header, *rows = path.read_text().splitlines()
+    predictions = [row.split(",")[1] for row in rows]
+    shuffled = np.random.default_rng(3).permutation(len(rows))
+    path.write_text("\n".join([header, *(f"{row.split(',')[0]},{predictions[k]}" for row, k in zip(rows, shuffled))])
+                    + "\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    outcome = refresh(client, root, out)
+    assert outcome.models_read == [path.stem]
     assert_equals_full_score(client, root, outcome)
 
 

@@ -404,9 +404,10 @@ def test_s3_version_is_the_etag_and_changes_when_rewritten(s3_server, s3_bucket)
     assert second.size == first.size and second.version != first.version
 
 
-def test_a_local_file_rewritten_with_its_old_size_and_time_has_a_new_version(tmp_path) -> None:
+def test_a_local_file_rewritten_with_its_old_size_and_time_has_a_new_stamp(tmp_path) -> None:
     """Content rewritten at the same size, its modification time put back (``cp -p``, ``touch -r``, an unpacked
-    archive), kept the version, which was that time: a refresh kept the old file's scores."""
+    archive), looked unchanged: a refresh kept the old file's scores. The version stays the modification time
+    (the manifest's, as the contract has it); the stamp tells the files apart."""
     stakes = tmp_path / "stakes.csv"
     stakes.write_bytes(b"model,stake\nalice,1\n")
     storage = Storage(str(tmp_path))
@@ -416,8 +417,8 @@ def test_a_local_file_rewritten_with_its_old_size_and_time_has_a_new_version(tmp
     os.utime(stakes, ns=(before.st_atime_ns, before.st_mtime_ns))
     second = Storage(str(tmp_path)).find_stakes()
     assert second.size == first.size and stakes.stat().st_mtime_ns == before.st_mtime_ns
-    assert second.version != first.version
-    assert Storage(str(tmp_path)).find_stakes() == second  # and a file left alone keeps its version
+    assert second.version == first.version and second.stamp != first.stamp
+    assert Storage(str(tmp_path)).find_stakes() == second  # and a file left alone keeps its stamp
 
 
 def test_s3_endpoint_and_credentials_come_from_the_aws_environment(s3_server, s3_bucket, monkeypatch) -> None:
