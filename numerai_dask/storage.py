@@ -169,23 +169,30 @@ def _change_time(entry: dict) -> float | None:
 AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
 
 
-#: Storage options that say which credentials to use: given any of them, the environment's are not taken.
-CREDENTIAL_OPTIONS = ("key", "secret", "token", "profile", "anon")
+#: Storage options taken as written, never as numbers: credentials, which may look like numbers.
+TEXT_OPTIONS = ("key", "secret", "token", "profile")
+
+
+def chooses_credentials(options: Mapping) -> bool:
+    """Whether storage options name whole credentials: a key and its secret, a profile, or anonymous access."""
+    return ("key" in options and "secret" in options) or "profile" in options or options.get("anon") is True
 
 
 def with_aws_environment(url: str, storage_options: dict) -> dict:
     """``storage_options`` completed, for ``s3://`` roots, from the standard AWS environment variables.
 
-    Credentials come whole from one place: options that choose any (keys, a
-    profile, anonymous access) take none from the environment, where a session
-    token from there was sent with other keys, and keys from there beat a profile.
+    Options that choose whole credentials take none from the environment: its
+    session token was sent with other, explicit keys, and its keys beat an
+    explicit profile. Otherwise what the options lack comes from there (a key
+    in a job file, its secret in the environment).
     """
     if not url.startswith(("s3://", "s3a://")):
         return storage_options
     options = dict(storage_options)
-    if not any(option in options for option in CREDENTIAL_OPTIONS):
-        options.update({option: os.environ[variable] for variable, option in AWS_ENVIRONMENT.items()
-                        if os.environ.get(variable)})
+    if not chooses_credentials(options):
+        for variable, option in AWS_ENVIRONMENT.items():
+            if os.environ.get(variable) and option not in options:
+                options[option] = os.environ[variable]
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     client_kwargs = dict(options.get("client_kwargs", {}))
     if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in options:

@@ -781,9 +781,10 @@ def test_storage_options_convert_numbers_and_booleans_but_keep_credentials_as_wr
     """A secret ``0123456789`` went to S3 as the number 123456789."""
     assert parse_storage_options(["key=00012345", "secret=0123456789", "token=1.50", "profile=123", "anon=true",
                                   "config_kwargs.retries.max_attempts=5", "client_kwargs.timeout=1.5",
-                                  "client_kwargs.region_name=007"]) == {
+                                  "client_kwargs.region_name=007", "client_kwargs.aws_session_token=12.0"]) == {
         "key": "00012345", "secret": "0123456789", "token": "1.50", "profile": "123", "anon": True,
-        "config_kwargs": {"retries": {"max_attempts": 5}}, "client_kwargs": {"timeout": 1.5, "region_name": "007"}}
+        "config_kwargs": {"retries": {"max_attempts": 5}},
+        "client_kwargs": {"timeout": 1.5, "region_name": "007", "aws_session_token": "12.0"}}
 
 
 @pytest.mark.parametrize(("count", "words", "shown"), [

@@ -555,11 +555,14 @@ def test_delete_takes_a_root_with_pattern_characters_as_it_is(root: Root) -> Non
     ({"profile": "good"}, {"profile": "good"}),
     ({"key": "k", "secret": "s"}, {"key": "k", "secret": "s"}),
     ({"anon": True}, {"anon": True}),
+    # a key in a job file, its secret (and token) in the environment
+    ({"key": "k"}, {"key": "k", "secret": "env-secret", "token": "env-token"}),
+    ({"anon": False}, {"anon": False, "key": "env-key", "secret": "env-secret", "token": "env-token"}),
 ])
 def test_credentials_come_whole_from_the_options_or_the_environment(given: dict, taken: dict,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The environment filled in each credential the options lacked: its keys beat an explicit profile, and
-    its session token was sent with other, explicit keys (S3 refused both)."""
+    """The environment filled in each credential the options lacked, even beside whole credentials: its keys
+    beat an explicit profile, and its session token was sent with other, explicit keys (S3 refused both)."""
     for variable, value in (("AWS_ACCESS_KEY_ID", "env-key"), ("AWS_SECRET_ACCESS_KEY", "env-secret"),
                             ("AWS_SESSION_TOKEN", "env-token")):
         monkeypatch.setenv(variable, value)
