@@ -212,6 +212,16 @@ def start_s3_session(fs: S3FileSystem, shown: str) -> None:
                            "see s3fs's S3FileSystem for the options") from None
 
 
+def refuse_credentials_in_url(url: str) -> None:
+    """A StorageError, which never repeats the URL, for an ``s3://`` URL whose bucket holds ``:`` or ``@``,
+    which no bucket name does: credentials written into it (``s3://KEY:SECRET@bucket``, which S3 does not
+    take). botocore's error quoted them, and a secret with a ``/`` (half of AWS's have one) escaped redaction."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in ("s3", "s3a") and any(mark in rest.split("/", 1)[0] for mark in ":@"):
+        raise StorageError("the s3:// root's bucket name holds ':' or '@' (credentials written into the URL?): "
+                           "give credentials through the AWS environment or --storage-option key=… secret=…")
+
+
 class Storage:
     """One storage root and the contract's layout under it.
 
@@ -220,6 +230,7 @@ class Storage:
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        refuse_credentials_in_url(url)
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url, **with_aws_environment(url, storage_options or {}))
         self.root = root.rstrip("/")

@@ -68,14 +68,13 @@ class Rejection:
 
 
 def redact(text: str) -> str:
-    """``text`` with URL credentials (``user:pass@``, also where a library quotes the URL's first part
-    without its scheme, as botocore does a bucket name) and HTTP query strings (signatures) removed.
+    """``text`` with URL credentials (``user:pass@``) and HTTP query strings (signatures) removed.
 
     Error messages from storage end up in reports; they must never carry secrets. A ``?`` elsewhere
-    (``s3://bucket/a?b``) is part of a key, and stays.
+    (``s3://bucket/a?b``) is part of a key, and stays. (An ``s3://`` root with credentials in it is
+    refused before anything names it: ``storage.refuse_credentials_in_url``.)
     """
     text = re.sub(r"(\w+://)[^/\s@]*@", r"\1", text)
-    text = re.sub(r"""(^|[\s"'(])[^/\s@"':]+:[^/\s@"']+@""", r"\1", text)
     return re.sub(r"(https?://[^\s?]*)\?\S*", r"\1", text, flags=re.IGNORECASE)
 
 

@@ -74,10 +74,17 @@ def test_no_credential_in_any_output_log_or_error(s3_server, s3_bucket: str, das
                      "--storage-option", f"secret={env['AWS_SECRET_ACCESS_KEY']}",
                      "--storage-option", f"token={env['AWS_SESSION_TOKEN']}", env=env)
     assert failed.returncode == 1
-    # Credentials written into the root's URL, which S3 does not take: botocore names the bucket, quoted, with them.
-    in_url = run_cli("score", f"s3://{env['AWS_ACCESS_KEY_ID']}:{env['AWS_SECRET_ACCESS_KEY']}@"
-                     f"{s3_bucket.removeprefix('s3://')}/root", "--scheduler", dask_cluster, "--json", env=env)
-    assert in_url.returncode == 1 and "Invalid bucket name" in in_url.stderr
+    # Credentials written into the root's URL, which S3 does not take: botocore named the bucket, quoted, with
+    # them; a secret with a "/" (half of AWS's have one) escaped redaction. Such a root is refused unrepeated.
+    bucket = s3_bucket.removeprefix("s3://")
+    in_url = run_cli("score", f"s3://{env['AWS_ACCESS_KEY_ID']}:{env['AWS_SECRET_ACCESS_KEY']}@{bucket}/root",
+                     "--scheduler", dask_cluster, "--json", env=env)
+    slashed = run_cli("score", f"s3://{env['AWS_ACCESS_KEY_ID']}:{env['AWS_SESSION_TOKEN'][:12]}/"
+                      f"{env['AWS_SESSION_TOKEN'][12:]}@{bucket}/root", "--scheduler", dask_cluster, env=env)
+    for refused in (in_url, slashed):
+        assert refused.returncode == 1 and "bucket name holds ':' or '@'" in refused.stderr, refused.stderr
+    assert not [part for part in (env["AWS_SESSION_TOKEN"][:12], env["AWS_SESSION_TOKEN"][12:])
+                if part in slashed.stdout + slashed.stderr]
 
     fs.invalidate_cache()
     stored = {path: fs.cat_file(path) for path in fs.find(f"{root.removeprefix('s3://')}/leaderboard")}
@@ -87,7 +94,9 @@ def test_no_credential_in_any_output_log_or_error(s3_server, s3_bucket: str, das
     assert logs, "the Dask cluster's logs were not found"
     outputs = {"stdout": refreshed.stdout.encode(), "stderr": refreshed.stderr.encode(),
                "failed stdout": failed.stdout.encode(), "failed stderr": failed.stderr.encode(),
-               "URL stdout": in_url.stdout.encode(), "URL stderr": in_url.stderr.encode(), **stored, **logs}
+               "URL stdout": in_url.stdout.encode(), "URL stderr": in_url.stderr.encode(),
+               "slashed URL stdout": slashed.stdout.encode(), "slashed URL stderr": slashed.stderr.encode(),
+               **stored, **logs}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         value = env[name].encode()
         leaks = [where for where, data in outputs.items() if value in data]
