@@ -336,13 +336,18 @@ def publish_run(
     ``extra_files`` join the run folder; ``before_latest`` runs just before the
     switch and may raise to stop it (a refresh checks it still holds its lease).
     Returns the run's folder relative to ``out``. Storage failing for good is a
-    StorageError saying so, and that ``latest.json`` still names the previous run.
+    StorageError saying so, and that ``latest.json`` still names the previous
+    run (or that nothing was published, on a first run).
     """
+    had_latest: bool | None = None
     try:
+        had_latest = out.exists("latest.json")
         return _write_run(out, result, run_id, extra_files or {}, before_latest)
     except OSError as error:
+        kept = {True: "latest.json still names the previous run", False: "nothing was published",
+                None: "latest.json was not changed"}[had_latest]
         raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
-                           "latest.json still names the previous run") from None
+                           f"{kept}") from None
 
 
 def _write_run(out: Storage, result: JobResult, run_id: str, extra_files: dict[str, bytes],

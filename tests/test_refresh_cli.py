@@ -33,9 +33,10 @@ def small_dataset(root: Path, seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize("command", ["score", "refresh"])
-def test_storage_refusing_the_run_folder_is_one_line_keeping_the_previous_run(command, tmp_path, dask_cluster):
+def test_storage_refusing_the_run_folder_on_a_first_run_is_one_line(command, tmp_path, dask_cluster):
     """A refresh's failed publishing was a bare OSError, where score said what failed and that the previous run
-    is still the latest. Here ``runs`` is a file, where the run folders go."""
+    is still the latest (which a first run has none of). Here ``runs`` is a file, where the run folders go;
+    test_faults has a previous run kept on S3."""
     small_dataset(tmp_path / "root")
     out = tmp_path / "out"
     out.mkdir()
@@ -44,7 +45,7 @@ def test_storage_refusing_the_run_folder_is_one_line_keeping_the_previous_run(co
     [line] = done.stderr.splitlines()
     assert done.returncode == 1
     assert line.startswith("numerai-dask: error: could not publish run ") and f"to {out} (" in line, line
-    assert line.endswith("; latest.json still names the previous run"), line
+    assert line.endswith("; nothing was published"), line
     assert not (out / "latest.json").exists()
 
 
