@@ -121,9 +121,13 @@ def scoring_fingerprint(params: ScoringParams, features: Sequence[str]) -> str:
                    params.neutralization])
 
 
+#: Where the era caches are, under the output.
+CACHE_FOLDER = "cache/eras"
+
+
 def era_directory(label: str) -> str:
     """The cache folder of one era; labels that are not plain names are hashed, never used as paths."""
-    return f"cache/eras/{label if SAFE_LABEL.fullmatch(label) else 'h' + digest(label)}"
+    return f"{CACHE_FOLDER}/{label if SAFE_LABEL.fullmatch(label) else 'h' + digest(label)}"
 
 
 def file_entries(storage: Storage, files: Sequence[FileInfo]) -> list[list]:
@@ -459,11 +463,6 @@ def _refresh_under_lease(
     started = time.perf_counter()
     previous = read_previous(out)
     state = previous.state if previous else None
-    gone = missing_cache_files(out, state) if state is not None else []
-    if gone:
-        log(f"{counted(len(gone), 'cached file')} of {previous.folder} gone (e.g. {out.display(gone[0])}): "
-            "scoring everything again")
-        state = None
     inputs = discover(storage, params)
     plan = plan_refresh(storage, inputs, params, state)
     record = input_record(inputs)
@@ -473,6 +472,12 @@ def _refresh_under_lease(
             and state["listing_rejections"] == listing and set(state["eras"]) == set(plan.data):
         return RefreshOutcome(None, None, [], [], "nothing to do: no input or parameter changed since "
                               f"{previous.folder}")
+    gone = missing_cache_files(out, state) if plan.previous_eras else []
+    if gone:
+        log(f"{counted(len(gone), 'cached file')} of {previous.folder} gone (e.g. {out.display(gone[0])}): "
+            "scoring everything again")
+        state = None
+        plan = plan_refresh(storage, inputs, params, state)
     run_id = new_run_id()
     benchmark, benchmark_rejections = load_benchmark(storage, inputs)
     # Eras the benchmark covers now and did not, or the reverse, though its file is the same (rejected for ids
@@ -577,15 +582,16 @@ def _refresh_under_lease(
                           f"{counted(len(replaced), 'model')} read")
 
 
+def cached_paths(state: dict) -> set[str]:
+    """The era cache files a run's ``state`` names (relative to the output)."""
+    return {path for era in state["eras"].values() for path in (era.get("predictions"), era.get("scores")) if path}
+
+
 def missing_cache_files(out: Storage, state: dict) -> list[str]:
     """The era caches ``state`` names that ``out`` no longer holds (deleted by hand, or expired by a bucket's
     lifecycle rule): the eras they hold cannot be scored again from what changed, so everything is."""
-    named = {path for era in state["eras"].values() for path in (era.get("predictions"), era.get("scores")) if path}
-    if not named:
-        return []
-    out.fs.invalidate_cache()
-    held = {out.relative(path) for path in out.fs.find(out.path("cache/eras"))} if out.exists("cache/eras") else set()
-    return sorted(named - held)
+    named = cached_paths(state)
+    return sorted(named - set(out.relative_files(CACHE_FOLDER))) if named else []
 
 
 def era_work(
@@ -643,12 +649,10 @@ def prune_history(out: Storage, keep_runs: int) -> None:
     used = set()
     for run in kept:
         if out.exists(f"runs/{run}/{STATE_FILE}"):
-            for era in json.loads(out.read_bytes(f"runs/{run}/{STATE_FILE}"))["eras"].values():
-                used.update(p for p in (era.get("predictions"), era.get("scores")) if p)
-    if out.exists("cache/eras"):
-        for path in out.fs.find(out.path("cache/eras")):
-            if out.relative(path) not in used:
-                out.fs.rm_file(path)
+            used |= cached_paths(json.loads(out.read_bytes(f"runs/{run}/{STATE_FILE}")))
+    for path in out.relative_files(CACHE_FOLDER):
+        if path not in used:
+            out.fs.rm_file(out.path(path))
 
 
 # ------------------------------------------------------------------ schedule

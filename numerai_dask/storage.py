@@ -312,6 +312,10 @@ class Storage:
         return [entry for name, entry in sorted(found.items())
                 if name.rstrip("/") != base and (with_folders or entry.get("type") == "file")]
 
+    def relative_files(self, relpath: str) -> list[str]:
+        """Every file below ``relpath`` (any depth, sorted), relative to the root; [] when there is none."""
+        return [self.relative(entry["name"]) for entry in self._files(relpath)]
+
     def top_folders(self, prefix: str) -> list[str]:
         """Names of the folders directly under the root that start with ``prefix``, sorted (one listing, not a walk:
         the root holds every submission below it)."""
