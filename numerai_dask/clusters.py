@@ -442,8 +442,8 @@ def connect(spec: ClusterSpec, log: Callable[[str], None] = print) -> Iterator[C
         if spec.kind == "local":
             log(f"started a LocalCluster of {counted(len(cluster.workers), 'worker')} · {local_dashboard(client)}")
         elif spec.kind == "jobqueue":
-            log(f"submitted {spec.options.get('jobs', 1)} {spec.options['system']} jobs; tasks start as their "
-                f"workers join · dashboard {client.dashboard_link}")
+            jobs = counted(spec.options.get("jobs", 1), f"{spec.options['system']} job")
+            log(f"submitted {jobs}; tasks start as their workers join · dashboard {client.dashboard_link}")
         else:
             if spec.kind == "ssh":  # started means "printed its address", not yet "joined the scheduler"
                 client.wait_for_workers((len(spec.options["hosts"]) - 1) * spec.options.get("workers_per_host", 1))

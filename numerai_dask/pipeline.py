@@ -324,8 +324,9 @@ def select_features(storage: Storage, columns: Sequence[str], feature_set: str |
     present = set(available)
     missing = [f for f in sets[feature_set] if f not in present]
     if missing:
-        raise JobError(f"feature set {feature_set!r} names {counted(len(missing), 'column that is', 'columns that are')}"
-                       f" not among the data's feature_* columns, e.g. {missing[:3]}")
+        columns = counted(len(missing), "column that is", "columns that are")
+        raise JobError(f"feature set {feature_set!r} names {columns} not among the data's feature_* columns, "
+                       f"e.g. {missing[:3]}")
     return list(dict.fromkeys(sets[feature_set]))
 
 

@@ -41,17 +41,17 @@ def is_finite_number(value: object) -> bool:
 
 def require_count(value: object, key: str) -> None:
     """``value`` must be a whole number of at least 1 (:func:`is_count`)."""
-    require(is_count(value), key, f"must be a whole number of at least 1, got {value!r}")
+    require(is_count(value), key, f"must be a whole number of at least 1, got {value!r}{quotes_hint(value)}")
 
 
 def quotes_hint(value: object) -> str:
     """For text that reads as a number, what is wrong with it: a job file's quotes made it text (``"0.5"``)."""
     if isinstance(value, str):
         try:
-            float(value)
+            number = float(value)
         except ValueError:
             return ""
-        return " (text: write the number without quotes)"
+        return " (text: write the number without quotes)" if math.isfinite(number) else ""
     return ""
 
 

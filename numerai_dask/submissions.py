@@ -732,7 +732,8 @@ def split_by_era(
     unknown = rows < 0
     if unknown.any():
         examples = _examples(sorted(predictions.ids.filter(pa.array(unknown)).to_pylist()))
-        reason = (f"{int(unknown.sum())} of {len(rows)} ids are not in the data, e.g. {examples}; "
+        reason = (f"{int(unknown.sum())} of {len(rows)} ids {'is' if unknown.sum() == 1 else 'are'} not in the "
+                  f"data, e.g. {examples}; "
                   "the model is not scored until its ids match the data")
         return {}, [Rejection(model, source, None, reason)]
     values = np.full(len(index.ids), np.nan)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 from dataclasses import dataclass
 
 import fsspec
@@ -407,7 +408,8 @@ def check_parameters(n_eras: int, rows_per_era: int, n_features: int, n_models: 
     anything starts."""
     for key, value in (("n_eras", n_eras), ("n_features", n_features), ("n_models", n_models)):
         require_count(value, key)
-    require(isinstance(seed, int) and seed >= 0, "seed", f"must be a whole number of at least 0, got {seed!r}")
+    require(isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0, "seed",
+            f"must be a whole number of at least 0, got {seed!r}")
     require(is_count(rows_per_era) and rows_per_era >= 2, "rows_per_era",
             f"must be a whole number of at least 2 (a correlation needs two rows), got {rows_per_era!r}")
     require(isinstance(n_unresolved, int) and 0 <= n_unresolved <= n_eras, "n_unresolved",

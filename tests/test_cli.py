@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from numerai_dask.cli import (Console, duration, main, parse_storage_options, progress_line, refresh_settings_from_job_file,
-                              spec_from_job_file)
+from numerai_dask.cli import (Console, duration, main, parse_storage_options, progress_line,
+                              refresh_settings_from_job_file, spec_from_job_file)
 from numerai_dask.leaderboard import build_leaderboard
 from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, run_job
 from numerai_dask.report import render_html
@@ -701,6 +701,8 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\n[scoring.payout]\nmmc = 1\n', "unknown key(s) ['mmc'] in [scoring.payout]"),
         ('root = "r"\n[cluster]\nadress = "tcp://x:1"\n', "unknown key(s) ['adress'] in [cluster]"),
         ('root = "r"\n[scoring.payout]\nclip = "high"\n', "[scoring.payout] clip: must be a positive number, got 'high'"),
+        ('root = "r"\n[refresh]\nkeep_runs = "10"\n',
+         "[refresh] keep_runs: must be a whole number of at least 1, got '10' (text: write the number without quotes)"),
         ('root = "r"\n[scoring]\nneutralization = "0.5"\n',
          "[scoring] neutralization: must be between 0 and 1, got '0.5' (text: write the number without quotes)"),
         ('out = "o"\n', "has no 'root'"),
@@ -708,7 +710,6 @@ def test_every_shipped_job_file_parses_without_unknown_keys() -> None:
         ('root = "r"\nscoring = "x"\n', "scoring must be a table ([scoring]), got 'x'"),
         ('root = "r"\n[scoring]\nextra_targets = 3\n', "extra_targets must be a name or a list of names, got 3"),
         ('root = "r"\n[scoring]\nmodels_per_task = 2.5\n', "[scoring] models_per_task: must be a whole number"),
-        ('root = "r"\n[scoring]\nneutralization = "0.5"\n', "[scoring] neutralization: must be between 0 and 1"),
         ('root = "r"\n[scoring.payout]\nclip = -0.05\n', "[scoring.payout] clip: must be a positive number"),
         ('root = "r"\n[scoring.payout]\nclip = true\n', "[scoring.payout] clip: must be a positive number, got True"),
         ('root = "r"\n[refresh]\nevery = 0\n', "[refresh] every: takes an interval like 30s, 15m, 2h or 1d, got 0"),

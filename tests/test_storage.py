@@ -476,7 +476,8 @@ def test_stakes_with_the_model_as_parquet_index(memory_root: Root) -> None:
         (b"model,stake\nalice,inf\nbob,1\n", r"not a finite number ≥ 0, e.g. alice=inf"),
         (b"model,stake\nalice,\n", r"not a finite number ≥ 0"),
         (b"model,stake\nalice,lots\n", r"not a finite number ≥ 0, e.g. alice='lots'"),
-        (b"model,stake\nalice,1e308\nbob,1e308\n", r"the stakes add up to more than a float holds \(the largest is 1e\+308\)"),
+        (b"model,stake\nalice,1e308\nbob,1e308\n",
+         r"the stakes add up to more than a float holds \(the largest is 1e\+308\)"),
         (b"name,amount\nalice,1\n", r"missing column\(s\) \['model', 'stake'\]; it has \['name', 'amount'\]"),
         (b"model,stake\nalice,1\nalice,2\n", r"1 model appears more than once, e.g. \['alice'\]"),
         (b"", r"the file is empty"),
@@ -546,7 +547,8 @@ def test_delete_takes_a_root_with_pattern_characters_as_it_is(root: Root) -> Non
     root.fs.invalidate_cache()
     assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1/a.bin")
     assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1/sub/b.bin")
-    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1") and not root.fs.exists(f"{root.base}/out[1]*/runs/r2/c.bin")
+    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r1")
+    assert not root.fs.exists(f"{root.base}/out[1]*/runs/r2/c.bin")
     assert root.fs.cat_file(f"{root.base}/out1/runs/r1/kept.bin") == b"x"
 
 
