@@ -989,7 +989,8 @@ def run_job(
         results = client.gather(futures)
     era_results: list[EraScores] = results[: len(scored)]
     raise_era_failure(era_results)
-    rejections = inputs.rejections + benchmark_rejections + [r for batch in results[len(scored):] for r in batch]
+    # The benchmark's last: a job that scored nothing names the first rejection, which should be a submission's.
+    rejections = inputs.rejections + [r for batch in results[len(scored):] for r in batch] + benchmark_rejections
     computed = time.perf_counter()
     tables = [r.table for r in era_results if r.skipped is None]
     skipped = {r.label: r.skipped for r in era_results if r.skipped is not None}

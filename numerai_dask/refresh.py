@@ -543,7 +543,7 @@ def _refresh_under_lease(
     # What reading the files found (fresh, or carried for models not read again); the listing's and the
     # benchmark's rejections are found again by every run.
     read_rejections = fresh_rejections + carried_rejections(state, plan, replaced)
-    rejections = inputs.rejections + benchmark_rejections + read_rejections
+    rejections = inputs.rejections + read_rejections + benchmark_rejections  # in run_job's order
     computed = time.perf_counter()
 
     # Reduce: fresh tables plus the cached tables of untouched eras.

@@ -387,6 +387,20 @@ def assert_one_line_cause(status: int, stderr: str, cause: str) -> None:
     assert cause in lines[0]
 
 
+def test_a_job_that_scores_nothing_names_a_submissions_rejection_before_the_benchmarks(
+        dataset: Path, dask_cluster: str, tmp_path: Path) -> None:
+    """The first rejection named was the benchmark's, which is not why no model was scored."""
+    root = Path(shutil.copytree(dataset, tmp_path / "root"))
+    for folder in ("submissions", "benchmark"):
+        shutil.rmtree(root / folder)
+        (root / folder).mkdir()
+    (root / "submissions" / "only.csv").write_text("id,prediction\nzz,0.5\n")
+    (root / "benchmark" / "bench.csv").write_text("id,prediction\nzz,0.5\n")
+    done = run_cli("score", str(root), "--scheduler", dask_cluster, "--out", str(tmp_path / "out"), "--quiet")
+    assert_one_line_cause(done.returncode, done.stderr, "no model could be scored in any era: 2 rejections, the "
+                          "first: only · submissions/only.csv: 1 of 1 ids is not in the data")
+
+
 @pytest.mark.parametrize(
     ("args", "cause"),
     [
