@@ -124,8 +124,13 @@ def progress_line(progress: Progress) -> str:
 
 
 def connect(spec: JobSpec, log: Callable[[str], None] = say) -> contextlib.AbstractContextManager[Client]:
-    """A client on the job's cluster: see :func:`numerai_dask.clusters.choose` for which one."""
-    return clusters.connect(clusters.choose(spec.scheduler, spec.cluster, spec.workers), log=log)
+    """A client on the job's cluster: see :func:`numerai_dask.clusters.choose` for which one. Workers asked for
+    a cluster the job does not start are said to be ignored."""
+    chosen = clusters.choose(spec.scheduler, spec.cluster, spec.workers)
+    if spec.workers is not None and chosen.kind != "local":
+        where = chosen.options.get("address") or chosen.source
+        log(f"note: the workers asked for ({spec.workers}) size a LocalCluster; this job uses the cluster of {where}")
+    return clusters.connect(chosen, log=log)
 
 
 @dataclass(frozen=True)

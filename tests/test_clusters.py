@@ -148,6 +148,16 @@ def test_the_command_line_wins_over_the_job_file_and_the_environment(dataset: Pa
     assert f"connected to {dask_cluster} (2 workers)" in done.stdout
 
 
+def test_workers_asked_for_beside_a_scheduler_are_said_to_be_unused(dataset: Path, dask_cluster: str,
+                                                                     tmp_path: Path) -> None:
+    """--workers sizes only a LocalCluster the job starts: beside --scheduler it was ignored without a word."""
+    done = succeeded(run_cli("score", str(dataset), "--scheduler", dask_cluster, "--workers", "3",
+                             "--out", str(tmp_path / "out")))
+    assert (f"note: the workers asked for (3) size a LocalCluster; this job uses the cluster of {dask_cluster}"
+            in done.stdout.splitlines())
+    assert f"connected to {dask_cluster} (2 workers)" in done.stdout
+
+
 def spec_file(folder: Path, text: str, name: str = "spec.yaml") -> str:
     (folder / name).write_text(text)
     return str(folder / name)
