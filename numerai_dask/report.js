@@ -12,7 +12,7 @@
   const tooltip = document.getElementById("tooltip");
 
   const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
-  const fmt = (v, digits = 4) => !isNumber(v) ? (v === null || v === undefined ? "–" : String(v))
+  const fmt = (v, digits = 4) => !isNumber(v) ? (v === null || v === undefined || typeof v === "number" ? "–" : String(v))
     : Number.isInteger(v) ? v.toLocaleString("en-US") : v.toFixed(digits);
 
   function html(tag, attributes = {}, text) {
@@ -236,10 +236,15 @@
     return [low - pad, high + pad];
   }
 
-  // An empty plot with axes: x is the era's position, y the value. Returns scales and the svg.
-  function axes(container, count, [low, high], label) {
+  // An empty plot with axes: x is the era's position (a point, or with bands the middle of the era's band),
+  // y the value. Returns the scales, the era at an x position, and the svg.
+  function axes(container, count, [low, high], label, bands = false) {
     const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label});
-    const x = (i) => M.left + (count > 1 ? i / (count - 1) : 0.5) * (W - M.left - M.right);
+    const inner = W - M.left - M.right;
+    const x = bands ? (i) => M.left + (i + 0.5) / count * inner
+      : (i) => M.left + (count > 1 ? i / (count - 1) : 0.5) * inner;
+    const at = (position) => Math.max(0, Math.min(count - 1, bands ? Math.floor((position - M.left) / inner * count)
+      : Math.round((position - M.left) / inner * (count - 1))));
     const y = (v) => H - M.bottom - (v - low) / (high - low) * (H - M.top - M.bottom);
     for (const t of niceTicks(low, high)) {
       svg("line", {x1: M.left, x2: W - M.right, y1: y(t), y2: y(t), class: t === 0 ? "zero" : "grid-line"}, root);
@@ -250,7 +255,7 @@
       svg("text", {x: x(i), y: H - 10, "text-anchor": "middle"}, root).textContent = data.eras[i];
     }
     container.replaceChildren(root);
-    return {root, x, y};
+    return {root, x, y, at};
   }
 
   function empty(container, message) {
@@ -264,7 +269,7 @@
     area.addEventListener("mousemove", (event) => {
       const box = plot.root.getBoundingClientRect();
       const position = (event.clientX - box.left) / box.width * W;
-      const i = Math.max(0, Math.min(count - 1, Math.round((position - M.left) / (W - M.left - M.right) * (count - 1))));
+      const i = plot.at(position);
       guide.setAttribute("x1", plot.x(i));
       guide.setAttribute("x2", plot.x(i));
       guide.setAttribute("visibility", "visible");
@@ -282,13 +287,17 @@
     area.addEventListener("mouseleave", () => { tooltip.style.display = "none"; guide.setAttribute("visibility", "hidden"); });
   }
 
+  // A line through the finite values; a value alone between gaps (a model scored in one era) is a dot, drawn by
+  // the round caps of a segment of no length.
   function path(values, x, y) {
-    let d = "", pen = false;
+    let d = "", run = 0;
+    const end = () => { if (run === 1) d += "h0"; run = 0; };
     values.forEach((v, i) => {
-      if (!Number.isFinite(v)) { pen = false; return; }
-      d += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
-      pen = true;
+      if (!Number.isFinite(v)) { end(); return; }
+      d += `${run ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+      run += 1;
     });
+    end();
     return d;
   }
 
@@ -297,7 +306,7 @@
     const plot = axes(container, count, extent(lines.map((l) => l.values)), label);
     for (const line of lines) {
       const p = svg("path", {d: path(line.values, plot.x, plot.y), fill: "none", stroke: line.color, "stroke-width": 1.8,
-                             "stroke-linejoin": "round", class: "series"}, plot.root);
+                             "stroke-linejoin": "round", "stroke-linecap": "round", class: "series"}, plot.root);
       svg("title", {}, p).textContent = line.name;
     }
     hover(plot, count, lines.map((l) => [l.name, l.values, l.color]));
@@ -306,7 +315,7 @@
 
   function barChart(container, values, label, name) {
     const count = data.eras.length;
-    const plot = axes(container, count, extent([values]), label);
+    const plot = axes(container, count, extent([values]), label, true);
     const step = (W - M.left - M.right) / Math.max(count, 1);
     const width = Math.max(1, step * 0.75);
     values.forEach((v, i) => {
@@ -330,9 +339,10 @@
     return colorOf.get(model);
   };
 
+  let barsOf = null;  // the model picked last, whose per-era bars show (the first pick's until one is)
   function togglePick(model) {
     const at = picks.indexOf(model);
-    if (at >= 0) picks.splice(at, 1); else picks.push(model);
+    if (at >= 0) picks.splice(at, 1); else { picks.push(model); barsOf = model; }
     drawSeries();
     leaderboard.render();
   }
@@ -367,7 +377,8 @@
       legend(cumulativeBox, picks);
     }
     const perEraBox = document.getElementById("per-era");
-    if (picks.length) barChart(perEraBox, perEra(metric, picks[0]), `${metric} per era of ${picks[0]}`, picks[0]);
+    const shown = picks.includes(barsOf) ? barsOf : picks[0];
+    if (picks.length) barChart(perEraBox, perEra(metric, shown), `${metric} per era of ${shown}`, shown);
     else empty(perEraBox, "no model picked");
     drawSpread(metric);
   }
@@ -387,7 +398,8 @@
     };
     band(p10, p90, "#5ee0b522");
     band(p25, p75, "#5ee0b555");
-    svg("path", {d: path(median, plot.x, plot.y), fill: "none", stroke: "#5ee0b5", "stroke-width": 1.8, class: "series"}, plot.root);
+    svg("path", {d: path(median, plot.x, plot.y), fill: "none", stroke: "#5ee0b5", "stroke-width": 1.8,
+                 "stroke-linecap": "round", class: "series"}, plot.root);
     hover(plot, data.eras.length, [["90 %", p90, "#9ca3af"], ["75 %", p75, "#9ca3af"], ["median", median, "#5ee0b5"],
                                    ["25 %", p25, "#9ca3af"], ["10 %", p10, "#9ca3af"]]);
   }

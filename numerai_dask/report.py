@@ -82,11 +82,12 @@ def summary_table(leaderboard: pd.DataFrame, rows: int = 10) -> str:
 
 
 def plain(value: object) -> object:
-    """A table cell as JSON: floats to 6 decimals, NaN/NA as null, numpy scalars as Python ones."""
+    """A table cell as JSON: floats to 9 decimals (the page shows 4, which must round as the CSV's do: at 6,
+    0.09225001 became 0.09225 and then 0.0922), NaN/NA as null, numpy scalars as Python ones."""
     if value is None or value is pd.NA:
         return None
     if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else round(float(value), 6)
+        return None if not np.isfinite(value) else round(float(value), 9)
     if isinstance(value, (int, np.integer)):
         return int(value)
     return str(value)
@@ -256,7 +257,8 @@ def render_html(result: JobResult, run_id: str) -> str:
     board = result.leaderboard
     data = report_data(result)
     top = board.iloc[0] if len(board) else None
-    skipped = pd.DataFrame(sorted(result.skipped_eras.items()), columns=["era", "reason"])
+    skipped = pd.DataFrame([(era, result.skipped_eras[era]) for era in era_order(list(result.skipped_eras))],
+                           columns=["era", "reason"])
     parameters = json.dumps(manifest.get("parameters", {}), sort_keys=True)
     previous = previous_run(manifest) if "rank_change" in board else None
     n_series = len(data["series"]["models"])

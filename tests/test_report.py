@@ -30,6 +30,7 @@ from numerai_dask.report import (
     MISSING,
     SCALE,
     encode_series,
+    plain,
     publish_run,
     report_data,
     render_html,
@@ -154,6 +155,21 @@ def test_a_run_without_a_benchmark_says_why_bmc_is_empty() -> None:
                            {}, {"root": "r", "eras": {"scored": ["1", "2"]}, "benchmark": benchmark})
         page = render_html(result, "run")
         assert [n for n in (no_file, unusable) if n in page] == ([note] if note else [])
+
+
+def test_skipped_eras_are_listed_in_era_order_and_cells_round_as_the_csv_does() -> None:
+    """Skipped eras were listed as text sorts them ("10" before "9"); table cells went to the page at 6 decimals,
+    and 0.09225001 showed as 0.0922 where the CSV and the terminal say 0.0923."""
+    rng = np.random.default_rng(2)
+    per_era = pd.DataFrame({"era": np.repeat(["1", "2"], 2), "model": ["a", "b"] * 2,
+                            **{m: rng.normal(0, 0.03, 4) for m in ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max",
+                                                                   "fe_rms")}})
+    result = JobResult(per_era, build_leaderboard(per_era), pd.DataFrame(columns=["model", "file", "era", "reason"]),
+                       {"10": "constant target", "9": "constant target"}, {"root": "r", "eras": {"scored": ["1", "2"]}})
+    page = render_html(result, "run")
+    skipped = page[page.index("Skipped eras"):]
+    assert skipped.index(">9<") < skipped.index(">10<")
+    assert plain(0.09225001) == 0.09225001 and f"{plain(0.09225001):.4f}" == "0.0923"
 
 
 def test_a_report_of_5000_models_stays_small() -> None:
@@ -281,6 +297,11 @@ def test_report_in_chromium_sorts_filters_pages_and_draws(published: Published, 
     assert drawn(seen, "#per-era rect.bar") == n_eras
     assert drawn(seen, "#spread polygon.band") == 2 and drawn(seen, "#spread path.series") == 1
     assert drawn(seen, "#meta rect.bar") == n_eras
+    # every bar within its plot (52 … 626 of the 640-wide chart): the first covered the axis' labels, the last
+    # was cut off at the edge
+    spans = page.eval_on_selector_all("#per-era rect.bar, #meta rect.bar",
+                                      "bars => bars.map(b => [b.x.baseVal.value, b.x.baseVal.value + b.width.baseVal.value])")
+    assert spans and all(52 <= left and right <= 626 for left, right in spans), spans
     assert drawn(seen, "#correlation rect.cell") == CORRELATED_MODELS ** 2
     assert drawn(seen, "#targets rect.bar") == 2 * 10
 
@@ -310,6 +331,8 @@ def test_report_in_chromium_sorts_filters_pages_and_draws(published: Published, 
     page.click(f"#leaderboard td.model button >> text={picked}")
     assert drawn(seen, "#cumulative path.series") == CHART_TOP + 1
     assert picked in page.inner_text("#cumulative .legend")
+    # and its per-era bars show (they stayed the first pick's)
+    assert page.get_attribute("#per-era svg", "aria-label").endswith(f" per era of {picked}")
 
     # hostile text stays text: no alert, no injected element, the reason shown as written
     assert seen.dialogs == [] and seen.count("img") == 0
