@@ -109,6 +109,8 @@ def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_clu
         wait_for(errors, "refresh failed", process)
         small_dataset(root)
         wait_for(log, "published runs/", process)
+        # the run's summary and the next tick's line, before SIGTERM (which, sent between them, is "stopped")
+        wait_for(log, "next refresh in", process, after="published runs/")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -123,10 +125,12 @@ def test_schedule_survives_a_failed_tick_and_stops_on_sigterm(tmp_path, dask_clu
     assert (root / "leaderboard" / "latest.json").exists()
 
 
-def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120, after: str = "") -> None:
+    """Until ``text`` is in ``log`` (after the first ``after`` in it, if given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in log.read_text():
+        written = log.read_text()
+        if after in written and text in written[written.index(after):]:
             return
         if process.poll() is not None:
             pytest.fail(f"refresh exited early ({process.returncode}):\n{log.read_text()}")
