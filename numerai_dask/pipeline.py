@@ -79,7 +79,8 @@ SINGLE_MODEL_METRICS = ("corr", "fnc", "fe_max", "fe_rms")
 #: A CSV row of an id and a full-precision float is about 40 bytes; extra columns fit in the margin.
 SUBMISSION_BYTES_PER_ROW = 100
 SUBMISSION_SLACK_BYTES = 1 << 20
-#: Fewer resolved rows than this in an era means the data is wrong (a correlation needs two points).
+#: Resolved rows an era needs to be scored (a correlation needs two points); with fewer it waits as an unresolved
+#: era does, and when every era has fewer the data is wrong.
 MIN_ERA_ROWS = 2
 #: A worker gives its free heap pages back after each task once its process memory passes this share of its
 #: first memory threshold (see :func:`release_memory`).
@@ -351,8 +352,10 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
     """Read ``id``, ``era`` and the target of every data file: the era index and which files hold each era.
 
     Data that cannot be scored is a StorageError naming the file(s) and the
-    problem: a row without an id or an era, an id on more than one row, an era
-    with fewer than MIN_ERA_ROWS resolved rows.
+    problem: a row without an id or an era, an id on more than one row, every
+    era with fewer than MIN_ERA_ROWS resolved rows (the era column is likely
+    not the era). An era with fewer, among others with enough, waits for its
+    targets as an unresolved era does: one row cannot be correlated.
     """
     frames = []
     files_by_era: dict[str, list[str]] = {}
@@ -376,6 +379,15 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
             raise StorageError(f"{display_files(storage, sorted(set(file_of_row[missing])))}: "
                                f"{counted(int(missing.sum()), 'row has', 'rows have')} no {column} (a missing value "
                                f"in {column!r}); {need}")
+    resolved = data[data[target].notna()].groupby("era", sort=True).size()
+    thin = resolved[resolved < MIN_ERA_ROWS]
+    if len(thin) and len(thin) == len(resolved):
+        era, rows = next(iter(thin.items()))
+        raise StorageError(f"{display_files(storage, files_by_era[str(era)])}: era {era} has only {rows} row with a "
+                           f"resolved target, as every era has; an era needs at least {MIN_ERA_ROWS} to be scored "
+                           "(is 'era' the era?)")
+    if len(thin):
+        data.loc[data["era"].isin(thin.index), target] = np.nan
     try:
         index = EraIndex.from_frame(data.rename(columns={target: "target"}))
     except RepeatedIds as error:  # the index checks; the files holding those rows are found only then
@@ -383,11 +395,6 @@ def read_era_index(storage: Storage, data_files: list[FileInfo], target: str) ->
         raise StorageError(f"{display_files(storage, sorted(set(file_of_row[where])))}: "
                            f"{counted(len(error.repeated), 'id appears', 'ids appear')} on more than one row of the "
                            f"data, e.g. {error.repeated[0]!r}; each id must be one row") from None
-    resolved = data[data[target].notna()].groupby("era", sort=True).size()
-    if (resolved < MIN_ERA_ROWS).any():
-        era, rows = next((e, r) for e, r in resolved.items() if r < MIN_ERA_ROWS)
-        raise StorageError(f"{display_files(storage, files_by_era[str(era)])}: era {era} has only {rows} row with a "
-                           f"resolved target; an era needs at least {MIN_ERA_ROWS} to be scored (is 'era' the era?)")
     return index, files_by_era
 
 

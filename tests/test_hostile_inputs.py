@@ -10,6 +10,7 @@ the problem, nothing published.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,7 +172,6 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         (lambda f, _: f.drop(columns=["target"]), "no column(s) ['target']"),
         (lambda f, _: f.drop(columns=["era"]), "no column(s) ['era']"),
         (lambda f, _: nan_feature(f), "feature column(s) feature_0001 have missing values (NaN)"),
-        (lambda f, _: one_row_era(f), "era 9999 has only 1 row with a resolved target"),
         (lambda f, _: eraless_rows(f), "2 rows have no era (a missing value in 'era')"),
         (lambda f, _: idless_rows(f), "3 rows have no id (a missing value in 'id')"),
         (repeated_id, "1 id appears on more than one row of the data"),
@@ -181,7 +181,7 @@ def repeated_id(frame: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         # the first file lacks one of the second's: that feature was dropped, silently, from every era
         (lambda f, _: f.assign(feature_9999=f["feature_0001"]), "has 1 feature"),
     ],
-    ids=["missing-target", "missing-era", "nan-feature", "era-with-one-row", "rows-without-era", "rows-without-id",
+    ids=["missing-target", "missing-era", "nan-feature", "rows-without-era", "rows-without-id",
          "duplicate-id", "eras-as-numbers-in-one-file", "eras-as-floats-in-one-file", "feature-missing-in-one-file",
          "feature-only-in-one-file"],
 )
@@ -199,6 +199,25 @@ def test_a_bad_data_file_stops_the_job_naming_the_file_and_publishing_nothing(
     assert status == 1
     assert line.startswith("numerai-dask: error: ") and str(second) in line and problem in line, line
     assert not out.exists() or list(out.iterdir()) == []  # nothing published; the job's scratch, if any, removed
+
+
+def test_an_era_with_one_resolved_row_waits_as_an_unresolved_one_and_the_rest_is_scored(
+        tmp_path: Path, dask_cluster: str, capsys: pytest.CaptureFixture) -> None:
+    """One resolved row stopped the whole job; only when every era has one is the era column likely wrong."""
+    root = tmp_path / "root"
+    generate(str(root), **DATASET)
+    first, second = sorted((root / "data").glob("*.parquet"))
+    rewrite(second, one_row_era)
+    out = tmp_path / "out"
+    assert main(["score", str(root), "--scheduler", dask_cluster, "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads(next((out / "runs").glob("*/manifest.json")).read_text())
+    assert "9999" in manifest["eras"]["unresolved"] and "9999" not in manifest["eras"]["scored"]
+    assert len(manifest["eras"]["scored"]) == DATASET["n_eras"] - DATASET["n_unresolved"]
+    every = pd.concat([pd.read_parquet(first), pd.read_parquet(second)])  # now every era has one row
+    every.groupby("era", observed=True).head(1).to_parquet(first)
+    second.unlink()
+    assert main(["score", str(root), "--scheduler", dask_cluster, "--out", str(tmp_path / "out2"), "--quiet"]) == 1
+    assert "has only 1 row with a resolved target, as every era has" in capsys.readouterr().err
 
 
 def test_the_size_limit_is_automatic_or_given() -> None:
