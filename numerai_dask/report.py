@@ -341,15 +341,20 @@ def publish_run(
     StorageError saying so, and that ``latest.json`` still names the previous
     run (or that nothing was published, on a first run).
     """
-    had_latest: bool | None = None
     try:
-        had_latest = out.exists("latest.json")
         return _write_run(out, result, run_id, extra_files or {}, before_latest)
     except OSError as error:
-        kept = {True: "latest.json still names the previous run", False: "nothing was published",
-                None: "latest.json was not changed"}[had_latest]
         raise StorageError(f"could not publish run {run_id} to {out.display_url} ({describe_error(error)}); "
-                           f"{kept}") from None
+                           f"{what_latest_names(out)}") from None
+
+
+def what_latest_names(out: Storage) -> str:
+    """After a failed publish (``latest.json`` is written last, so never this run): which run it still names,
+    asked only then, not before every publish."""
+    try:
+        return "latest.json still names the previous run" if out.exists("latest.json") else "nothing was published"
+    except OSError:  # storage failing still
+        return "latest.json was not changed"
 
 
 def _write_run(out: Storage, result: JobResult, run_id: str, extra_files: dict[str, bytes],
