@@ -30,7 +30,7 @@ from numerai_dask.pipeline import JobError, JobResult, Progress, ScoringParams, 
 from numerai_dask.refresh import Cron, parse_interval, read_previous, refresh_once, run_on_schedule
 from numerai_dask.report import new_run_id, publish_run, summary_table
 from numerai_dask.settings import InvalidSetting, require, require_count, require_positive
-from numerai_dask.storage import TEXT_OPTIONS, Storage, StorageError
+from numerai_dask.storage import Storage, StorageError, is_credential_option
 from numerai_dask.submissions import redact
 from numerai_dask.wording import counted
 
@@ -289,7 +289,7 @@ def parse_storage_options(pairs: Sequence[str]) -> dict:
         require(bool(sep and key), "storage_option", f"takes KEY=VALUE, got {pair!r}")
         *parents, leaf = key.split(".")
         value: object = raw
-        if leaf not in TEXT_OPTIONS and not leaf.startswith("aws_"):  # botocore's own: aws_secret_access_key…
+        if not is_credential_option(leaf):
             value = {"true": True, "false": False}.get(raw.lower(), raw)
             with contextlib.suppress(ValueError):
                 number = float(raw) if "." in raw else int(raw)

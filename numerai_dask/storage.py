@@ -169,8 +169,14 @@ def _change_time(entry: dict) -> float | None:
 AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
 
 
-#: Storage options taken as written, never as numbers: credentials, which may look like numbers.
-TEXT_OPTIONS = ("key", "secret", "token", "profile")
+#: s3fs's credential options, taken as written, never as numbers (see :func:`is_credential_option`).
+CREDENTIAL_TEXT_OPTIONS = ("key", "secret", "token", "profile")
+
+
+def is_credential_option(name: str) -> bool:
+    """Whether a storage option (its last dotted part) is a credential, whose value may look like a number and
+    must stay text: s3fs's own, or botocore's (``aws_secret_access_key``…) given through ``client_kwargs``."""
+    return name in CREDENTIAL_TEXT_OPTIONS or name.startswith("aws_")
 
 
 def chooses_credentials(options: Mapping) -> bool:
