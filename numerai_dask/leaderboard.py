@@ -41,8 +41,7 @@ class PayoutRule:
 
     def __post_init__(self) -> None:
         for name in ("corr_weight", "mmc_weight"):
-            value = getattr(self, name)
-            require_finite_number(value, name)
+            require_finite_number(getattr(self, name), name)
         require_positive(self.clip, "clip")
 
     def per_era(self, per_era: pd.DataFrame) -> pd.Series:
