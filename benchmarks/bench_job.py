@@ -267,7 +267,7 @@ def floor_arithmetic(rows: int, features: int, models: int, seed: int, repeats: 
             # the kernel's own factorization for such features: the Gram matrix in float32 (exact for 0–4
             # buckets), its Cholesky factor inverted, the spread from the extreme eigenvalues of G and G⁻¹,
             # and G⁻¹ = L⁻ᵀL⁻¹
-            weights, _ = _cholesky_weights(small_integer_gram(era.features))
+            weights, *_ = _cholesky_weights(small_integer_gram(era.features))
             inverse = _weights_product(weights, cholesky=True)
             residual = era.predictions - a @ (inverse @ (a.T @ era.predictions))
             a.T @ residual  # exposures: one more F × N × M product

@@ -34,10 +34,18 @@ from scipy.linalg.lapack import dlauum, dtrtri
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.special import ndtri
 
-#: Singular values of the centred features below this fraction of the largest
-#: are treated as zero, as ``np.linalg.lstsq(..., rcond=1e-6)`` does in
+#: Singular values of ``[X, 1]`` below this fraction of the largest are
+#: treated as zero, as ``np.linalg.lstsq(..., rcond=1e-6)`` does in
 #: numerai-tools' ``neutralize``.
 BASIS_RCOND = 1e-6
+
+#: Eigenvalue ratios of a Gram matrix within this factor of ``rcond²`` either side are too near the
+#: cut-off for the Gram matrix to decide (see ``_eigen_weights``): the SVD does.
+CUTOFF_MARGIN = 1e3
+
+#: An era's ``[X, 1]`` whose condition number may come within this fraction of ``1/rcond`` is cut
+#: off on ``[X, 1]`` itself, not where the centred features are (see ``_cut_as_centred``).
+CONDITION_MARGIN = 1e-2
 
 #: A Gram-route basis is orthonormal to about 1e-16 × the spread of the kept
 #: eigenvalues (largest / smallest, the squared condition number); above this
@@ -45,7 +53,7 @@ BASIS_RCOND = 1e-6
 SINGLE_PASS_SPREAD = 1e4
 
 #: Feature counts up to this get every eigenvalue of their Gram matrix (cheap there); above it, the
-#: extreme two by Lanczos iteration, to this relative tolerance (see ``_positive_definite_spread``).
+#: extreme two by Lanczos iteration, to this relative tolerance (see ``_positive_definite_extremes``).
 LANCZOS_MIN_SIZE = 64
 LANCZOS_TOL = 1e-6
 
@@ -199,14 +207,14 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
 
     1. ``G = aᵀa`` (``gram``, when the caller has it already);
     2. when ``G = LLᵀ`` (Cholesky) exists and its eigenvalues spread over at most
-       :data:`SINGLE_PASS_SPREAD` (:func:`_positive_definite_spread`: then no
-       direction is below ``rcond``), ``W = L⁻ᵀ``: the same column space,
-       orthonormal as accurately, and no eigenvectors to compute (15 ms
-       against 53 at 705 features);
-    3. otherwise the eigenvalues and eigenvectors of ``G``: directions whose
-       singular value (√eigenvalue) is below ``rcond`` × the largest are
-       dropped, ``W = V Λ^-½`` over the kept ones, the spread being the largest
-       kept eigenvalue over the smallest (the squared condition number of what is kept).
+       :data:`SINGLE_PASS_SPREAD` (then no direction is below ``rcond``),
+       ``W = L⁻ᵀ``: the same column space, orthonormal as accurately, and no
+       eigenvectors to compute (15 ms against 53 at 705 features);
+    3. otherwise ``G``'s eigenvectors, dropping directions below ``rcond``
+       (:func:`_eigen_weights`);
+    4. when an eigenvalue of ``G`` lies too near that cut-off for ``G`` to
+       decide, the singular values of ``a`` itself, as ``lstsq`` does
+       (:func:`_singular_weights`).
 
     The basis is a product ``a·W``, so identical rows of ``a`` stay identical
     rows of the basis (ties in neutralized predictions survive exactly).
@@ -216,23 +224,65 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
     gram = a.T @ a if gram is None else gram
     cholesky = _cholesky_weights(gram)
     if cholesky is not None:
-        return (*cholesky, True)
+        weights, smallest, largest = cholesky
+        return weights, largest / smallest, True
+    eigen = _eigen_weights(gram, rcond)
+    if eigen is None:
+        return _singular_weights(a, rcond)
+    weights, smallest, largest = eigen
+    return weights, largest / smallest, False
+
+
+def _eigen_weights(gram: np.ndarray, rcond: float) -> tuple[np.ndarray, float, float] | None:
+    """``W = V Λ^-½`` over the directions of ``G = aᵀa`` that ``lstsq(a, ·, rcond)`` keeps, with the smallest kept
+    and the largest eigenvalue; None when an eigenvalue is too near the cut-off for ``G`` to decide.
+
+    1. the eigenvalues and eigenvectors of ``G``;
+    2. None when an eigenvalue lies within :data:`CUTOFF_MARGIN` of the cut-off
+       ``rcond²`` × the largest, either side: ``G``'s rounding (1e-16 of its
+       largest eigenvalue) could move it across, or mix a kept direction with
+       a dropped one;
+    3. keep the directions whose singular value (√eigenvalue) is at least
+       ``rcond`` × the largest, and scale each by ``1/√eigenvalue``.
+
+    No direction kept (``G`` is zero): empty weights, and 1.0 for both eigenvalues.
+    """
     eigenvalues, eigenvectors = np.linalg.eigh(gram)
     largest = eigenvalues[-1]
     if largest <= 0:
-        return np.zeros((a.shape[1], 0)), 1.0, False
-    keep = eigenvalues > (rcond**2) * largest
+        return np.zeros((len(gram), 0)), 1.0, 1.0
+    ratios = eigenvalues / largest
+    cutoff = rcond**2
+    if np.any((ratios > cutoff / CUTOFF_MARGIN) & (ratios < cutoff * CUTOFF_MARGIN)):
+        return None
+    keep = ratios > cutoff
     kept = eigenvalues[keep]
-    return eigenvectors[:, keep] / np.sqrt(kept), float(largest / kept[0]), False
+    return eigenvectors[:, keep] / np.sqrt(kept), float(kept[0]), float(largest)
 
 
-def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """``L⁻ᵀ`` and the spread of ``G = LLᵀ``, or None when ``G`` has no Cholesky factor or spreads past
-    :data:`SINGLE_PASS_SPREAD`.
+def _singular_weights(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float, bool]:
+    """:func:`_orthonormalizing_weights` from the SVD of ``a``, cut off as ``np.linalg.lstsq(a, ·, rcond)`` does.
+
+    1. ``a = UΣVᵀ``;
+    2. keep the singular values above ``rcond`` × the largest;
+    3. ``W = V Σ⁻¹`` over the kept ones, so that ``a·W`` is their ``U``.
+
+    Costs an SVD of the (N, F) matrix, about ten times the Gram route's
+    eigenvectors: only eras with singular values near the cut-off take it.
+    """
+    _, singular, vt = np.linalg.svd(a, full_matrices=False)
+    keep = singular > rcond * singular[0]
+    kept = singular[keep]
+    return vt[keep].T / kept, float((singular[0] / kept[-1]) ** 2), False
+
+
+def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """``L⁻ᵀ`` and the smallest and largest eigenvalues of ``G = LLᵀ``, or None when ``G`` has no Cholesky
+    factor or its eigenvalues spread past :data:`SINGLE_PASS_SPREAD`.
 
     1. the Cholesky factor ``L`` (none: ``G`` is not numerically positive definite);
     2. its inverse ``L⁻¹`` (LAPACK ``dtrtri``);
-    3. the spread of ``G``'s eigenvalues (:func:`_positive_definite_spread`).
+    3. the extreme eigenvalues of ``G`` (:func:`_positive_definite_extremes`, through ``G⁻¹ = L⁻ᵀL⁻¹``).
     """
     try:
         lower = np.linalg.cholesky(gram)
@@ -241,37 +291,116 @@ def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float] | None:
     inverse, failed = dtrtri(lower, lower=1)
     if failed:
         return None
-    spread = _positive_definite_spread(gram, inverse)
-    if not spread <= SINGLE_PASS_SPREAD:  # also NaN
+    n = len(gram)
+    smallest, largest = _positive_definite_extremes(
+        gram, LinearOperator((n, n), matvec=lambda v: inverse.T @ (inverse @ v), dtype=np.float64))
+    if not (smallest > 0 and largest <= SINGLE_PASS_SPREAD * smallest):  # also NaN
         return None
-    return inverse.T, spread
+    return inverse.T, smallest, largest
 
 
-def _positive_definite_spread(gram: np.ndarray, lower_inverse: np.ndarray) -> float:
-    """The largest eigenvalue of ``G`` over its smallest, given ``L⁻¹`` with ``G = LLᵀ``.
+def _positive_definite_extremes(matrix: np.ndarray, inverse: np.ndarray | LinearOperator) -> tuple[float, float]:
+    """The smallest and the largest eigenvalue of a symmetric positive definite ``matrix``, given its ``inverse``.
 
-    1. the largest eigenvalue of ``G``, by Lanczos iteration (ARPACK);
-    2. the largest eigenvalue of ``G⁻¹ = L⁻ᵀL⁻¹`` (the smallest of ``G``
-       inverted), the same way through two triangular products per step;
-    3. their product.
+    1. the largest eigenvalue of ``matrix``, by Lanczos iteration (ARPACK);
+    2. the largest eigenvalue of ``inverse`` the same way: the smallest of ``matrix``, inverted.
 
     Lanczos converges to the extreme eigenvalues in a few dozen products: at
     5,000 rows × 2,376 features 0.15 s against 0.63 s for every eigenvalue
     (``eigvalsh``; 7 against 18 ms at 705), to a relative 1e-6 there. A few
     features (at most :data:`LANCZOS_MIN_SIZE`), or no convergence, take ``eigvalsh``.
     """
-    n = len(gram)
+    n = len(matrix)
     if n > LANCZOS_MIN_SIZE:
         start = np.random.default_rng(0).standard_normal(n)  # fixed: the same era always takes the same route
-        inverse = LinearOperator((n, n), matvec=lambda v: lower_inverse.T @ (lower_inverse @ v), dtype=np.float64)
         try:
             largest, inverse_largest = (eigsh(m, k=1, which="LA", v0=start, tol=LANCZOS_TOL,
-                                              return_eigenvectors=False)[0] for m in (gram, inverse))
-            return float(largest * inverse_largest)
+                                              return_eigenvectors=False)[0] for m in (matrix, inverse))
+            return float(1 / inverse_largest), float(largest)
         except ArpackError:
             pass
-    eigenvalues = np.linalg.eigvalsh(gram)
-    return float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > 0 else np.inf
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    return float(eigenvalues[0]), float(eigenvalues[-1])
+
+
+def _uncentred_gram(gram: np.ndarray, means: np.ndarray, n: int) -> np.ndarray:
+    """``[X, 1]ᵀ[X, 1]`` from the centred features' Gram matrix ``G``, their column means ``x̄`` and row count:
+    ``[[G + N·x̄x̄ᵀ, N·x̄], [N·x̄ᵀ, N]]``."""
+    f = len(means)
+    uncentred = np.empty((f + 1, f + 1))
+    uncentred[:f, :f] = gram + n * np.outer(means, means)
+    uncentred[:f, f] = uncentred[f, :f] = n * means
+    uncentred[f, f] = n
+    return uncentred
+
+
+def _uncentred_gram_inverse(gram_inverse: np.ndarray, means: np.ndarray, n: int) -> np.ndarray:
+    """The inverse of :func:`_uncentred_gram` from ``G⁻¹``:
+    ``[[G⁻¹, −G⁻¹x̄], [−x̄ᵀG⁻¹, 1/N + x̄ᵀG⁻¹x̄]]``."""
+    f = len(means)
+    shifted = gram_inverse @ means
+    inverse = np.empty((f + 1, f + 1))
+    inverse[:f, :f] = gram_inverse
+    inverse[:f, f] = inverse[f, :f] = -shifted
+    inverse[f, f] = 1 / n + means @ shifted
+    return inverse
+
+
+def _centred_weights(gram: np.ndarray, means: np.ndarray, n: int, rcond: float) -> tuple[np.ndarray, float, bool] | None:
+    """:func:`_orthonormalizing_weights` of the centred features ``C``, when ``lstsq([X, 1], ·, rcond)`` keeps
+    exactly the constant and the directions of ``C`` these keep; None when it may cut elsewhere.
+
+    1. weights for ``C`` from its Gram matrix ``G``: ``L⁻ᵀ`` (:func:`_cholesky_weights`)
+       or, failing that, the kept eigenvectors (:func:`_eigen_weights`; None
+       when ``G`` cannot decide);
+    2. whether ``[X, 1]`` is cut there (:func:`_cut_as_centred`).
+    """
+    cholesky = _cholesky_weights(gram)
+    if cholesky is not None:
+        weights, smallest, largest = cholesky
+    else:
+        eigen = _eigen_weights(gram, rcond)
+        if eigen is None:
+            return None
+        weights, smallest, largest = eigen
+    if weights.shape[1] and not _cut_as_centred(gram, (smallest, largest), means, n, rcond,
+                                                weights if cholesky is not None else None):
+        return None
+    return weights, largest / smallest, cholesky is not None
+
+
+def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.ndarray, n: int, rcond: float,
+                    cholesky_weights: np.ndarray | None = None) -> bool:
+    """Whether ``lstsq([X, 1], ·, rcond)`` keeps the constant and the kept directions of the centred features ``C``
+    (eigenvalues of ``G`` from ``extremes[0]`` to ``extremes[1]``), and only those.
+
+    ``[X, 1] = [C, 1]·T`` with ``T = [[I, 0], [x̄ᵀ, 1]]``, and ``C ⊥ 1``:
+
+    1. the directions ``C`` drops are below ``rcond`` of ``[X, 1]`` too: each
+       gives one of ``[X, 1]`` no longer (``(a, −x̄ᵀa)``), and ``[X, 1]``'s
+       largest singular value is at least ``C``'s;
+    2. those it keeps and the constant stay above it when ``cond([C, 1]) · cond(T)``,
+       over what ``C`` keeps, is below ``1/rcond``: the singular values of
+       ``[C, 1]`` there are ``C``'s and ``√N``; those of ``T`` are 1 but for
+       a pair ``s, 1/s`` with ``s² + 1/s² = 2 + ‖x̄‖²``, so ``cond(T) = s²``;
+    3. when ``C`` keeps every direction (``cholesky_weights`` given) and the
+       bound reaches the limit, ``[X, 1]``'s condition number itself, from the
+       extreme eigenvalues of ``[X, 1]ᵀ[X, 1]`` (Lanczos, as for ``G``).
+
+    The limit is :data:`CONDITION_MARGIN` below ``1/rcond``: an era that
+    may come that close is cut on ``[X, 1]`` itself, which decides exactly.
+    """
+    limit = (1 - CONDITION_MARGIN) / rcond
+    smallest, largest = extremes
+    centred_condition = np.sqrt(max(largest, n) / min(smallest, n))
+    pair = 2 + means @ means
+    if centred_condition * (pair + np.sqrt(pair * pair - 4)) / 2 < limit:
+        return True
+    if cholesky_weights is None:
+        return False
+    smallest, largest = _positive_definite_extremes(
+        _uncentred_gram(gram, means, n), _uncentred_gram_inverse(_weights_product(cholesky_weights, True), means, n))
+    return bool(smallest > 0 and np.sqrt(largest / smallest) < limit)
 
 
 def centred_columns(features: np.ndarray) -> np.ndarray:
@@ -317,39 +446,58 @@ def _weights_product(weights: np.ndarray, cholesky: bool) -> np.ndarray:
 class FeatureSpace:
     """One era's features as scoring uses them, computed once and shared by every model.
 
-    The orthonormal basis ``Q`` of ``[X, 1]`` is kept factored:
-    ``Q = [factor·weights, 1/√N]``. Projecting on it then costs two thin GEMMs
-    through the (N, F) factor and one (F, F) product, through ``W·Wᵀ``
-    (:func:`_weights_product`); the (N, k) basis itself is never formed.
+    The orthonormal basis ``Q`` of ``[X, 1]`` that numerai-tools' least squares
+    projects on is kept factored, ``Q = factor·weights``, with the constant
+    column ``1/√N`` apart when ``factor`` is the centred features. Projecting
+    then costs two thin GEMMs through the (N, j) factor and one (j, j)
+    product, through ``W·Wᵀ`` (:func:`_weights_product`); the (N, k) basis
+    itself is never formed.
     """
 
     centred: np.ndarray  # (N, F) the features as float64, centred
-    factor: np.ndarray  # (N, j) the centred features, or a first orthonormal basis of them (second pass)
-    weights: np.ndarray  # (j, k) factor·weights is orthonormal and spans the centred features
+    factor: np.ndarray  # (N, j) the centred features or [X, 1], or a first orthonormal basis of them (second pass)
+    weights: np.ndarray  # (j, k) factor·weights is orthonormal and spans the kept directions
     coefficient_map: np.ndarray  # (j, j) weights·weightsᵀ
+    constant_apart: bool = True  # 1/√N is a column of Q besides factor·weights (factor centred)
 
     @classmethod
     def of(cls, features: np.ndarray, rcond: float = BASIS_RCOND) -> FeatureSpace:
-        """Factor the feature space of one era, rank-revealing.
+        """Factor the feature space of one era, rank-revealing as ``lstsq([X, 1], ·, rcond)`` is.
 
-        1. convert the features to float64 and centre each column;
-        2. weights orthonormalizing the centred columns, dropping constant and collinear directions
-           (their Gram matrix computed exactly from small integer features, see :func:`small_integer_gram`);
-        3. when the kept eigenvalues spread over more than :data:`SINGLE_PASS_SPREAD`
+        1. convert the features to float64 and centre each column: ``C``;
+        2. weights orthonormalizing ``C``, from its Gram matrix (computed exactly
+           from small integer features, see :func:`small_integer_gram`), when
+           ``[X, 1]`` is cut off where ``C`` is (:func:`_centred_weights`):
+           then ``Q = [C·W, 1/√N]``, the constant column being orthogonal to
+           every centred column, its part of a projection the column mean.
+           Numerai-shaped eras take this route (0–4 features: the bound of
+           :func:`_cut_as_centred` is 4e4 at 705 features, 5e5 at 2,376);
+        3. otherwise (features far from zero, on scales far apart, or nearly
+           collinear) the cut-off depends on the singular values of ``[X, 1]``
+           itself: weights orthonormalizing ``[X, 1]``, from its Gram matrix
+           :func:`_uncentred_gram` (:func:`_orthonormalizing_weights`);
+        4. when the kept eigenvalues spread over more than :data:`SINGLE_PASS_SPREAD`
            (the Gram route squares the condition number), form that first basis
            and orthonormalize it once more, which restores orthogonality to
            machine precision;
-        4. the map from ``factorᵀ·V`` to coefficients, ``weights·weightsᵀ``;
-        5. the constant column ``1/√N`` is orthogonal to every centred column:
-           its part of a projection is the column mean.
+        5. the map from ``factorᵀ·V`` to coefficients, ``weights·weightsᵀ``.
         """
+        features = np.asarray(features)
+        n = len(features)
+        means = features.mean(axis=0, dtype=np.float64)
         centred = centred_columns(features)
-        factor = centred
-        weights, spread, cholesky = _orthonormalizing_weights(centred, rcond, small_integer_gram(np.asarray(features)))
+        gram = small_integer_gram(features)
+        gram = centred.T @ centred if gram is None else gram
+        factor, constant_apart = centred, True
+        route = _centred_weights(gram, means, n, rcond)
+        if route is None:
+            factor, constant_apart = np.hstack([features.astype(np.float64), np.ones((n, 1))]), False
+            route = _orthonormalizing_weights(factor, rcond, _uncentred_gram(gram, means, n))
+        weights, spread, cholesky = route
         if spread > SINGLE_PASS_SPREAD:
-            factor = centred @ weights
+            factor = factor @ weights
             weights, _, cholesky = _orthonormalizing_weights(factor, rcond)
-        return cls(centred, factor, weights, _weights_product(weights, cholesky))
+        return cls(centred, factor, weights, _weights_product(weights, cholesky), constant_apart)
 
     def project(self, values: np.ndarray) -> np.ndarray:
         """``QQᵀ·values``: each column's (or the vector's) least-squares fit on ``[X, 1]``.
@@ -359,13 +507,23 @@ class FeatureSpace:
         """
         coefficients = self.coefficient_map @ (self.factor.T @ values)
         fitted = (coefficients.T @ self.factor.T).T
-        fitted += values.mean(axis=0)
+        if self.constant_apart:
+            fitted += values.mean(axis=0)
         return fitted
+
+    def project_constant(self) -> np.ndarray:
+        """``QQᵀ·1``: the ones themselves when ``1/√N`` is a column of ``Q``, as it is unless ``[X, 1]``'s cut-off
+        drops the direction of the constant (a feature some 1e6 times the others' scale)."""
+        ones = np.ones(self.factor.shape[0])
+        return ones if self.constant_apart else self.project(ones)
 
     def basis(self) -> np.ndarray:
         """``Q`` itself, (N, k): orthonormal, spanning ``[X, 1]`` (for checks; scoring never forms it)."""
+        basis = self.factor @ self.weights
+        if not self.constant_apart:
+            return basis
         n = self.factor.shape[0]
-        return np.hstack([self.factor @ self.weights, np.full((n, 1), 1.0 / np.sqrt(n))])
+        return np.hstack([basis, np.full((n, 1), 1.0 / np.sqrt(n))])
 
 
 def feature_basis(features: np.ndarray, rcond: float = BASIS_RCOND) -> np.ndarray:
@@ -512,10 +670,10 @@ def meta_portfolio_contribution(
 
     1. centre the target: ``t``;
     2. normalize the stakes to sum to 1: ``s``;
-    3. weights ``W = (S − QQᵀS)/N`` with ``S`` the rank-gaussian-power-1.5 predictions
-       (they have zero column means, since ``1/√N`` is a column of ``Q``);
-    4. portfolio ``v = W s``;
-    5. residualize ``W`` against ``v``: ``R = W − v (vᵀW)/(vᵀv)``;
+    3. weights ``W = (S − QQᵀS)/N`` with ``S`` the rank-gaussian-power-1.5 predictions,
+       centred: ``W_c`` (already centred when ``1/√N`` is a column of ``Q``);
+    4. portfolio ``v = W_c s``;
+    5. residualize ``W_c`` against ``v``: ``R = W_c − v (vᵀW_c)/(vᵀv)``;
     6. gradient ``Rᵀt / ‖v‖``, divided by 50.
 
     When the portfolio lies in the feature space, ``v`` is nothing but rounding
@@ -523,9 +681,11 @@ def meta_portfolio_contribution(
     and the reference's gradient is noise that changes with the basis: every
     model's TC is NaN.
 
-    Step 5–6 reduce to one matrix–vector product: with ``t_r = t − QQᵀt``,
-    ``Rᵀt = Sᵀ(t_r − v (vᵀt_r)/(vᵀv)) / N``. ``S`` is formed ``block`` columns
-    at a time, twice: to sum ``S s``, then for ``Sᵀ(…)``.
+    Step 5–6 reduce to one matrix–vector product. As ``t`` and ``v`` are
+    centred, ``Rᵀt = Sᵀ(I − QQᵀ)(t − βv) / N`` with ``β = vᵀt/vᵀv``; and with
+    ``r = (S − QQᵀS)s/N`` and ``v = r − r̄``, ``(I − QQᵀ)v = v + r̄·QQᵀ1``, so
+    ``Rᵀt = Sᵀ(t_r − β(v + r̄·QQᵀ1)) / N`` with ``t_r = t − QQᵀt``. ``S`` is
+    formed ``block`` columns at a time, twice: to sum ``S s``, then for ``Sᵀ(…)``.
     """
     s = _normalized_stakes(stakes)
     t = _centred_target(target)
@@ -533,11 +693,13 @@ def meta_portfolio_contribution(
     portfolio = np.zeros(n)
     for columns, part in in_model_blocks(ranks, block):
         portfolio += part.gaussian_pow15() @ s[columns]
-    v = (portfolio - space.project(portfolio)) / n
+    residual = (portfolio - space.project(portfolio)) / n
+    centring = residual.mean()
+    v = residual - centring
     if not np.linalg.norm(v) > RESIDUAL_RTOL * np.linalg.norm(portfolio) / n:
         return np.full(ranks.doubled.shape[1], np.nan)
     t_residual = t - space.project(t)
-    z = t_residual - v * (v @ t_residual) / (v @ v)
+    z = t_residual - (v @ t) / (v @ v) * (v + centring * space.project_constant())
     scale = n * np.sqrt(v @ v) * TC_SCALE
     return np.concatenate([(z @ part.gaussian_pow15()) / scale for _, part in in_model_blocks(ranks, block)])
 

@@ -19,8 +19,11 @@ from numerai_dask.scoring import (
     Ranks,
     average_ranks_doubled,
     feature_basis,
+    _eigen_weights,
     _orthonormalizing_weights,
-    _positive_definite_spread,
+    _singular_weights,
+    _uncentred_gram,
+    _positive_definite_extremes,
     neutralize,
     score_era,
     small_integer_gram,
@@ -85,8 +88,8 @@ def test_many_features_constant_or_duplicated_or_not(seed):
 
 
 @pytest.mark.parametrize("size", [LANCZOS_MIN_SIZE, 300])
-def test_the_spread_of_a_positive_definite_matrix_is_its_extreme_eigenvalues_ratio(size):
-    """Lanczos (past LANCZOS_MIN_SIZE) or every eigenvalue: the same ratio, to 1e-6, well or ill conditioned."""
+def test_the_extreme_eigenvalues_of_a_positive_definite_matrix(size):
+    """Lanczos (past LANCZOS_MIN_SIZE) or every eigenvalue: the same two, to 1e-6, well or ill conditioned."""
     from scipy.linalg.lapack import dtrtri
 
     rng = np.random.default_rng(size)
@@ -97,7 +100,8 @@ def test_the_spread_of_a_positive_definite_matrix_is_its_extreme_eigenvalues_rat
         gram = (gram + gram.T) / 2
         inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
         assert not failed
-        assert _positive_definite_spread(gram, inverse) == pytest.approx(values.max() / values.min(), rel=1e-6)
+        inverse = inverse.T @ inverse
+        assert _positive_definite_extremes(gram, inverse) == pytest.approx((values.min(), values.max()), rel=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -161,6 +165,68 @@ def test_near_collinear_features_keep_an_orthonormal_basis_and_parity(noise, n_f
     np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
     mine = score_era(predictions, target, features, stakes, benchmark)
     assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+def _ill_conditioned(name: str, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    features = base.astype(np.float64)
+    if name.startswith("offset"):
+        return features + float(name.split()[1])
+    if name == "one feature 1e6 times the others":
+        features[:, -1] *= 1e6
+        return features
+    if name == "near-collinear by 1e-5":
+        return np.column_stack([features, features[:, 0] + features[:, 1] + 1e-5 * rng.normal(size=len(base))])
+    assert name == "gaussian around 5e4, one duplicated"
+    features = rng.normal(size=base.shape) * 1e3 + 5e4
+    features[:, 1] = features[:, 2]
+    return features
+
+
+@pytest.mark.parametrize(("name", "n_features", "constant_apart"), [
+    ("offset 100", 30, True),  # [X, 1] below the cut-off: every direction kept (bound, then Lanczos past 64)
+    ("offset 100", 80, True),
+    ("offset 1000", 80, False),  # cut off from the Gram matrix of [X, 1]
+    ("offset 300", 30, False),  # singular values near the cut-off: the SVD decides
+    ("one feature 1e6 times the others", 30, False),  # the cut-off drops the constant's direction
+    ("near-collinear by 1e-5", 30, False),
+    ("gaussian around 5e4, one duplicated", 30, False),
+])
+def test_ill_conditioned_features_are_cut_off_as_numerai_tools_cuts_x_and_ones(name, n_features, constant_apart):
+    """numerai-tools' neutralize keeps the directions of the uncentred ``[X, 1]`` whose singular value is at least
+    1e-6 of its largest. Features far from zero, a feature on a scale far from the others', or nearly collinear
+    features make that cut-off drop directions the centred features keep (FNC differed by up to 0.03, TC too, when
+    the cut-off was taken on the centred features); every metric must follow numerai-tools'."""
+    rng = np.random.default_rng(n_features)
+    predictions, target, base, stakes, benchmark = random_era(rng, 601, 5, n_features, tied_models=2)
+    features = _ill_conditioned(name, base, rng)
+    space = FeatureSpace.of(features)
+    assert space.constant_apart == constant_apart
+    basis = space.basis()
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    if constant_apart:
+        assert np.array_equal(space.project_constant(), np.ones(601))
+    if name.startswith("one feature"):  # the constant's direction is mostly cut off
+        assert np.abs(space.project_constant() - 1).max() > 0.1
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+def test_an_eigenvalue_near_the_cut_off_is_left_to_the_svd():
+    """Features at 300–304: one singular value of ``[X, 1]`` lies within CUTOFF_MARGIN of 1e-6 of the largest, where
+    the Gram matrix's rounding could put it either side; the weights are then the SVD's, cut as lstsq cuts."""
+    rng = np.random.default_rng(30)
+    features = rng.integers(0, 5, size=(601, 30)) + 300.0
+    uncentred = np.hstack([features, np.ones((601, 1))])
+    means = features.mean(axis=0)
+    centred = features - means
+    gram = _uncentred_gram(centred.T @ centred, means, 601)
+    np.testing.assert_allclose(gram, uncentred.T @ uncentred, rtol=1e-12)
+    assert _eigen_weights(gram, BASIS_RCOND) is None
+    weights, _, cholesky = _orthonormalizing_weights(uncentred, BASIS_RCOND, gram)
+    assert not cholesky
+    np.testing.assert_array_equal(weights, _singular_weights(uncentred, BASIS_RCOND)[0])
+    singular = np.linalg.svd(uncentred, compute_uv=False)
+    assert weights.shape[1] == np.sum(singular > BASIS_RCOND * singular[0]) < 31
 
 
 def test_compact_ranks_score_exactly_as_the_predictions_they_come_from():
