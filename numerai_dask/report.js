@@ -124,6 +124,10 @@
         th.addEventListener("click", () => this.sortBy(key));
       }
       const body = html("tbody");
+      if (!rows.length && this.query) {
+        body.appendChild(html("tr")).appendChild(
+          html("td", {class: "note", colspan: this.visible.length}, `nothing matches “${this.query}”`));
+      }
       for (const r of rows.slice(this.page * PAGE, (this.page + 1) * PAGE)) {
         const tr = body.appendChild(html("tr"));
         for (const key of this.visible) {
@@ -217,13 +221,19 @@
 
   // ---------------------------------------------------------------- charts
 
+  // Ticks at a round step over [low, high], as the text to write at each: every one with the decimals the step needs.
   function niceTicks(low, high, count = 5) {
     if (!(high > low)) { high = low + 1; }
     const raw = (high - low) / count;
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw);
+    let decimals = 0;
+    while (decimals < 12 && Math.abs(step * 10 ** decimals - Math.round(step * 10 ** decimals)) > 1e-6) decimals++;
     const ticks = [];
-    for (let t = Math.ceil(low / step) * step; t <= high + step * 1e-9; t += step) ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+    for (let t = Math.ceil(low / step) * step; t <= high + step * 1e-9; t += step) {
+      const value = Math.abs(t) < step * 1e-9 ? 0 : t;
+      ticks.push({value, text: value.toFixed(decimals)});
+    }
     return ticks;
   }
 
@@ -246,9 +256,9 @@
     const at = (position) => Math.max(0, Math.min(count - 1, bands ? Math.floor((position - M.left) / inner * count)
       : Math.round((position - M.left) / inner * (count - 1))));
     const y = (v) => H - M.bottom - (v - low) / (high - low) * (H - M.top - M.bottom);
-    for (const t of niceTicks(low, high)) {
-      svg("line", {x1: M.left, x2: W - M.right, y1: y(t), y2: y(t), class: t === 0 ? "zero" : "grid-line"}, root);
-      svg("text", {x: M.left - 6, y: y(t) + 4, "text-anchor": "end"}, root).textContent = fmt(t, Math.abs(t) < 0.1 && t !== 0 ? 3 : 2);
+    for (const {value, text} of niceTicks(low, high)) {
+      svg("line", {x1: M.left, x2: W - M.right, y1: y(value), y2: y(value), class: value === 0 ? "zero" : "grid-line"}, root);
+      svg("text", {x: M.left - 6, y: y(value) + 4, "text-anchor": "end", class: "tick"}, root).textContent = text;
     }
     const every = Math.max(1, Math.ceil(count / 7));
     for (let i = 0; i < count; i += every) {
@@ -433,7 +443,7 @@
         svg("title", {}, cell).textContent = `${model} × ${matrix.models[j]}: ${fmt(v, 3)}`;
         if (size >= 24 && Number.isFinite(v)) {
           const text = svg("text", {x: label + j * size + size / 2 - 0.5, y: label + i * size + size / 2 + 3, "text-anchor": "middle", class: "cell-value"}, root);
-          text.textContent = v.toFixed(2).replace(/^0/, "").replace(/^-0/, "-");
+          text.textContent = (Math.round(v * 100) / 100 || 0).toFixed(2).replace(/^0/, "").replace(/^-0/, "-");
           if (Math.abs(v) < 0.5) text.style.fill = "#e7eaf0";
         }
       });
@@ -450,9 +460,9 @@
     const [low, high] = extent(values);
     const root = svg("svg", {viewBox: `0 0 ${W} ${H + 30}`, role: "img", "aria-label": "corr per target"});
     const y = (v) => H - M.bottom - (v - low) / (high - low) * (H - M.top - M.bottom);
-    for (const t of niceTicks(low, high)) {
-      svg("line", {x1: M.left, x2: W - M.right, y1: y(t), y2: y(t), class: t === 0 ? "zero" : "grid-line"}, root);
-      svg("text", {x: M.left - 6, y: y(t) + 4, "text-anchor": "end"}, root).textContent = fmt(t, 3);
+    for (const {value, text} of niceTicks(low, high)) {
+      svg("line", {x1: M.left, x2: W - M.right, y1: y(value), y2: y(value), class: value === 0 ? "zero" : "grid-line"}, root);
+      svg("text", {x: M.left - 6, y: y(value) + 4, "text-anchor": "end", class: "tick"}, root).textContent = text;
     }
     const group = (W - M.left - M.right) / models.length, bar = group * 0.8 / targets.length;
     models.forEach((model, i) => {

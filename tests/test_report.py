@@ -350,6 +350,38 @@ def test_report_in_chromium_sorts_filters_pages_and_draws(published: Published, 
     page.close()
 
 
+def test_report_in_chromium_writes_numbers_as_they_round(published: Published, browser, tmp_path: Path) -> None:
+    """A matrix cell rounds before its sign is written (−0.001 is ".00", not "-.00"); each chart's tick labels share
+    the decimals of its step (zero was "0" beside "0.050" and "0.10"); a filter that matches nothing says so."""
+    start = "<script type='application/json' id='report-data'>"
+    head, rest = published.report.read_text(encoding="utf-8").split(start)
+    embedded, tail = rest.split("</script>", 1)
+    data = json.loads(embedded)
+    n = len(data["correlation"]["models"])
+    near_zero = [-0.001, 0.004, -0.006, -0.0049, 0.5]
+    data["correlation"]["values"] = [[1.0 if i == j else near_zero[(i + j) % 5] for j in range(n)] for i in range(n)]
+    page_file = tmp_path / "report.html"
+    page_file.write_text(head + start + script_json(data) + "</script>" + tail, encoding="utf-8")
+    seen = visit(browser, page_file.as_uri())
+    page = seen.page
+
+    written = {"-0.001": ".00", "0.004": ".00", "-0.006": "-.01", "-0.0049": ".00", "0.5": ".50", "1.0": "1.00"}
+    cells = page.eval_on_selector_all("#correlation text.cell-value", "texts => texts.map(t => t.textContent)")
+    expected = [written[str(1.0 if i == j else near_zero[(i + j) % 5])] for i in range(n) for j in range(n)]
+    assert cells == expected
+
+    for chart in ("cumulative", "per-era", "spread", "meta", "targets"):
+        ticks = page.eval_on_selector_all(f"#{chart} svg > text.tick", "ts => ts.map(t => t.textContent)")
+        decimals = {len(t.partition(".")[2]) for t in ticks}
+        assert len(ticks) >= 3 and len(decimals) == 1, (chart, ticks)
+
+    page.fill("#filter", "no such model")
+    assert page.inner_text("#leaderboard tbody") == "nothing matches “no such model”"
+    assert "rows 0–0 of 0" in page.inner_text("#pager")
+    assert seen.errors == []
+    page.close()
+
+
 def test_report_served_from_s3_over_http(job: JobResult, browser, s3_server, s3_bucket: str) -> None:
     """Published to moto's S3 as publish_run writes it (stored as text/html), then opened over HTTP."""
     out = Storage(f"{s3_bucket}/leaderboard", s3_server.storage_options)
