@@ -251,6 +251,16 @@ def models_note(models: dict, scored: int) -> str:
             f"{counted(len(waiting), 'predicts', 'predict')} only unresolved or skipped eras: {names}")
 
 
+def top_model_note(board: pd.DataFrame) -> str:
+    """The top model's payout and corr means, and how many models share its payout rank (the card names the first)."""
+    if not len(board):
+        return ""
+    top = board.iloc[0]
+    tied = int((board["payout_rank"] == top["payout_rank"]).sum()) - 1 if pd.notna(top["payout_rank"]) else 0
+    note = f"payout {_format(top['payout_mean'])} · corr {_format(top['corr_mean'])}"
+    return note + (f" · tied with {counted(tied, 'other')}" if tied else "")
+
+
 def render_html(result: JobResult, run_id: str) -> str:
     """The page a person opens: summary cards, the leaderboard, charts, rejections, skipped eras, parameters."""
     manifest = result.manifest
@@ -268,8 +278,7 @@ def render_html(result: JobResult, run_id: str) -> str:
         card("eras scored", f"{len(data['eras']):,}", f"{len(result.skipped_eras)} skipped · "
              f"{len(manifest.get('eras', {}).get('unresolved', [])):,} unresolved"),
         card("rejections", f"{len(result.rejections):,}", "see below" if len(result.rejections) else "none"),
-        card("top model", str(top["model"]) if top is not None else "–",
-             f"payout {_format(top['payout_mean'])} · corr {_format(top['corr_mean'])}" if top is not None else ""),
+        card("top model", str(top["model"]) if top is not None else "–", top_model_note(board)),
     ])
     metric_select = "<select id='metric' aria-label='metric'></select>"
     parts = [

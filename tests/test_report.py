@@ -172,6 +172,22 @@ def test_skipped_eras_are_listed_in_era_order_and_cells_round_as_the_csv_does() 
     assert plain(0.09225001) == 0.09225001 and f"{plain(0.09225001):.4f}" == "0.0923"
 
 
+def test_the_top_model_card_says_when_others_share_its_payout_rank() -> None:
+    """Copies of one file score alike and share payout rank 1: the card named one of them as if alone."""
+    rng = np.random.default_rng(4)
+    scores = {m: rng.normal(0, 0.03, 2) for m in ("corr", "fnc", "mmc", "bmc", "tc", "cwmm", "fe_max", "fe_rms")}
+    per_era = pd.DataFrame({"era": ["1", "2"] * 3, "model": np.repeat(["copy_a", "copy_b", "other"], 2),
+                            **{m: np.tile(v, 3) + np.repeat([0, 0, -0.01], 2) for m, v in scores.items()}})
+    result = JobResult(per_era, build_leaderboard(per_era), pd.DataFrame(columns=["model", "file", "era", "reason"]),
+                       {}, {"root": "r", "eras": {"scored": ["1", "2"]}})
+    page = render_html(result, "run")
+    card = page[page.index(">top model<"):]
+    assert card.index("copy_a") < card.index("tied with 1 other<") < card.index("</div></div>")
+    alone = per_era[per_era["model"] != "copy_b"]
+    page = render_html(JobResult(alone, build_leaderboard(alone), result.rejections, {}, result.manifest), "run")
+    assert "tied with" not in page
+
+
 def test_a_report_of_5000_models_stays_small() -> None:
     models, eras = 5000, 80
     rng = np.random.default_rng(0)
