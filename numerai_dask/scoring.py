@@ -346,27 +346,42 @@ def _uncentred_gram_inverse(gram_inverse: np.ndarray, means: np.ndarray, n: int)
     return inverse
 
 
-def _centred_weights(gram: np.ndarray, means: np.ndarray, n: int, rcond: float) -> tuple[np.ndarray, float, bool] | None:
+def _centred_weights(features: np.ndarray, gram: np.ndarray, means: np.ndarray,
+                     rcond: float) -> tuple[np.ndarray, float, bool] | None:
     """:func:`_orthonormalizing_weights` of the centred features ``C``, when ``lstsq([X, 1], ·, rcond)`` keeps
     exactly the constant and the directions of ``C`` these keep; None when it may cut elsewhere.
 
     1. weights for ``C`` from its Gram matrix ``G``: ``L⁻ᵀ`` (:func:`_cholesky_weights`)
        or, failing that, the kept eigenvectors (:func:`_eigen_weights`; None
        when ``G`` cannot decide);
-    2. whether ``[X, 1]`` is cut there (:func:`_cut_as_centred`).
+    2. directions dropped must be exactly null, one for each constant or
+       repeated column (:func:`_redundant_columns`): a direction merely
+       tiny is cut from ``[X, 1]`` too, but along a different vector when
+       ``[X, 1]`` has a small singular value near it;
+    3. whether ``[X, 1]`` is cut there (:func:`_cut_as_centred`).
     """
+    if not len(gram):
+        return np.zeros((0, 0)), 1.0, False
     cholesky = _cholesky_weights(gram)
     if cholesky is not None:
         weights, smallest, largest = cholesky
     else:
         eigen = _eigen_weights(gram, rcond)
-        if eigen is None:
+        if eigen is None or len(gram) - eigen[0].shape[1] != _redundant_columns(features):
             return None
         weights, smallest, largest = eigen
-    if weights.shape[1] and not _cut_as_centred(gram, (smallest, largest), means, n, rcond,
+    if weights.shape[1] and not _cut_as_centred(gram, (smallest, largest), means, len(features), rcond,
                                                 weights if cholesky is not None else None):
         return None
     return weights, largest / smallest, cholesky is not None
+
+
+def _redundant_columns(features: np.ndarray) -> int:
+    """How many feature columns add nothing to ``[X, 1]`` by their values alone: constant columns, and repeats
+    of another column (bit for bit)."""
+    constant = (features == features[:1]).all(axis=0)
+    distinct = {column.tobytes() for column in np.ascontiguousarray(features[:, ~constant].T)}
+    return features.shape[1] - len(distinct)
 
 
 def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.ndarray, n: int, rcond: float,
@@ -489,7 +504,7 @@ class FeatureSpace:
         gram = small_integer_gram(features)
         gram = centred.T @ centred if gram is None else gram
         factor, constant_apart = centred, True
-        route = _centred_weights(gram, means, n, rcond)
+        route = _centred_weights(features, gram, means, rcond)
         if route is None:
             factor, constant_apart = np.hstack([features.astype(np.float64), np.ones((n, 1))]), False
             route = _orthonormalizing_weights(factor, rcond, _uncentred_gram(gram, means, n))

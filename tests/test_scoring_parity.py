@@ -211,6 +211,38 @@ def test_ill_conditioned_features_are_cut_off_as_numerai_tools_cuts_x_and_ones(n
     assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
 
 
+def test_a_direction_the_centred_features_drop_as_tiny_is_cut_from_x_and_ones_as_lstsq_cuts_it():
+    """A feature equal to another plus a constant and noise 3e-8 of the largest singular value: the centred features
+    drop that direction as null, while ``[X, 1]``, with a small singular value near it (a nearly collinear pair far
+    from zero), cuts along another vector; TC differed by 5e-9 (a helper's find). Only the directions of constant
+    or repeated columns are dropped on the centred route now."""
+    rng = np.random.default_rng(912739854)
+    base = rng.integers(0, 5, size=(300, 3)).astype(np.float64)
+    base[:, 1] = base[:, 0] + 0.00678 * rng.normal(size=300)
+    features = base + 4.92
+    largest = np.linalg.svd(features - features.mean(axis=0), compute_uv=False)[0]
+    noise = rng.normal(size=300)
+    noise = (noise - noise.mean()) / np.linalg.norm(noise - noise.mean())
+    features = np.column_stack([features, features[:, 0] + 9.068 + 2.99e-8 * largest * noise])
+    predictions, target, _, stakes, benchmark = random_era(rng, 300, 4, 1, tied_models=1)
+    assert not FeatureSpace.of(features).constant_apart
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    assert_parity(mine, oracle(predictions, target, features, stakes, benchmark))
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")  # the oracle's exposures
+def test_an_era_without_features_is_neutralized_against_the_constant_alone():
+    rng = np.random.default_rng(5)
+    predictions, target, features, stakes, benchmark = random_era(rng, 301, 4, 3, tied_models=1)
+    features = features[:, :0]
+    space = FeatureSpace.of(features)
+    assert space.constant_apart and space.weights.shape == (0, 0)
+    mine = score_era(predictions, target, features, stakes, benchmark)
+    theirs = oracle(predictions, target, features, stakes, benchmark)
+    assert np.isnan(mine.pop("fe_max")).all() and np.isnan(mine.pop("fe_rms")).all()
+    assert_parity(mine, {name: values for name, values in theirs.items() if not name.startswith("fe_")})
+
+
 def test_an_eigenvalue_near_the_cut_off_is_left_to_the_svd():
     """Features at 300–304: one singular value of ``[X, 1]`` lies within CUTOFF_MARGIN of 1e-6 of the largest, where
     the Gram matrix's rounding could put it either side; the weights are then the SVD's, cut as lstsq cuts."""
