@@ -411,7 +411,7 @@ def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.n
     pair = 2 + means @ means
     if centred_condition * (pair + np.sqrt(pair * pair - 4)) / 2 < limit:
         return True
-    if cholesky_weights is None:
+    if cholesky_weights is None or not np.isfinite(pair * pair):
         return False
     smallest, largest = _positive_definite_extremes(
         _uncentred_gram(gram, means, n), _uncentred_gram_inverse(_weights_product(cholesky_weights, True), means, n))
@@ -490,7 +490,8 @@ class FeatureSpace:
         3. otherwise (features far from zero, on scales far apart, or nearly
            collinear) the cut-off depends on the singular values of ``[X, 1]``
            itself: weights orthonormalizing ``[X, 1]``, from its Gram matrix
-           :func:`_uncentred_gram` (:func:`_orthonormalizing_weights`);
+           :func:`_uncentred_gram` (:func:`_orthonormalizing_weights`), or
+           from its SVD when that matrix overflows (values past 1e154);
         4. when the kept eigenvalues spread over more than :data:`SINGLE_PASS_SPREAD`
            (the Gram route squares the condition number), form that first basis
            and orthonormalize it once more, which restores orthogonality to
@@ -504,10 +505,12 @@ class FeatureSpace:
         gram = small_integer_gram(features)
         gram = centred.T @ centred if gram is None else gram
         factor, constant_apart = centred, True
-        route = _centred_weights(features, gram, means, rcond)
+        route = _centred_weights(features, gram, means, rcond) if np.isfinite(gram).all() else None
         if route is None:
             factor, constant_apart = np.hstack([features.astype(np.float64), np.ones((n, 1))]), False
-            route = _orthonormalizing_weights(factor, rcond, _uncentred_gram(gram, means, n))
+            uncentred_gram = _uncentred_gram(gram, means, n)
+            route = (_orthonormalizing_weights(factor, rcond, uncentred_gram) if np.isfinite(uncentred_gram).all()
+                     else _singular_weights(factor, rcond))
         weights, spread, cholesky = route
         if spread > SINGLE_PASS_SPREAD:
             factor = factor @ weights

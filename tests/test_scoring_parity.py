@@ -243,6 +243,23 @@ def test_an_era_without_features_is_neutralized_against_the_constant_alone():
     assert_parity(mine, {name: values for name, values in theirs.items() if not name.startswith("fe_")})
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_features_past_1e154_overflow_the_gram_matrix_and_take_the_svd():
+    """Squares of such values overflow: the Gram matrices were infinite and score_era raised IndexError or
+    LinAlgError (a helper's find); the SVD of ``[X, 1]`` needs no squares. FNC follows numerai-tools; TC and the
+    exposures are left to their rounding at such magnitudes (the exposures square the features too)."""
+    rng = np.random.default_rng(11)
+    predictions, target, _, stakes, benchmark = random_era(rng, 50, 4, 1, tied_models=1)
+    for features in (rng.normal(size=(50, 3)) * 1e150 + 1e160,
+                     np.column_stack([rng.normal(size=50) * 1e160, rng.normal(size=50)])):
+        assert not FeatureSpace.of(features).constant_apart
+        mine = score_era(predictions, target, features, stakes, benchmark)
+        theirs = oracle(predictions, target, features, stakes, benchmark)
+        for name in ("corr", "fnc", "mmc", "bmc", "cwmm"):
+            np.testing.assert_allclose(mine[name], theirs[name], rtol=0, atol=TOLERANCE, err_msg=name)
+        assert np.isfinite(mine["tc"]).all()
+
+
 def test_an_eigenvalue_near_the_cut_off_is_left_to_the_svd():
     """Features at 300–304: one singular value of ``[X, 1]`` lies within CUTOFF_MARGIN of 1e-6 of the largest, where
     the Gram matrix's rounding could put it either side; the weights are then the SVD's, cut as lstsq cuts."""
