@@ -253,6 +253,29 @@ def test_spec_mistakes_are_errors_naming_the_file(tmp_path: Path, text: str, com
     assert spec in str(raised.value) and complaint in str(raised.value)
 
 
+def _thread_cores(dask_worker) -> tuple[Any, set[tuple[int, ...]]]:
+    """A worker's number and the core sets its threads may run on."""
+    return dask_worker.name, {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(clusters.usable_cores()) < 2,
+                    reason="needs two cores and core affinity")
+def test_local_workers_that_fill_the_cores_each_run_on_their_own() -> None:
+    """Held to two cores: two workers pin every thread to one core each, by worker number; one worker is left free."""
+    allowed = clusters.usable_cores()
+    two = allowed[:2]
+    clusters.pin_to_cores(set(two))  # every thread of this process, so the processes it starts inherit it
+    try:
+        with clusters.connect(clusters.ClusterSpec("local", {"workers": 2}), log=lambda _: None) as client:
+            pinned = sorted(client.run(_thread_cores).values())
+        with clusters.connect(clusters.ClusterSpec("local", {"workers": 1}), log=lambda _: None) as client:
+            free = list(client.run(_thread_cores).values())
+    finally:
+        clusters.pin_to_cores(set(allowed))
+    assert pinned == [(0, {(two[0],)}), (1, {(two[1],)})]
+    assert free == [(0, {tuple(two)})]
+
+
 def test_local_workers_ignore_ctrl_c_and_keep_the_preloads_dask_config_names(tmp_path: Path, monkeypatch) -> None:
     """The project's preload (workers leave Ctrl-C to the command) is added to the config's, not put in their place,
     with each preload's own arguments."""
