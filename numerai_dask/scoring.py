@@ -4,7 +4,8 @@ The kernel interface (see DESIGN.md) is :func:`score_era`. Every metric is
 computed on whole matrices: predictions are ``(N, M)`` with one column per
 model, the rows being one era's ids with a resolved target, sorted by id.
 Each era pays for one sort per model column (two with FNC), one factorization
-of its features' Gram matrix shared by every model, and a handful of GEMMs.
+of its features' Gram matrix shared by every model (two, or an SVD, for
+features whose ``[X, 1]`` is ill-conditioned), and a handful of GEMMs.
 
 Building blocks are small pure functions whose docstrings list their steps in
 the order numerai-tools performs them, so each can be checked line by line
@@ -223,9 +224,8 @@ def _orthonormalizing_weights(a: np.ndarray, rcond: float, gram: np.ndarray | No
         return np.zeros((0, 0)), 1.0, False
     gram = a.T @ a if gram is None else gram
     cholesky = _cholesky_weights(gram)
-    if cholesky is not None:
-        weights, smallest, largest = cholesky
-        return weights, largest / smallest, True
+    if cholesky is not None and cholesky[2] <= SINGLE_PASS_SPREAD * cholesky[1]:
+        return cholesky[0], cholesky[2] / cholesky[1], True
     eigen = _eigen_weights(gram, rcond)
     if eigen is None:
         return _singular_weights(a, rcond)
@@ -278,7 +278,8 @@ def _singular_weights(a: np.ndarray, rcond: float) -> tuple[np.ndarray, float, b
 
 def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """``L⁻ᵀ`` and the smallest and largest eigenvalues of ``G = LLᵀ``, or None when ``G`` has no Cholesky
-    factor or its eigenvalues spread past :data:`SINGLE_PASS_SPREAD`.
+    factor. ``L⁻ᵀ`` orthonormalizes as accurately as eigenvectors only while those eigenvalues spread at most
+    :data:`SINGLE_PASS_SPREAD`; the callers check.
 
     1. the Cholesky factor ``L`` (none: ``G`` is not numerically positive definite);
     2. its inverse ``L⁻¹`` (LAPACK ``dtrtri``);
@@ -291,12 +292,16 @@ def _cholesky_weights(gram: np.ndarray) -> tuple[np.ndarray, float, float] | Non
     inverse, failed = dtrtri(lower, lower=1)
     if failed:
         return None
-    n = len(gram)
-    smallest, largest = _positive_definite_extremes(
-        gram, LinearOperator((n, n), matvec=lambda v: inverse.T @ (inverse @ v), dtype=np.float64))
-    if not (smallest > 0 and largest <= SINGLE_PASS_SPREAD * smallest):  # also NaN
+    smallest, largest = _positive_definite_extremes(gram, _inverse_operator(inverse))
+    if not smallest > 0:  # also NaN
         return None
     return inverse.T, smallest, largest
+
+
+def _inverse_operator(lower_inverse: np.ndarray) -> LinearOperator:
+    """``G⁻¹ = L⁻ᵀL⁻¹`` as an operator, from ``L⁻¹``: two triangular products a vector, no (F, F) matrix formed."""
+    n = len(lower_inverse)
+    return LinearOperator((n, n), matvec=lambda v: lower_inverse.T @ (lower_inverse @ v), dtype=np.float64)
 
 
 def _positive_definite_extremes(matrix: np.ndarray, inverse: np.ndarray | LinearOperator) -> tuple[float, float]:
@@ -334,16 +339,18 @@ def _uncentred_gram(gram: np.ndarray, means: np.ndarray, n: int) -> np.ndarray:
     return uncentred
 
 
-def _uncentred_gram_inverse(gram_inverse: np.ndarray, means: np.ndarray, n: int) -> np.ndarray:
-    """The inverse of :func:`_uncentred_gram` from ``G⁻¹``:
+def _uncentred_gram_inverse(gram_inverse: LinearOperator, means: np.ndarray, n: int) -> LinearOperator:
+    """The inverse of :func:`_uncentred_gram` as an operator, from ``G⁻¹``'s:
     ``[[G⁻¹, −G⁻¹x̄], [−x̄ᵀG⁻¹, 1/N + x̄ᵀG⁻¹x̄]]``."""
+    shifted = gram_inverse.matvec(means)
+    corner = 1 / n + means @ shifted
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        a, b = v[:-1], v[-1]
+        return np.append(gram_inverse.matvec(a) - shifted * b, corner * b - shifted @ a)
+
     f = len(means)
-    shifted = gram_inverse @ means
-    inverse = np.empty((f + 1, f + 1))
-    inverse[:f, :f] = gram_inverse
-    inverse[:f, f] = inverse[f, :f] = -shifted
-    inverse[f, f] = 1 / n + means @ shifted
-    return inverse
+    return LinearOperator((f + 1, f + 1), matvec=apply, dtype=np.float64)
 
 
 def _centred_weights(features: np.ndarray, gram: np.ndarray, means: np.ndarray,
@@ -351,29 +358,35 @@ def _centred_weights(features: np.ndarray, gram: np.ndarray, means: np.ndarray,
     """:func:`_orthonormalizing_weights` of the centred features ``C``, when ``lstsq([X, 1], ·, rcond)`` keeps
     exactly the constant and the directions of ``C`` these keep; None when it may cut elsewhere.
 
-    1. weights for ``C`` from its Gram matrix ``G``: ``L⁻ᵀ`` (:func:`_cholesky_weights`)
-       or, failing that, the kept eigenvectors (:func:`_eigen_weights`; None
-       when ``G`` cannot decide);
-    2. directions dropped must be exactly null, one for each constant or
+    1. when ``G``, the Gram matrix of ``C``, has a Cholesky factor: whether
+       ``[X, 1]`` is cut where ``C`` is (:func:`_cut_as_centred`, which may
+       use ``G⁻¹``), before any eigenvector is computed; then ``L⁻ᵀ`` when
+       ``G``'s eigenvalues spread at most :data:`SINGLE_PASS_SPREAD`;
+    2. otherwise the kept eigenvectors (:func:`_eigen_weights`; None when
+       ``G`` cannot decide);
+    3. the directions dropped must be exactly null, one for each constant or
        repeated column (:func:`_redundant_columns`): a direction merely
        tiny is cut from ``[X, 1]`` too, but along a different vector when
        ``[X, 1]`` has a small singular value near it;
-    3. whether ``[X, 1]`` is cut there (:func:`_cut_as_centred`).
+    4. whether ``[X, 1]`` is cut there, unless step 1 said so.
     """
+    n = len(features)
     if not len(gram):
         return np.zeros((0, 0)), 1.0, False
     cholesky = _cholesky_weights(gram)
     if cholesky is not None:
         weights, smallest, largest = cholesky
-    else:
-        eigen = _eigen_weights(gram, rcond)
-        if eigen is None or len(gram) - eigen[0].shape[1] != _redundant_columns(features):
+        if not _cut_as_centred(gram, (smallest, largest), means, n, rcond, _inverse_operator(weights.T)):
             return None
-        weights, smallest, largest = eigen
-    if weights.shape[1] and not _cut_as_centred(gram, (smallest, largest), means, len(features), rcond,
-                                                weights if cholesky is not None else None):
+        if largest <= SINGLE_PASS_SPREAD * smallest:
+            return weights, largest / smallest, True
+    eigen = _eigen_weights(gram, rcond)
+    if eigen is None or len(gram) - eigen[0].shape[1] != _redundant_columns(features):
         return None
-    return weights, largest / smallest, cholesky is not None
+    weights, smallest, largest = eigen
+    if cholesky is None and weights.shape[1] and not _cut_as_centred(gram, (smallest, largest), means, n, rcond):
+        return None
+    return weights, largest / smallest, False
 
 
 def _redundant_columns(features: np.ndarray) -> int:
@@ -385,7 +398,7 @@ def _redundant_columns(features: np.ndarray) -> int:
 
 
 def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.ndarray, n: int, rcond: float,
-                    cholesky_weights: np.ndarray | None = None) -> bool:
+                    gram_inverse: LinearOperator | None = None) -> bool:
     """Whether ``lstsq([X, 1], ·, rcond)`` keeps the constant and the kept directions of the centred features ``C``
     (eigenvalues of ``G`` from ``extremes[0]`` to ``extremes[1]``), and only those.
 
@@ -398,9 +411,9 @@ def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.n
        over what ``C`` keeps, is below ``1/rcond``: the singular values of
        ``[C, 1]`` there are ``C``'s and ``√N``; those of ``T`` are 1 but for
        a pair ``s, 1/s`` with ``s² + 1/s² = 2 + ‖x̄‖²``, so ``cond(T) = s²``;
-    3. when ``C`` keeps every direction (``cholesky_weights`` given) and the
-       bound reaches the limit, ``[X, 1]``'s condition number itself, from the
-       extreme eigenvalues of ``[X, 1]ᵀ[X, 1]`` (Lanczos, as for ``G``).
+    3. when ``C`` keeps every direction (``gram_inverse``, ``G⁻¹``, given) and
+       the bound reaches the limit, ``[X, 1]``'s condition number itself, from
+       the extreme eigenvalues of ``[X, 1]ᵀ[X, 1]`` (Lanczos, as for ``G``).
 
     The limit is :data:`CONDITION_MARGIN` below ``1/rcond``: an era that
     may come that close is cut on ``[X, 1]`` itself, which decides exactly.
@@ -411,10 +424,10 @@ def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.n
     pair = 2 + means @ means
     if centred_condition * (pair + np.sqrt(pair * pair - 4)) / 2 < limit:
         return True
-    if cholesky_weights is None or not np.isfinite(pair * pair):
+    if gram_inverse is None or not np.isfinite(pair * pair):
         return False
-    smallest, largest = _positive_definite_extremes(
-        _uncentred_gram(gram, means, n), _uncentred_gram_inverse(_weights_product(cholesky_weights, True), means, n))
+    smallest, largest = _positive_definite_extremes(_uncentred_gram(gram, means, n),
+                                                    _uncentred_gram_inverse(gram_inverse, means, n))
     return bool(smallest > 0 and np.sqrt(largest / smallest) < limit)
 
 
@@ -530,8 +543,9 @@ class FeatureSpace:
         return fitted
 
     def project_constant(self) -> np.ndarray:
-        """``QQᵀ·1``: the ones themselves when ``1/√N`` is a column of ``Q``, as it is unless ``[X, 1]``'s cut-off
-        drops the direction of the constant (a feature some 1e6 times the others' scale)."""
+        """``QQᵀ·1``: the ones themselves when ``1/√N`` is kept apart as a column of ``Q``; else computed, as
+        ``[X, 1]``'s cut-off may have dropped part of the constant's direction (all of it, nearly, when one
+        feature is some 1e6 times the others' scale)."""
         ones = np.ones(self.factor.shape[0])
         return ones if self.constant_apart else self.project(ones)
 
@@ -896,8 +910,11 @@ def score_era(
     if benchmark is not None:
         benchmark = finite_predictions(benchmark)
         check_era_inputs(Ranks.of(benchmark[:, None]), target)
+    features = np.asarray(features)
     if feature_subset is not None:
-        features = np.asarray(features)[:, feature_subset]
+        features = features[:, feature_subset]
+    if features.dtype.kind in "fc" and not np.isfinite(features).all():
+        raise DegenerateEraError("features have NaN or infinite values")
     space = FeatureSpace.of(features)
     selected = np.ones(m, dtype=bool) if per_model is None else np.asarray(per_model, dtype=bool)
     subset = ranks if selected.all() else Ranks(ranks.doubled[:, selected])

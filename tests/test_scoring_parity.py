@@ -20,6 +20,7 @@ from numerai_dask.scoring import (
     average_ranks_doubled,
     feature_basis,
     _eigen_weights,
+    _inverse_operator,
     _orthonormalizing_weights,
     _singular_weights,
     _uncentred_gram,
@@ -100,8 +101,9 @@ def test_the_extreme_eigenvalues_of_a_positive_definite_matrix(size):
         gram = (gram + gram.T) / 2
         inverse, failed = dtrtri(np.linalg.cholesky(gram), lower=1)
         assert not failed
-        inverse = inverse.T @ inverse
-        assert _positive_definite_extremes(gram, inverse) == pytest.approx((values.min(), values.max()), rel=1e-6)
+        for inverse_of_gram in (inverse.T @ inverse, _inverse_operator(inverse)):  # dense, or through L⁻¹
+            assert _positive_definite_extremes(gram, inverse_of_gram) == pytest.approx((values.min(), values.max()),
+                                                                                    rel=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -380,6 +382,10 @@ def test_non_finite_inputs_are_clear_errors():
     bad_target[3] = np.nan
     with pytest.raises(DegenerateEraError, match="target has NaN"):
         score_era(predictions, bad_target, features, stakes)
+    bad_features = features.astype(np.float64)
+    bad_features[7, 2] = np.nan  # was numpy's LinAlgError from inside the factorization
+    with pytest.raises(DegenerateEraError, match="features have NaN"):
+        score_era(predictions, target, bad_features, stakes)
     predictions[5, 0] = np.inf
     with pytest.raises(DegenerateEraError, match="predictions have NaN"):
         score_era(predictions, target, features, stakes)
