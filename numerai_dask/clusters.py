@@ -371,10 +371,18 @@ def usable_cores() -> list[int]:
 
 
 def pin_to_cores(cores: set[int]) -> None:
-    """Run every thread of this process on ``cores`` only; threads it starts later inherit that."""
-    for thread in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(thread), cores)
+    """Run every thread of this process on ``cores`` only; threads it starts later inherit that.
+
+    Threads are listed again until no new one appears: one started by a
+    thread not yet pinned inherits the old cores. Raises OSError where the
+    system lists no threads (``/proc``) or refuses the cores.
+    """
+    pinned: set[str] = set()
+    while new := set(os.listdir("/proc/self/task")) - pinned:
+        for thread in new:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(thread), cores)
+        pinned |= new
 
 
 def local_preloads() -> dict[str, list]:
@@ -538,12 +546,13 @@ def dask_setup(worker: Any) -> None:
     a worker the nanny restarts keeps its number.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threads = os.environ.get(PIN_CORES_VARIABLE)
-    if threads and isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
+    threads = os.environ.get(PIN_CORES_VARIABLE, "")
+    if threads.isdigit() and int(threads) > 0 and isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
         first = worker.name * int(threads)
         cores = usable_cores()[first:first + int(threads)]
         if len(cores) == int(threads):  # not a worker added beyond the cores
-            pin_to_cores(set(cores))
+            with contextlib.suppress(OSError):  # pinning only speeds the worker up: without it, it works
+                pin_to_cores(set(cores))
 
 
 @contextlib.contextmanager

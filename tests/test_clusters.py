@@ -255,7 +255,13 @@ def test_spec_mistakes_are_errors_naming_the_file(tmp_path: Path, text: str, com
 
 def _thread_cores(dask_worker) -> tuple[Any, set[tuple[int, ...]]]:
     """A worker's number and the core sets its threads may run on."""
-    return dask_worker.name, {tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")}
+    cores = set()
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            cores.add(tuple(sorted(os.sched_getaffinity(int(thread)))))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+    return dask_worker.name, cores
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(clusters.usable_cores()) < 2,
