@@ -82,11 +82,13 @@
       this.rows = Object.values(columns)[0] ? Object.values(columns)[0].length : 0;
       this.sort = null;
       this.query = "";
+      this.typed = "";
       this.page = 0;
       if (!this.table) return;
       if (filter) {
         document.getElementById(filter).addEventListener("input", (event) => {
-          this.query = event.target.value.trim().toLowerCase();
+          this.typed = event.target.value.trim();
+          this.query = this.typed.toLowerCase();
           this.page = 0;
           this.render();
         });
@@ -126,7 +128,7 @@
       const body = html("tbody");
       if (!rows.length && this.query) {
         body.appendChild(html("tr")).appendChild(
-          html("td", {class: "note", colspan: this.visible.length}, `nothing matches “${this.query}”`));
+          html("td", {class: "note", colspan: this.visible.length}, `nothing matches “${this.typed}”`));
       }
       for (const r of rows.slice(this.page * PAGE, (this.page + 1) * PAGE)) {
         const tr = body.appendChild(html("tr"));
@@ -443,7 +445,8 @@
         svg("title", {}, cell).textContent = `${model} × ${matrix.models[j]}: ${fmt(v, 3)}`;
         if (size >= 24 && Number.isFinite(v)) {
           const text = svg("text", {x: label + j * size + size / 2 - 0.5, y: label + i * size + size / 2 + 3, "text-anchor": "middle", class: "cell-value"}, root);
-          text.textContent = (Math.round(v * 100) / 100 || 0).toFixed(2).replace(/^0/, "").replace(/^-0/, "-");
+          const hundredths = Math.round(Math.abs(v) * 100);  // halves away from zero, whatever the sign
+          text.textContent = `${v < 0 && hundredths ? "-" : ""}${(hundredths / 100).toFixed(2).replace(/^0/, "")}`;
           if (Math.abs(v) < 0.5) text.style.fill = "#e7eaf0";
         }
       });

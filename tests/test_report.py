@@ -374,16 +374,17 @@ def test_report_in_chromium_writes_numbers_as_they_round(published: Published, b
     embedded, tail = rest.split("</script>", 1)
     data = json.loads(embedded)
     n = len(data["correlation"]["models"])
-    near_zero = [-0.001, 0.004, -0.006, -0.0049, 0.5]
-    data["correlation"]["values"] = [[1.0 if i == j else near_zero[(i + j) % 5] for j in range(n)] for i in range(n)]
+    near_zero = [-0.001, 0.004, -0.006, -0.0049, 0.5, -0.125, 0.125]
+    data["correlation"]["values"] = [[1.0 if i == j else near_zero[(i + j) % 7] for j in range(n)] for i in range(n)]
     page_file = tmp_path / "report.html"
     page_file.write_text(head + start + script_json(data) + "</script>" + tail, encoding="utf-8")
     seen = visit(browser, page_file.as_uri())
     page = seen.page
 
-    written = {"-0.001": ".00", "0.004": ".00", "-0.006": "-.01", "-0.0049": ".00", "0.5": ".50", "1.0": "1.00"}
+    written = {"-0.001": ".00", "0.004": ".00", "-0.006": "-.01", "-0.0049": ".00", "0.5": ".50", "1.0": "1.00",
+               "-0.125": "-.13", "0.125": ".13"}
     cells = page.eval_on_selector_all("#correlation text.cell-value", "texts => texts.map(t => t.textContent)")
-    expected = [written[str(1.0 if i == j else near_zero[(i + j) % 5])] for i in range(n) for j in range(n)]
+    expected = [written[str(1.0 if i == j else near_zero[(i + j) % 7])] for i in range(n) for j in range(n)]
     assert cells == expected
 
     for chart in ("cumulative", "per-era", "spread", "meta", "targets"):
@@ -391,8 +392,8 @@ def test_report_in_chromium_writes_numbers_as_they_round(published: Published, b
         decimals = {len(t.partition(".")[2]) for t in ticks}
         assert len(ticks) >= 3 and len(decimals) == 1, (chart, ticks)
 
-    page.fill("#filter", "no such model")
-    assert page.inner_text("#leaderboard tbody") == "nothing matches “no such model”"
+    page.fill("#filter", "No Such model")
+    assert page.inner_text("#leaderboard tbody") == "nothing matches “No Such model”"
     assert "rows 0–0 of 0" in page.inner_text("#pager")
     assert seen.errors == []
     page.close()
