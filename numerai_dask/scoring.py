@@ -431,11 +431,12 @@ def _cut_as_centred(gram: np.ndarray, extremes: tuple[float, float], means: np.n
     return bool(smallest > 0 and np.sqrt(largest / smallest) < limit)
 
 
-def centred_columns(features: np.ndarray) -> np.ndarray:
-    """The feature columns as float64, each minus its mean."""
+def centred_columns(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The feature columns as float64, each minus its mean, and those means."""
     x = np.array(features, dtype=np.float64)
-    x -= x.mean(axis=0)
-    return x
+    means = x.mean(axis=0)
+    x -= means
+    return x, means
 
 
 def small_integer_gram(features: np.ndarray) -> np.ndarray | None:
@@ -513,8 +514,7 @@ class FeatureSpace:
         """
         features = np.asarray(features)
         n = len(features)
-        means = features.mean(axis=0, dtype=np.float64)
-        centred = centred_columns(features)
+        centred, means = centred_columns(features)
         gram = small_integer_gram(features)
         gram = centred.T @ centred if gram is None else gram
         factor, constant_apart = centred, True
