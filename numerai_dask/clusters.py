@@ -350,15 +350,16 @@ def choose(scheduler: str | None = None, cluster: str | None = None, workers: in
 def local_cluster_arguments(spec: ClusterSpec) -> dict[str, Any]:
     """``LocalCluster`` keyword arguments: single-threaded worker processes (one per usable core by default),
     each pinned to its own cores when together they fill them (:data:`PIN_CORES_VARIABLE`)."""
-    workers = spec.options.get("workers") or len(usable_cores())
-    fills = workers * spec.worker.threads == len(usable_cores())
+    cores = len(usable_cores())
+    workers = spec.options.get("workers") or cores
+    pinning = {PIN_CORES_VARIABLE: str(spec.worker.threads)} if workers * spec.worker.threads == cores else {}
     return {
         "n_workers": workers,
         "threads_per_worker": spec.worker.threads,
         "processes": True,
         "memory_limit": spec.worker.memory_limit,
         "dashboard_address": ":0",
-        "env": {**spec.worker.process_environment(), **({PIN_CORES_VARIABLE: str(spec.worker.threads)} if fills else {})},
+        "env": {**spec.worker.process_environment(), **pinning},
         **local_preloads(),
     }
 
@@ -546,11 +547,11 @@ def dask_setup(worker: Any) -> None:
     a worker the nanny restarts keeps its number.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threads = os.environ.get(PIN_CORES_VARIABLE, "")
-    if threads.isdigit() and int(threads) > 0 and isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
-        first = worker.name * int(threads)
-        cores = usable_cores()[first:first + int(threads)]
-        if len(cores) == int(threads):  # not a worker added beyond the cores
+    setting = os.environ.get(PIN_CORES_VARIABLE, "")
+    threads = int(setting) if setting.isdigit() else 0
+    if threads and isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
+        cores = usable_cores()[worker.name * threads:(worker.name + 1) * threads]
+        if len(cores) == threads:  # not a worker added beyond the cores
             with contextlib.suppress(OSError):  # pinning only speeds the worker up: without it, it works
                 pin_to_cores(set(cores))
 
