@@ -82,13 +82,11 @@
       this.rows = Object.values(columns)[0] ? Object.values(columns)[0].length : 0;
       this.sort = null;
       this.query = "";
-      this.typed = "";
       this.page = 0;
       if (!this.table) return;
       if (filter) {
         document.getElementById(filter).addEventListener("input", (event) => {
-          this.typed = event.target.value.trim();
-          this.query = this.typed.toLowerCase();
+          this.query = event.target.value.trim();
           this.page = 0;
           this.render();
         });
@@ -98,7 +96,8 @@
 
     order() {
       let rows = [...Array(this.rows).keys()];
-      if (this.query) rows = rows.filter((r) => this.match(r, this.query));
+      const query = this.query.toLowerCase();
+      if (query) rows = rows.filter((r) => this.match(r, query));
       if (this.sort) {
         const values = this.columns[this.sort.key];
         const sign = this.sort.direction === "ascending" ? 1 : -1;
@@ -128,7 +127,7 @@
       const body = html("tbody");
       if (!rows.length && this.query) {
         body.appendChild(html("tr")).appendChild(
-          html("td", {class: "note", colspan: this.visible.length}, `nothing matches “${this.typed}”`));
+          html("td", {class: "note", colspan: this.visible.length}, `nothing matches “${this.query}”`));
       }
       for (const r of rows.slice(this.page * PAGE, (this.page + 1) * PAGE)) {
         const tr = body.appendChild(html("tr"));
